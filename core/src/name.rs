@@ -1,0 +1,69 @@
+//! Entry name cleaning: `clean(name) = strip_leading("/", path_clean("/" +
+//! name))`, exactly as the reference reader does it. Cleaning against a
+//! rooted path is what keeps every name inside the layer: `..` at the root
+//! stays at the root.
+
+/// Cleans a TOC or tar entry name into a root-relative path with no `.`,
+/// `..`, empty or trailing components. The root itself is `""`.
+pub fn clean(name: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in name.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            p => parts.push(p),
+        }
+    }
+    parts.join("/")
+}
+
+/// The parent of a cleaned name (`""` for top-level names and the root).
+pub fn parent(clean_name: &str) -> &str {
+    match clean_name.rfind('/') {
+        Some(i) => &clean_name[..i],
+        None => "",
+    }
+}
+
+/// The last component of a cleaned name.
+pub fn base(clean_name: &str) -> &str {
+    match clean_name.rfind('/') {
+        Some(i) => &clean_name[i + 1..],
+        None => clean_name,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cleans_like_the_reference() {
+        for (raw, want) in [
+            ("./a/", "a"),
+            ("/a", "a"),
+            ("../a", "a"),
+            ("a//", "a"),
+            ("bar/../bar///////////////////foo", "bar/foo"),
+            ("./", ""),
+            ("/", ""),
+            ("", ""),
+            ("../../../escape", "escape"),
+            ("a/../../b", "b"),
+            ("a/./b/.", "a/b"),
+            ("...", "..."),
+        ] {
+            assert_eq!(clean(raw), want, "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn parent_and_base() {
+        assert_eq!(parent("a/b/c"), "a/b");
+        assert_eq!(parent("a"), "");
+        assert_eq!(base("a/b/c"), "c");
+        assert_eq!(base("a"), "a");
+    }
+}

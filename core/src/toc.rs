@@ -1,0 +1,825 @@
+//! `stargz.index.json`: the schema (shared by reader and writer) and the
+//! streaming parser that builds a [`LayerTree`] without holding the entry
+//! list in memory.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+
+use base64::Engine as _;
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Digest;
+use crate::error::Error;
+use crate::name;
+use crate::tar::EntryType;
+use crate::tree::{Chunk, Dirent, FileKind, LayerTree, NO_INDEX, Node, NodeId, StrRef, Xattr};
+
+/// The TOC's file name inside its tar member.
+pub const TOC_NAME: &str = "stargz.index.json";
+
+/// Limits that keep a hostile TOC from costing more than it should.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most entries (chunks included) one TOC may have.
+    pub max_entries: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_entries: 8_000_000,
+        }
+    }
+}
+
+fn is_zero(v: &i64) -> bool {
+    *v == 0
+}
+
+fn is_none_or_empty(v: &Option<Cow<'_, str>>) -> bool {
+    v.as_deref().is_none_or(str::is_empty)
+}
+
+/// One TOC entry, field for field as the reference writes it (same order,
+/// same omissions). Unknown keys are accepted and ignored.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TocEntry<'a> {
+    #[serde(borrow)]
+    pub name: Cow<'a, str>,
+    #[serde(rename = "type", borrow)]
+    pub kind: Cow<'a, str>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub size: i64,
+    #[serde(
+        default,
+        borrow,
+        rename = "modtime",
+        skip_serializing_if = "is_none_or_empty"
+    )]
+    pub mod_time: Option<Cow<'a, str>>,
+    #[serde(
+        default,
+        borrow,
+        rename = "linkName",
+        skip_serializing_if = "is_none_or_empty"
+    )]
+    pub link_name: Option<Cow<'a, str>>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub mode: i64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub uid: i64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub gid: i64,
+    #[serde(
+        default,
+        borrow,
+        rename = "userName",
+        skip_serializing_if = "is_none_or_empty"
+    )]
+    pub user_name: Option<Cow<'a, str>>,
+    #[serde(
+        default,
+        borrow,
+        rename = "groupName",
+        skip_serializing_if = "is_none_or_empty"
+    )]
+    pub group_name: Option<Cow<'a, str>>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub offset: i64,
+    #[serde(default, rename = "innerOffset", skip_serializing_if = "is_zero")]
+    pub inner_offset: i64,
+    #[serde(default, rename = "devMajor", skip_serializing_if = "is_zero")]
+    pub dev_major: i64,
+    #[serde(default, rename = "devMinor", skip_serializing_if = "is_zero")]
+    pub dev_minor: i64,
+    /// Values are standard padded base64, as Go encodes `[]byte`.
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub xattrs: Option<BTreeMap<Cow<'a, str>, Cow<'a, str>>>,
+    #[serde(default, borrow, skip_serializing_if = "is_none_or_empty")]
+    pub digest: Option<Cow<'a, str>>,
+    #[serde(default, rename = "chunkOffset", skip_serializing_if = "is_zero")]
+    pub chunk_offset: i64,
+    #[serde(default, rename = "chunkSize", skip_serializing_if = "is_zero")]
+    pub chunk_size: i64,
+    #[serde(
+        default,
+        borrow,
+        rename = "chunkDigest",
+        skip_serializing_if = "is_none_or_empty"
+    )]
+    pub chunk_digest: Option<Cow<'a, str>>,
+}
+
+/// The TOC document, for writing.
+#[derive(Debug, Serialize)]
+pub struct TocDocument<'a> {
+    pub version: i32,
+    pub entries: Vec<TocEntry<'a>>,
+}
+
+impl TocDocument<'_> {
+    /// The JSON the reference writer emits: indented with one tab per
+    /// level, no trailing newline.
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let fmt = serde_json::ser::PrettyFormatter::with_indent(b"\t");
+        let mut ser = serde_json::Serializer::with_formatter(&mut out, fmt);
+        self.serialize(&mut ser)
+            .expect("serialising to a Vec cannot fail");
+        out
+    }
+}
+
+/// Parses TOC JSON into a tree. `data_end` is where the blob's payload
+/// members end (the TOC's own offset): every chunk must lie before it.
+pub fn parse(json: &[u8], data_end: u64, limits: Limits) -> Result<LayerTree, Error> {
+    let mut builder = Builder::new(limits);
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let parsed = DocSeed(&mut builder)
+        .deserialize(&mut de)
+        .and_then(|()| de.end());
+    if let Some(e) = builder.error.take() {
+        return Err(e);
+    }
+    parsed.map_err(|e| Error::BadToc(format!("JSON: {e}")))?;
+    builder.finish(data_end)
+}
+
+struct DocSeed<'b>(&'b mut Builder);
+
+impl<'de> DeserializeSeed<'de> for DocSeed<'_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for DocSeed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a TOC object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            if key == "entries" {
+                map.next_value_seed(EntriesSeed(&mut *self.0))?;
+            } else {
+                // `version` is not checked, as in the reference.
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+struct EntriesSeed<'b>(&'b mut Builder);
+
+impl<'de> DeserializeSeed<'de> for EntriesSeed<'_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for EntriesSeed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an array of TOC entries")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(entry) = seq.next_element::<TocEntry<'de>>()? {
+            if let Err(e) = self.0.push(entry) {
+                let msg = e.to_string();
+                self.0.error = Some(e);
+                return Err(de::Error::custom(msg));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A non-chunk entry as read, before names are linked into directories.
+struct Pending {
+    name: String,
+    kind: EntryType,
+    mode: u16,
+    uid: u32,
+    gid: u32,
+    uname: u32,
+    gname: u32,
+    mtime: i64,
+    size: u64,
+    /// Symlink target as written, or hardlink target cleaned.
+    link: StrRef,
+    dev: (u32, u32),
+    xattr_start: u32,
+    xattr_len: u32,
+    digest: u32,
+    chunk_start: u32,
+    chunk_len: u32,
+}
+
+struct Builder {
+    limits: Limits,
+    error: Option<Error>,
+    entries_seen: usize,
+    pending: Vec<Pending>,
+    /// Cleaned name → index into `pending` of the entry that wins.
+    by_name: HashMap<String, u32>,
+    chunks: Vec<Chunk>,
+    digests: Vec<Digest>,
+    xattrs: Vec<Xattr>,
+    strings: String,
+    bytes: Vec<u8>,
+    user_names: Vec<StrRef>,
+    user_name_ids: HashMap<String, u32>,
+    uid_names: HashMap<u32, u32>,
+    gid_names: HashMap<u32, u32>,
+}
+
+fn num<T: TryFrom<i64>>(v: i64, name: &str, field: &str) -> Result<T, Error> {
+    T::try_from(v).map_err(|_| Error::entry(name, format!("{field} {v} is out of range")))
+}
+
+impl Builder {
+    fn new(limits: Limits) -> Self {
+        Builder {
+            limits,
+            error: None,
+            entries_seen: 0,
+            pending: Vec::new(),
+            by_name: HashMap::new(),
+            chunks: Vec::new(),
+            digests: Vec::new(),
+            xattrs: Vec::new(),
+            strings: String::new(),
+            bytes: Vec::new(),
+            user_names: Vec::new(),
+            user_name_ids: HashMap::new(),
+            uid_names: HashMap::new(),
+            gid_names: HashMap::new(),
+        }
+    }
+
+    fn add_str(&mut self, s: &str) -> Result<StrRef, Error> {
+        let off = u32::try_from(self.strings.len()).ok();
+        let len = u32::try_from(s.len()).ok();
+        match (off, len) {
+            (Some(off), Some(len)) if off.checked_add(len).is_some() => {
+                self.strings.push_str(s);
+                Ok(StrRef { off, len })
+            }
+            _ => Err(Error::Limit("names take more than 4 GiB".into())),
+        }
+    }
+
+    fn user_name(&mut self, s: &str) -> Result<u32, Error> {
+        if let Some(&id) = self.user_name_ids.get(s) {
+            return Ok(id);
+        }
+        let r = self.add_str(s)?;
+        let id = self.user_names.len() as u32;
+        self.user_names.push(r);
+        self.user_name_ids.insert(s.to_string(), id);
+        Ok(id)
+    }
+
+    fn add_digest(&mut self, s: Option<&str>, name: &str, field: &str) -> Result<u32, Error> {
+        match s {
+            None | Some("") => Ok(NO_INDEX),
+            Some(s) => {
+                let d: Digest = s
+                    .parse()
+                    .map_err(|e| Error::entry(name, format!("{field}: {e}")))?;
+                // Single-chunk files repeat their digest as chunkDigest.
+                if self.digests.last() == Some(&d) {
+                    return Ok((self.digests.len() - 1) as u32);
+                }
+                self.digests.push(d);
+                Ok((self.digests.len() - 1) as u32)
+            }
+        }
+    }
+
+    fn push(&mut self, e: TocEntry<'_>) -> Result<(), Error> {
+        self.entries_seen += 1;
+        if self.entries_seen > self.limits.max_entries {
+            return Err(Error::Limit(format!(
+                "more than {} TOC entries",
+                self.limits.max_entries
+            )));
+        }
+        if e.kind == "chunk" {
+            return self.push_chunk(&e);
+        }
+        let clean = name::clean(&e.name);
+        let kind = match &*e.kind {
+            "reg" => EntryType::Reg,
+            "dir" => EntryType::Dir,
+            "symlink" => EntryType::Symlink,
+            "hardlink" => EntryType::Hardlink,
+            "char" => EntryType::Char,
+            "block" => EntryType::Block,
+            "fifo" => EntryType::Fifo,
+            other => return Err(Error::entry(&*e.name, format!("unknown type {other:?}"))),
+        };
+        if clean.is_empty() && kind != EntryType::Dir {
+            return Err(Error::entry(&*e.name, "the root must be a directory"));
+        }
+        let size: u64 = num(e.size, &clean, "size")?;
+        if kind != EntryType::Reg && size != 0 {
+            return Err(Error::entry(&clean, "only regular files have a size"));
+        }
+        let uid: u32 = num(e.uid, &clean, "uid")?;
+        let gid: u32 = num(e.gid, &clean, "gid")?;
+        if e.mode < 0 {
+            return Err(Error::entry(&clean, "negative mode"));
+        }
+        let uname = match e.user_name.as_deref().filter(|s| !s.is_empty()) {
+            Some(n) => {
+                let id = self.user_name(n)?;
+                self.uid_names.insert(uid, id);
+                id
+            }
+            None => self.uid_names.get(&uid).copied().unwrap_or(NO_INDEX),
+        };
+        let gname = match e.group_name.as_deref().filter(|s| !s.is_empty()) {
+            Some(n) => {
+                let id = self.user_name(n)?;
+                self.gid_names.insert(gid, id);
+                id
+            }
+            None => self.gid_names.get(&gid).copied().unwrap_or(NO_INDEX),
+        };
+        let link_raw = e.link_name.as_deref().unwrap_or("");
+        let link = match kind {
+            EntryType::Symlink => self.add_str(link_raw)?,
+            EntryType::Hardlink => self.add_str(&name::clean(link_raw))?,
+            _ => StrRef::default(),
+        };
+        let dev = match kind {
+            EntryType::Char | EntryType::Block => (
+                num(e.dev_major, &clean, "devMajor")?,
+                num(e.dev_minor, &clean, "devMinor")?,
+            ),
+            _ => (0, 0),
+        };
+        let xattr_start = self.xattrs.len() as u32;
+        for (k, v) in e.xattrs.iter().flatten() {
+            let value = base64::engine::general_purpose::STANDARD
+                .decode(v.as_bytes())
+                .map_err(|err| Error::entry(&clean, format!("xattr {k}: {err}")))?;
+            let name = self.add_str(k)?;
+            let value_off = u32::try_from(self.bytes.len())
+                .map_err(|_| Error::Limit("xattr values take more than 4 GiB".into()))?;
+            self.bytes.extend_from_slice(&value);
+            self.xattrs.push(Xattr {
+                name,
+                value_off,
+                value_len: value.len() as u32,
+            });
+        }
+        let xattr_len = self.xattrs.len() as u32 - xattr_start;
+        let digest = if kind == EntryType::Reg {
+            self.add_digest(e.digest.as_deref(), &clean, "digest")?
+        } else {
+            NO_INDEX
+        };
+        let chunk_start = self.chunks.len() as u32;
+        let mut chunk_len = 0;
+        if kind == EntryType::Reg && e.offset != 0 && size > 0 {
+            let chunk_size = if e.chunk_size == 0 {
+                e.size
+            } else {
+                e.chunk_size
+            };
+            self.add_chunk(&e, &clean, chunk_size, 0)?;
+            chunk_len = 1;
+        } else if kind == EntryType::Reg && size > 0 {
+            return Err(Error::entry(
+                &clean,
+                "regular file with content but no offset",
+            ));
+        }
+        let index = u32::try_from(self.pending.len())
+            .map_err(|_| Error::Limit("too many entries".into()))?;
+        self.pending.push(Pending {
+            name: clean.clone(),
+            kind,
+            mode: (e.mode & 0o7777) as u16,
+            uid,
+            gid,
+            uname,
+            gname,
+            mtime: parse_mtime(e.mod_time.as_deref()),
+            size,
+            link,
+            dev,
+            xattr_start,
+            xattr_len,
+            digest,
+            chunk_start,
+            chunk_len,
+        });
+        // Later duplicates win.
+        self.by_name.insert(clean, index);
+        Ok(())
+    }
+
+    fn add_chunk(
+        &mut self,
+        e: &TocEntry<'_>,
+        name: &str,
+        chunk_size: i64,
+        chunk_offset: i64,
+    ) -> Result<(), Error> {
+        if e.offset <= 0 {
+            return Err(Error::entry(
+                name,
+                format!("chunk offset {} is not positive", e.offset),
+            ));
+        }
+        if e.inner_offset < 0 {
+            return Err(Error::entry(name, "negative innerOffset"));
+        }
+        if chunk_size <= 0 {
+            return Err(Error::entry(
+                name,
+                format!("chunk size {chunk_size} is not positive"),
+            ));
+        }
+        let digest = self.add_digest(e.chunk_digest.as_deref(), name, "chunkDigest")?;
+        self.chunks.push(Chunk {
+            offset: e.offset as u64,
+            next_offset: 0,
+            inner_offset: e.inner_offset as u64,
+            chunk_offset: chunk_offset as u64,
+            size: chunk_size as u64,
+            digest,
+        });
+        Ok(())
+    }
+
+    fn push_chunk(&mut self, e: &TocEntry<'_>) -> Result<(), Error> {
+        let Some(last) = self.pending.last() else {
+            return Err(Error::entry(&*e.name, "chunk entry before any file"));
+        };
+        if last.kind != EntryType::Reg || last.chunk_len == 0 {
+            return Err(Error::entry(
+                &last.name,
+                "chunk entry after an entry without content",
+            ));
+        }
+        let (name, file_size) = (last.name.clone(), last.size as i64);
+        if e.chunk_offset <= 0 || e.chunk_offset >= file_size {
+            return Err(Error::entry(
+                &name,
+                format!(
+                    "chunkOffset {} outside the file's {file_size} bytes",
+                    e.chunk_offset
+                ),
+            ));
+        }
+        let size = if e.chunk_size == 0 {
+            file_size - e.chunk_offset
+        } else {
+            e.chunk_size
+        };
+        self.add_chunk(e, &name, size, e.chunk_offset)?;
+        self.pending.last_mut().expect("checked above").chunk_len += 1;
+        Ok(())
+    }
+
+    fn finish(mut self, data_end: u64) -> Result<LayerTree, Error> {
+        self.resolve_next_offsets(data_end)?;
+        self.check_chunk_cover()?;
+        let pending = std::mem::take(&mut self.pending);
+        let by_name = std::mem::take(&mut self.by_name);
+        let mut linker = Linker {
+            nodes: Vec::with_capacity(by_name.len() + 1),
+            dirents: Vec::with_capacity(by_name.len()),
+            node_of: vec![NodeId::NONE; pending.len()],
+            implicit: HashMap::new(),
+            pending: &pending,
+            by_name: &by_name,
+        };
+        linker.link_all(&mut self)?;
+        let Linker { nodes, dirents, .. } = linker;
+        let mut tree = LayerTree {
+            nodes,
+            dirents,
+            chunks: self.chunks,
+            digests: self.digests,
+            xattrs: self.xattrs,
+            strings: self.strings,
+            bytes: self.bytes,
+            user_names: self.user_names,
+            toc_entries: self.entries_seen,
+        };
+        sort_children(&mut tree);
+        tree.nodes.shrink_to_fit();
+        tree.dirents.shrink_to_fit();
+        tree.chunks.shrink_to_fit();
+        tree.digests.shrink_to_fit();
+        tree.xattrs.shrink_to_fit();
+        tree.strings.shrink_to_fit();
+        tree.bytes.shrink_to_fit();
+        tree.user_names.shrink_to_fit();
+        Ok(tree)
+    }
+
+    /// `next_offset` of each chunk: the next member start in TOC order (an
+    /// entry with `innerOffset == 0`); the data end for the last.
+    fn resolve_next_offsets(&mut self, data_end: u64) -> Result<(), Error> {
+        let mut next = data_end;
+        for i in (0..self.chunks.len()).rev() {
+            let c = &mut self.chunks[i];
+            c.next_offset = next;
+            if c.offset >= next {
+                let offset = c.offset;
+                let owner = self
+                    .pending
+                    .iter()
+                    .find(|p| (p.chunk_start..p.chunk_start + p.chunk_len).contains(&(i as u32)));
+                return Err(Error::entry(
+                    owner.map_or("?", |p| p.name.as_str()),
+                    format!(
+                        "chunk at offset {offset} does not lie before the next member ({next}); data ends at {data_end}"
+                    ),
+                ));
+            }
+            if c.inner_offset == 0 {
+                next = c.offset;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every regular file's chunks tile `[0, size)` exactly.
+    fn check_chunk_cover(&self) -> Result<(), Error> {
+        for p in self.pending.iter().filter(|p| p.kind == EntryType::Reg) {
+            let chunks =
+                &self.chunks[p.chunk_start as usize..(p.chunk_start + p.chunk_len) as usize];
+            let mut at = 0u64;
+            for c in chunks {
+                if c.chunk_offset != at {
+                    return Err(Error::entry(
+                        &p.name,
+                        format!(
+                            "chunk at {} leaves a gap or overlap at {at}",
+                            c.chunk_offset
+                        ),
+                    ));
+                }
+                at = at
+                    .checked_add(c.size)
+                    .ok_or_else(|| Error::entry(&p.name, "chunk sizes overflow"))?;
+            }
+            if at != p.size {
+                return Err(Error::entry(
+                    &p.name,
+                    format!("chunks cover {at} bytes of a {}-byte file", p.size),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Links the winning entries into directories, creating implicit parents.
+struct Linker<'p> {
+    nodes: Vec<Node>,
+    dirents: Vec<Dirent>,
+    /// Pending index → node id, for winners.
+    node_of: Vec<NodeId>,
+    /// Implicit directories by name.
+    implicit: HashMap<String, NodeId>,
+    pending: &'p [Pending],
+    by_name: &'p HashMap<String, u32>,
+}
+
+fn dir_node(parent: NodeId) -> Node {
+    Node {
+        kind: FileKind::Dir,
+        mode: 0o755,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        uname: NO_INDEX,
+        gname: NO_INDEX,
+        mtime: 0,
+        size: 0,
+        a: 0,
+        b: 0,
+        digest: NO_INDEX,
+        xattr_start: 0,
+        xattr_len: 0,
+        parent,
+    }
+}
+
+impl Linker<'_> {
+    fn is_winner(&self, i: usize) -> bool {
+        self.by_name.get(&self.pending[i].name) == Some(&(i as u32))
+    }
+
+    fn link_all(&mut self, b: &mut Builder) -> Result<(), Error> {
+        self.nodes.push(dir_node(NodeId::ROOT));
+        // Nodes for every winner first, so hardlinks can point anywhere.
+        for (i, p) in self.pending.iter().enumerate() {
+            if !self.is_winner(i) {
+                continue;
+            }
+            let (a, b_) = match p.kind {
+                EntryType::Reg => (p.chunk_start, p.chunk_len),
+                EntryType::Symlink | EntryType::Hardlink => (p.link.off, p.link.len),
+                EntryType::Char | EntryType::Block => p.dev,
+                _ => (0, 0),
+            };
+            let node = Node {
+                kind: FileKind::from_entry_type(p.kind),
+                mode: p.mode,
+                nlink: 0,
+                uid: p.uid,
+                gid: p.gid,
+                uname: p.uname,
+                gname: p.gname,
+                mtime: p.mtime,
+                size: p.size,
+                a,
+                b: b_,
+                digest: p.digest,
+                xattr_start: p.xattr_start,
+                xattr_len: p.xattr_len,
+                parent: NodeId::ROOT,
+            };
+            if p.name.is_empty() {
+                // An explicit root supplies the root's attributes.
+                self.nodes[0] = node;
+                self.node_of[i] = NodeId::ROOT;
+            } else {
+                self.node_of[i] = NodeId(self.nodes.len() as u32);
+                self.nodes.push(node);
+            }
+        }
+        for i in 0..self.pending.len() {
+            let p = &self.pending[i];
+            if p.name.is_empty() || !self.is_winner(i) {
+                continue;
+            }
+            let own = self.node_of[i];
+            let (target, link_entry) = if p.kind == EntryType::Hardlink {
+                (self.resolve_hardlink(b, i)?, own)
+            } else {
+                (own, NodeId::NONE)
+            };
+            let parent = self.dir_for(b, name::parent(&p.name), &p.name)?;
+            self.nodes[own.index()].parent = parent;
+            let name = b.add_str(name::base(&p.name))?;
+            self.dirents.push(Dirent {
+                parent,
+                name,
+                node: target,
+                link_entry,
+            });
+        }
+        self.count_links();
+        Ok(())
+    }
+
+    /// The directory node for `dir_name`, creating it and any missing
+    /// ancestors (iteratively: a path may be very deep).
+    fn dir_for(&mut self, b: &mut Builder, dir_name: &str, child: &str) -> Result<NodeId, Error> {
+        let mut missing: Vec<&str> = Vec::new();
+        let mut cur = dir_name;
+        let mut top = loop {
+            if cur.is_empty() {
+                break NodeId::ROOT;
+            }
+            if let Some(id) = self.existing(cur) {
+                break id;
+            }
+            missing.push(cur);
+            cur = name::parent(cur);
+        };
+        if self.nodes[top.index()].kind != FileKind::Dir {
+            return Err(Error::entry(
+                child,
+                format!("parent {cur:?} is not a directory"),
+            ));
+        }
+        for d in missing.into_iter().rev() {
+            let id = NodeId(self.nodes.len() as u32);
+            self.nodes.push(dir_node(top));
+            let name = b.add_str(name::base(d))?;
+            self.dirents.push(Dirent {
+                parent: top,
+                name,
+                node: id,
+                link_entry: NodeId::NONE,
+            });
+            self.implicit.insert(d.to_string(), id);
+            top = id;
+        }
+        Ok(top)
+    }
+
+    fn existing(&self, name: &str) -> Option<NodeId> {
+        match self.by_name.get(name) {
+            Some(&i) => Some(self.node_of[i as usize]),
+            None => self.implicit.get(name).copied(),
+        }
+    }
+
+    fn resolve_hardlink(&self, b: &Builder, i: usize) -> Result<NodeId, Error> {
+        let p = &self.pending[i];
+        let link_str = |r: StrRef| &b.strings[r.off as usize..(r.off + r.len) as usize];
+        let mut target = link_str(p.link);
+        for _ in 0..=self.pending.len() {
+            let Some(&t) = self.by_name.get(target) else {
+                return Err(Error::entry(
+                    &p.name,
+                    format!("hardlink target {target:?} does not exist"),
+                ));
+            };
+            let tp = &self.pending[t as usize];
+            match tp.kind {
+                EntryType::Hardlink => target = link_str(tp.link),
+                EntryType::Dir => {
+                    return Err(Error::entry(
+                        &p.name,
+                        format!("hardlink to directory {target:?}"),
+                    ));
+                }
+                _ => return Ok(self.node_of[t as usize]),
+            }
+        }
+        Err(Error::entry(&p.name, "hardlink cycle"))
+    }
+
+    /// Link counts as the reference computes them: one per name, one more
+    /// for a directory's `.`, one per subdirectory's `..`.
+    fn count_links(&mut self) {
+        for n in &mut self.nodes {
+            if n.kind == FileKind::Dir {
+                n.nlink = 1;
+            }
+        }
+        // The root's `..` is the mount point's.
+        self.nodes[0].nlink += 1;
+        for d in &self.dirents {
+            self.nodes[d.node.index()].nlink += 1;
+            if d.link_entry != NodeId::NONE {
+                self.nodes[d.link_entry.index()].nlink = 1;
+            }
+            if self.nodes[d.node.index()].kind == FileKind::Dir {
+                self.nodes[d.parent.index()].nlink += 1;
+            }
+        }
+    }
+}
+
+/// Sorts directory entries by (parent, name) and points each directory at
+/// its slice.
+fn sort_children(tree: &mut LayerTree) {
+    let strings = &tree.strings;
+    let key = |r: StrRef| &strings.as_bytes()[r.off as usize..(r.off + r.len) as usize];
+    tree.dirents.sort_unstable_by(|x, y| {
+        x.parent
+            .cmp(&y.parent)
+            .then_with(|| key(x.name).cmp(key(y.name)))
+    });
+    let mut i = 0;
+    while i < tree.dirents.len() {
+        let parent = tree.dirents[i].parent;
+        let start = i;
+        while i < tree.dirents.len() && tree.dirents[i].parent == parent {
+            i += 1;
+        }
+        let n = &mut tree.nodes[parent.index()];
+        n.a = start as u32;
+        n.b = (i - start) as u32;
+    }
+}
+
+/// RFC 3339 to seconds; an absent or unparsable time is 0, as the
+/// reference ignores the parse error.
+fn parse_mtime(s: Option<&str>) -> i64 {
+    s.and_then(|s| {
+        time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
+    })
+    .map_or(0, |t| t.unix_timestamp())
+}
+
+/// Seconds to the TOC's RFC 3339 form (UTC, whole seconds); `None` for 0,
+/// which the writer omits.
+pub fn format_mtime(secs: i64) -> Option<String> {
+    if secs == 0 {
+        return None;
+    }
+    let t = time::OffsetDateTime::from_unix_timestamp(secs).ok()?;
+    let f = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+    t.format(&f).ok()
+}

@@ -1,0 +1,1 @@
+//! tar → eStargz (placeholder replaced below).

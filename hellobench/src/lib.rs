@@ -1,0 +1,1 @@
+//! The HelloBench startup harness (issue #7: not built yet).
