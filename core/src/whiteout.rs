@@ -108,3 +108,99 @@ pub fn xattrs<'t>(tree: &'t LayerTree, entry: ViewEntry<'t>) -> Vec<(&'t str, &'
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layer::{Layer, OpenOptions};
+    use crate::tar::{self, Entry, EntryType};
+    use crate::writer::{WriterOptions, build_to_vec};
+
+    fn layer(entries: &[(&str, EntryType)]) -> Layer {
+        let mut out = Vec::new();
+        for (name, kind) in entries {
+            let e = Entry {
+                name: name.to_string(),
+                entry_type: Some(*kind),
+                mode: 0o755,
+                xattrs: if *name == "a/" {
+                    vec![("user.keep".into(), b"1".to_vec())]
+                } else {
+                    Vec::new()
+                },
+                ..Entry::default()
+            };
+            out.extend(tar::encode_header(&e));
+        }
+        let opts = WriterOptions {
+            prioritized: vec!["sub/.prefetch.landmark".into()],
+            ..WriterOptions::default()
+        };
+        let (blob, _) = build_to_vec(&out[..], &opts).unwrap();
+        Layer::open(&blob[..], blob.len() as u64, &OpenOptions::default()).unwrap()
+    }
+
+    #[test]
+    fn overlay_view_of_whiteouts_opaque_dirs_and_landmarks() {
+        let l = layer(&[
+            ("a/", EntryType::Dir),
+            ("a/.wh..wh..opq", EntryType::Reg),
+            ("a/kept", EntryType::Reg),
+            ("b/.wh.gone", EntryType::Reg),
+            ("b/.wh.both", EntryType::Reg),
+            ("b/both", EntryType::Reg),
+            ("b/stays", EntryType::Reg),
+            ("sub/.prefetch.landmark", EntryType::Reg),
+        ]);
+        let t = &l.tree;
+        let names = |dir: NodeId| -> Vec<(String, bool)> {
+            entries_from(t, dir, 0)
+                .map(|(_, e)| (e.name.to_string(), e.whiteout))
+                .collect()
+        };
+        // Root landmark hidden; the one in sub/ is an ordinary file.
+        assert_eq!(
+            names(NodeId::ROOT),
+            [
+                ("a".into(), false),
+                ("b".into(), false),
+                ("sub".into(), false)
+            ]
+        );
+        assert!(lookup(t, NodeId::ROOT, PREFETCH_LANDMARK).is_none());
+        let sub = t.lookup_path("sub").unwrap();
+        assert!(lookup(t, sub, PREFETCH_LANDMARK).is_some());
+        let a = t.lookup_path("a").unwrap();
+        assert_eq!(names(a), [("kept".into(), false)]);
+        assert!(is_opaque(t, a));
+        let a_entry = lookup(t, NodeId::ROOT, "a").unwrap();
+        let x = xattrs(t, a_entry);
+        assert!(x.contains(&("user.keep", &b"1"[..])), "{x:?}");
+        assert!(x.contains(&(OPAQUE_XATTR, &b"y"[..])), "{x:?}");
+        assert!(lookup(t, a, OPAQUE_MARKER).is_none());
+        let b = t.lookup_path("b").unwrap();
+        assert!(!is_opaque(t, b));
+        // The real `both` wins over its whiteout; `gone` shows as a whiteout
+        // (listed in raw-name order, where `.wh.gone` sorts first).
+        let mut listed = names(b);
+        listed.sort();
+        assert_eq!(
+            listed,
+            [
+                ("both".into(), false),
+                ("gone".into(), true),
+                ("stays".into(), false)
+            ]
+        );
+        let gone = lookup(t, b, "gone").unwrap();
+        assert!(gone.whiteout);
+        assert_eq!(gone.kind(t), FileKind::Char);
+        assert!(xattrs(t, gone).is_empty());
+        assert!(lookup(t, b, ".wh.gone").is_none());
+        assert!(!lookup(t, b, "both").unwrap().whiteout);
+        // Resuming from a returned position continues after that entry.
+        let all: Vec<_> = entries_from(t, b, 0).collect();
+        let rest: Vec<_> = entries_from(t, b, all[0].0).collect();
+        assert_eq!(rest, all[1..]);
+    }
+}
