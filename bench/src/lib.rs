@@ -1,1 +1,134 @@
-//! Benchmarks.
+//! Shared pieces of ringstar's benchmarks: timing, inputs, reporting.
+//!
+//! Benchmarks report ratios against a baseline measured in the same run,
+//! never absolute thresholds: machines here are small and shared.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use ringstar_core::footer::Footer;
+
+/// The conformance testdata folder (overridable with `RINGSTAR_TESTDATA`).
+pub fn testdata() -> PathBuf {
+    std::env::var_os("RINGSTAR_TESTDATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata/estargz")
+        })
+}
+
+/// Median wall time of `runs` calls of `f` (after one warm-up call).
+pub fn median_time(runs: usize, mut f: impl FnMut()) -> Duration {
+    f();
+    let mut times: Vec<Duration> = (0..runs)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed()
+        })
+        .collect();
+    times.sort();
+    times[times.len() / 2]
+}
+
+/// The TOC JSON of an eStargz blob (gzip TOC member).
+pub fn toc_json_of(blob: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let Some(Footer::Estargz { toc_offset }) = Footer::find(blob) else {
+        anyhow::bail!("not an eStargz blob");
+    };
+    let mut tar = Vec::new();
+    flate2::read::GzDecoder::new(&blob[toc_offset as usize..]).read_to_end(&mut tar)?;
+    let size = usize::from_str_radix(
+        std::str::from_utf8(&tar[124..135])?.trim_matches(['\0', ' ']),
+        8,
+    )?;
+    Ok(tar[512..512 + size].to_vec())
+}
+
+/// A deterministic pseudo-random generator (xorshift), so inputs are the
+/// same on every run without a dependency.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed.max(1))
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+}
+
+/// Text-like bytes that compress about as well as source code and
+/// configuration files do (3-4x with gzip -9).
+pub fn texty_bytes(len: usize, rng: &mut Rng) -> Vec<u8> {
+    const WORDS: &[&str] = &[
+        "fn",
+        "let",
+        "mut",
+        "self",
+        "return",
+        "import",
+        "def",
+        "class",
+        "if",
+        "else",
+        "for",
+        "while",
+        "in",
+        "None",
+        "true",
+        "false",
+        "value",
+        "config",
+        "path",
+        "/usr/lib/",
+        "error",
+        "result",
+        "buffer",
+        "=",
+        "==",
+        "(",
+        ")",
+        "{",
+        "}",
+        ":",
+        ";",
+        ",",
+        "\n",
+        "\n    ",
+        "0x",
+        "42",
+        "string",
+        "append",
+        "request",
+        "layer",
+    ];
+    let mut out = Vec::with_capacity(len + 16);
+    while out.len() < len {
+        let w = WORDS[rng.below(WORDS.len() as u64) as usize];
+        out.extend_from_slice(w.as_bytes());
+        if rng.below(3) == 0 {
+            out.extend_from_slice(format!("{}", rng.below(100_000)).as_bytes());
+        }
+        out.push(b' ');
+    }
+    out.truncate(len);
+    out
+}
+
+/// Prints one result as a JSON line (for tools) and a readable line.
+pub fn report(bench: &str, fields: serde_json::Value) {
+    let mut obj = serde_json::json!({ "bench": bench });
+    if let (Some(o), Some(f)) = (obj.as_object_mut(), fields.as_object()) {
+        o.extend(f.clone());
+    }
+    println!("{obj}");
+}

@@ -154,3 +154,123 @@ fn stream_exact(mut r: impl Read, skip: usize, out: &mut [u8]) -> Result<(), Chu
         _ => ChunkError::Corrupt(e.to_string()),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut c = libdeflater::Compressor::new(libdeflater::CompressionLvl::default());
+        let mut out = vec![0u8; c.gzip_compress_bound(data.len())];
+        let n = c.gzip_compress(data, &mut out).unwrap();
+        out.truncate(n);
+        out
+    }
+
+    #[test]
+    fn reads_exactly_the_chunk_from_a_larger_member() {
+        let member: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+        let z = gzip(&member);
+        let mut r = ChunkReader::new();
+        for (inner, size) in [(0usize, 5000usize), (0, 10), (100, 900), (4999, 1)] {
+            let chunk = Chunk::new(1, 1 + z.len() as u64, inner as u64, 0, size as u64);
+            let want = &member[inner..inner + size];
+            let mut out = vec![0u8; size];
+            r.read(
+                Compression::Gzip,
+                &chunk,
+                Some(Digest::of(want)),
+                &z,
+                &mut out,
+            )
+            .unwrap();
+            assert_eq!(out, want);
+        }
+        // Past the member's end.
+        let chunk = Chunk::new(1, 2, 4990, 0, 20);
+        let mut out = vec![0u8; 20];
+        assert!(matches!(
+            r.inflate(Compression::Gzip, &chunk, &z, &mut out),
+            Err(ChunkError::Corrupt(_))
+        ));
+    }
+
+    #[test]
+    fn a_gzip_bomb_costs_only_the_chunk() {
+        // 64 MiB of zeros compress to ~64 KiB; the chunk wants 10 bytes.
+        let bomb = gzip(&vec![0u8; 64 << 20]);
+        let chunk = Chunk::new(1, 2, 0, 0, 10);
+        let mut out = vec![1u8; 10];
+        let mut r = ChunkReader::new();
+        r.read(
+            Compression::Gzip,
+            &chunk,
+            Some(Digest::of(&[0u8; 10])),
+            &bomb,
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(out, [0u8; 10]);
+        assert!(
+            r.scratch.len() <= 10 + MEMBER_SLACK,
+            "scratch grew to {}",
+            r.scratch.len()
+        );
+    }
+
+    #[test]
+    fn refuses_bad_digests_bad_buffers_and_garbage() {
+        let z = gzip(b"hello world");
+        let chunk = Chunk::new(1, 2, 0, 0, 5);
+        let mut r = ChunkReader::new();
+        let mut out = [0u8; 5];
+        assert!(matches!(
+            r.read(
+                Compression::Gzip,
+                &chunk,
+                Some(Digest::of(b"jello")),
+                &z,
+                &mut out
+            ),
+            Err(ChunkError::DigestMismatch { .. })
+        ));
+        assert!(matches!(
+            r.read(Compression::Gzip, &chunk, None, &z, &mut out),
+            Err(ChunkError::Unverifiable)
+        ));
+        let mut wrong = [0u8; 4];
+        assert!(matches!(
+            r.inflate(Compression::Gzip, &chunk, &z, &mut wrong),
+            Err(ChunkError::BadRequest(_))
+        ));
+        assert!(
+            r.inflate(Compression::Gzip, &chunk, b"not gzip at all", &mut out)
+                .is_err()
+        );
+        assert!(
+            r.inflate(Compression::Zstd, &chunk, b"not zstd at all", &mut out)
+                .is_err()
+        );
+        assert!(
+            r.inflate(Compression::Gzip, &chunk, &z[..z.len() / 2], &mut out)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn zstd_frames_are_bounded_too() {
+        let data = vec![3u8; 1 << 20];
+        let z = zstd::encode_all(&data[..], 3).unwrap();
+        let chunk = Chunk::new(1, 2, 1000, 0, 100);
+        let mut out = vec![0u8; 100];
+        ChunkReader::new()
+            .read(
+                Compression::Zstd,
+                &chunk,
+                Some(Digest::of(&[3u8; 100])),
+                &z,
+                &mut out,
+            )
+            .unwrap();
+    }
+}

@@ -501,7 +501,7 @@ impl Builder {
             nodes: Vec::with_capacity(by_name.len() + 1),
             dirents: Vec::with_capacity(by_name.len()),
             node_of: vec![NodeId::NONE; pending.len()],
-            implicit: HashMap::new(),
+            children: HashMap::with_capacity(by_name.len()),
             pending: &pending,
             by_name: &by_name,
         };
@@ -589,13 +589,18 @@ impl Builder {
 }
 
 /// Links the winning entries into directories, creating implicit parents.
+///
+/// Linear in the total name bytes, however deep the paths: parents are
+/// found by walking down one component at a time through a (parent, name)
+/// map, with explicit entries registered shallowest first so that a
+/// missing component is always an implicit directory.
 struct Linker<'p> {
     nodes: Vec<Node>,
     dirents: Vec<Dirent>,
     /// Pending index → node id, for winners.
     node_of: Vec<NodeId>,
-    /// Implicit directories by name.
-    implicit: HashMap<String, NodeId>,
+    /// (directory, component) → what the name resolves to.
+    children: HashMap<(NodeId, &'p str), NodeId>,
     pending: &'p [Pending],
     by_name: &'p HashMap<String, u32>,
 }
@@ -620,7 +625,15 @@ fn dir_node(parent: NodeId) -> Node {
     }
 }
 
-impl Linker<'_> {
+/// Hardlink resolution state per pending entry.
+#[derive(Clone, Copy, PartialEq)]
+enum Link {
+    Unresolved,
+    InProgress,
+    To(NodeId),
+}
+
+impl<'p> Linker<'p> {
     fn is_winner(&self, i: usize) -> bool {
         self.by_name.get(&self.pending[i].name) == Some(&(i as u32))
     }
@@ -664,20 +677,30 @@ impl Linker<'_> {
                 self.nodes.push(node);
             }
         }
-        for i in 0..self.pending.len() {
-            let p = &self.pending[i];
-            if p.name.is_empty() || !self.is_winner(i) {
-                continue;
-            }
+        let links = self.resolve_hardlinks(b)?;
+        let mut order: Vec<(usize, u32)> = (0..self.pending.len())
+            .filter(|&i| !self.pending[i].name.is_empty() && self.is_winner(i))
+            .map(|i| {
+                (
+                    self.pending[i].name.bytes().filter(|&c| c == b'/').count(),
+                    i as u32,
+                )
+            })
+            .collect();
+        order.sort_unstable();
+        for (_, i) in order {
+            let i = i as usize;
+            let p: &'p Pending = &self.pending[i];
             let own = self.node_of[i];
-            let (target, link_entry) = if p.kind == EntryType::Hardlink {
-                (self.resolve_hardlink(b, i)?, own)
-            } else {
-                (own, NodeId::NONE)
+            let (target, link_entry) = match links[i] {
+                Link::To(t) => (t, own),
+                _ => (own, NodeId::NONE),
             };
             let parent = self.dir_for(b, name::parent(&p.name), &p.name)?;
             self.nodes[own.index()].parent = parent;
-            let name = b.add_str(name::base(&p.name))?;
+            let base = name::base(&p.name);
+            self.children.insert((parent, base), target);
+            let name = b.add_str(base)?;
             self.dirents.push(Dirent {
                 parent,
                 name,
@@ -689,74 +712,91 @@ impl Linker<'_> {
         Ok(())
     }
 
-    /// The directory node for `dir_name`, creating it and any missing
-    /// ancestors (iteratively: a path may be very deep).
-    fn dir_for(&mut self, b: &mut Builder, dir_name: &str, child: &str) -> Result<NodeId, Error> {
-        let mut missing: Vec<&str> = Vec::new();
-        let mut cur = dir_name;
-        let mut top = loop {
-            if cur.is_empty() {
-                break NodeId::ROOT;
-            }
-            if let Some(id) = self.existing(cur) {
-                break id;
-            }
-            missing.push(cur);
-            cur = name::parent(cur);
-        };
-        if self.nodes[top.index()].kind != FileKind::Dir {
-            return Err(Error::entry(
-                child,
-                format!("parent {cur:?} is not a directory"),
-            ));
+    /// The directory node for `dir_name`, walking down from the root and
+    /// creating missing components as implicit directories.
+    fn dir_for(
+        &mut self,
+        b: &mut Builder,
+        dir_name: &'p str,
+        child: &str,
+    ) -> Result<NodeId, Error> {
+        let mut cur = NodeId::ROOT;
+        if dir_name.is_empty() {
+            return Ok(cur);
         }
-        for d in missing.into_iter().rev() {
-            let id = NodeId(self.nodes.len() as u32);
-            self.nodes.push(dir_node(top));
-            let name = b.add_str(name::base(d))?;
-            self.dirents.push(Dirent {
-                parent: top,
-                name,
-                node: id,
-                link_entry: NodeId::NONE,
-            });
-            self.implicit.insert(d.to_string(), id);
-            top = id;
-        }
-        Ok(top)
-    }
-
-    fn existing(&self, name: &str) -> Option<NodeId> {
-        match self.by_name.get(name) {
-            Some(&i) => Some(self.node_of[i as usize]),
-            None => self.implicit.get(name).copied(),
-        }
-    }
-
-    fn resolve_hardlink(&self, b: &Builder, i: usize) -> Result<NodeId, Error> {
-        let p = &self.pending[i];
-        let link_str = |r: StrRef| &b.strings[r.off as usize..(r.off + r.len) as usize];
-        let mut target = link_str(p.link);
-        for _ in 0..=self.pending.len() {
-            let Some(&t) = self.by_name.get(target) else {
-                return Err(Error::entry(
-                    &p.name,
-                    format!("hardlink target {target:?} does not exist"),
-                ));
+        for part in dir_name.split('/') {
+            cur = match self.children.get(&(cur, part)) {
+                Some(&next) => next,
+                None => {
+                    let id = NodeId(self.nodes.len() as u32);
+                    self.nodes.push(dir_node(cur));
+                    let name = b.add_str(part)?;
+                    self.dirents.push(Dirent {
+                        parent: cur,
+                        name,
+                        node: id,
+                        link_entry: NodeId::NONE,
+                    });
+                    self.children.insert((cur, part), id);
+                    id
+                }
             };
-            let tp = &self.pending[t as usize];
-            match tp.kind {
-                EntryType::Hardlink => target = link_str(tp.link),
-                EntryType::Dir => {
+            if self.nodes[cur.index()].kind != FileKind::Dir {
+                return Err(Error::entry(
+                    child,
+                    format!("parent {part:?} is not a directory"),
+                ));
+            }
+        }
+        Ok(cur)
+    }
+
+    /// Resolves every hardlink to its final target, following chains once
+    /// each (memoised), refusing missing targets, directories and cycles.
+    fn resolve_hardlinks(&self, b: &Builder) -> Result<Vec<Link>, Error> {
+        let mut links = vec![Link::Unresolved; self.pending.len()];
+        let link_str = |r: StrRef| &b.strings[r.off as usize..(r.off + r.len) as usize];
+        for start in 0..self.pending.len() {
+            if self.pending[start].kind != EntryType::Hardlink || !self.is_winner(start) {
+                continue;
+            }
+            let mut chain = Vec::new();
+            let mut cur = start;
+            let target = loop {
+                match links[cur] {
+                    Link::To(t) => break t,
+                    Link::InProgress => {
+                        return Err(Error::entry(&self.pending[start].name, "hardlink cycle"));
+                    }
+                    Link::Unresolved => {}
+                }
+                links[cur] = Link::InProgress;
+                chain.push(cur);
+                let p = &self.pending[cur];
+                let want = link_str(p.link);
+                let Some(&t) = self.by_name.get(want) else {
                     return Err(Error::entry(
                         &p.name,
-                        format!("hardlink to directory {target:?}"),
+                        format!("hardlink target {want:?} does not exist"),
                     ));
+                };
+                let tp = &self.pending[t as usize];
+                match tp.kind {
+                    EntryType::Hardlink => cur = t as usize,
+                    EntryType::Dir => {
+                        return Err(Error::entry(
+                            &p.name,
+                            format!("hardlink to directory {want:?}"),
+                        ));
+                    }
+                    _ => break self.node_of[t as usize],
                 }
-                _ => return Ok(self.node_of[t as usize]),
+            };
+            for i in chain {
+                links[i] = Link::To(target);
             }
         }
-        Err(Error::entry(&p.name, "hardlink cycle"))
+        Ok(links)
     }
 
     /// Link counts as the reference computes them: one per name, one more
@@ -822,4 +862,171 @@ pub fn format_mtime(secs: i64) -> Option<String> {
     let t = time::OffsetDateTime::from_unix_timestamp(secs).ok()?;
     let f = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
     t.format(&f).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse_entries(entries: serde_json::Value) -> Result<LayerTree, Error> {
+        let doc = json!({ "version": 1, "entries": entries, "unknownKey": [1, 2] });
+        parse(
+            &serde_json::to_vec(&doc).unwrap(),
+            1 << 20,
+            Limits::default(),
+        )
+    }
+
+    fn reason(entries: serde_json::Value) -> String {
+        parse_entries(entries)
+            .expect_err("must be refused")
+            .to_string()
+    }
+
+    const D: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+
+    #[test]
+    fn hostile_numbers_are_refused_with_a_reason() {
+        for (entries, needle) in [
+            (
+                json!([{"name": "a", "type": "reg", "size": 5, "offset": -3}]),
+                "not positive",
+            ),
+            (
+                json!([{"name": "a", "type": "reg", "size": 5, "offset": 1u64 << 40}]),
+                "does not lie before",
+            ),
+            (json!([{"name": "a", "type": "reg", "size": -5}]), "size -5"),
+            (
+                json!([{"name": "a", "type": "reg", "size": 100, "offset": 10, "chunkSize": 10}]),
+                "cover 10 bytes",
+            ),
+            (
+                json!([{"name": "a", "type": "reg", "size": 20, "offset": 10, "chunkSize": 10},
+                       {"name": "a", "type": "chunk", "offset": 20, "chunkOffset": 5, "chunkSize": 15}]),
+                "gap or overlap",
+            ),
+            (
+                json!([{"name": "a", "type": "reg", "size": 20, "offset": 10, "chunkSize": 10},
+                       {"name": "a", "type": "chunk", "offset": 20, "chunkOffset": 30}]),
+                "outside the file",
+            ),
+            (
+                json!([{"name": "a", "type": "chunk", "offset": 20, "chunkOffset": 5}]),
+                "before any file",
+            ),
+            (
+                json!([{"name": "a", "type": "reg", "size": 3}]),
+                "no offset",
+            ),
+            (
+                json!([{"name": "a", "type": "char", "devMajor": 1u64 << 40}]),
+                "out of range",
+            ),
+            (json!([{"name": "a", "type": "reg", "uid": -1}]), "uid -1"),
+            (json!([{"name": "a", "type": "socket"}]), "unknown type"),
+            (
+                json!([{"name": "./", "type": "reg"}]),
+                "root must be a directory",
+            ),
+            (
+                json!([{"name": "x", "type": "dir", "xattrs": {"user.a": "!!"}}]),
+                "xattr user.a",
+            ),
+            (
+                json!([{"name": "a", "type": "reg", "digest": "md5:00"}]),
+                "digest",
+            ),
+            (
+                json!([{"name": "a", "type": "hardlink", "linkName": "b"},
+                    {"name": "b", "type": "hardlink", "linkName": "a"}]),
+                "cycle",
+            ),
+            (
+                json!([{"name": "d", "type": "dir"}, {"name": "l", "type": "hardlink", "linkName": "d"}]),
+                "directory",
+            ),
+            (
+                json!([{"name": "f", "type": "reg"}, {"name": "f/child", "type": "reg"}]),
+                "not a directory",
+            ),
+            (
+                json!([{"name": "d", "type": "dir", "size": 4}]),
+                "only regular files",
+            ),
+        ] {
+            let got = reason(entries.clone());
+            assert!(got.contains(needle), "{entries}: {got}");
+        }
+    }
+
+    #[test]
+    fn absurd_counts_hit_the_limit_not_memory() {
+        let entries: Vec<_> = (0..50)
+            .map(|i| json!({"name": format!("f{i}"), "type": "reg"}))
+            .collect();
+        let doc = serde_json::to_vec(&json!({ "entries": entries })).unwrap();
+        let err = parse(&doc, 1 << 20, Limits { max_entries: 10 }).unwrap_err();
+        assert!(matches!(err, Error::Limit(_)), "{err}");
+    }
+
+    #[test]
+    fn structure_follows_the_reference_rules() {
+        let tree = parse_entries(json!([
+            {"name": "./", "type": "dir", "mode": 0o40700, "uid": 5},
+            {"name": "d", "type": "dir", "mode": 0o700},
+            {"name": "d/f", "type": "reg", "size": 4, "offset": 10, "digest": D, "chunkDigest": D, "userName": "u", "uid": 7},
+            {"name": "d/", "type": "dir", "mode": 0o755},
+            {"name": "../../../x/y", "type": "symlink", "linkName": "../../etc"},
+            {"name": "h1", "type": "hardlink", "linkName": "./h2"},
+            {"name": "h2", "type": "hardlink", "linkName": "d/f"},
+            {"name": "g", "type": "reg", "uid": 7},
+            {"name": "bar/../bar///////foo", "type": "fifo"},
+        ]))
+        .unwrap();
+        let root = tree.node(NodeId::ROOT);
+        assert_eq!((root.mode(), root.uid()), (0o700, 5));
+        // The later `d/` wins and keeps the children added under the earlier one.
+        let d = tree.lookup_path("d").unwrap();
+        assert_eq!(tree.node(d).mode(), 0o755);
+        let f = tree.lookup_path("d/f").unwrap();
+        assert_eq!(tree.lookup_path("h1"), Some(f));
+        assert_eq!(tree.lookup_path("h2"), Some(f));
+        assert_eq!(tree.node(f).nlink(), 3);
+        // Names: cleaned into the root; symlink targets kept as written.
+        let y = tree.lookup_path("x/y").unwrap();
+        assert_eq!(tree.link_target(y), Some("../../etc"));
+        assert_eq!(tree.node(tree.lookup_path("x").unwrap()).mode(), 0o755);
+        assert!(tree.lookup_path("bar/foo").is_some());
+        // User names back-filled by uid.
+        assert_eq!(tree.uname(tree.lookup_path("g").unwrap()), Some("u"));
+        // Link counts: root has d, x, bar as subdirectories.
+        assert_eq!(tree.node(NodeId::ROOT).nlink(), 2 + 3);
+        assert_eq!(tree.node(d).nlink(), 2);
+        // Chunk lookup edges.
+        assert_eq!(tree.chunk_index_at(f, 0), Some(0));
+        assert_eq!(tree.chunk_index_at(f, 3), Some(0));
+        assert_eq!(tree.chunk_index_at(f, 4), None);
+        assert_eq!(tree.chunks(f)[0].next_offset, 1 << 20);
+    }
+
+    #[test]
+    fn trailing_bytes_after_the_json_are_refused() {
+        assert!(parse(b"{\"entries\":[]} x", 10, Limits::default()).is_err());
+        assert!(parse(b"{\"entries\":[]}\n\t ", 10, Limits::default()).is_ok());
+    }
+
+    #[test]
+    fn mtimes_round_trip() {
+        for t in [1, 1_700_000_000, -86_400, 253_402_300_799] {
+            assert_eq!(parse_mtime(format_mtime(t).as_deref()), t);
+        }
+        assert_eq!(format_mtime(0), None);
+        assert_eq!(parse_mtime(Some("not a time")), 0);
+        assert_eq!(
+            parse_mtime(Some("2024-01-02T03:04:05.5+01:00")),
+            1_704_161_045
+        );
+    }
 }

@@ -174,6 +174,25 @@ pub struct Chunk {
 }
 
 impl Chunk {
+    /// A chunk without a digest of its own, for callers that inflate
+    /// outside a tree (tests, fuzzing, writers checking their output).
+    pub fn new(
+        offset: u64,
+        next_offset: u64,
+        inner_offset: u64,
+        chunk_offset: u64,
+        size: u64,
+    ) -> Self {
+        Chunk {
+            offset,
+            next_offset,
+            inner_offset,
+            chunk_offset,
+            size,
+            digest: NO_INDEX,
+        }
+    }
+
     /// The compressed range `[offset, next_offset)` length.
     pub fn compressed_len(&self) -> u64 {
         self.next_offset - self.offset

@@ -1,0 +1,53 @@
+#!/usr/bin/env python3
+"""Builds each fuzz target's seed corpus from the conformance testdata.
+
+    fuzz/seed-corpus.py [TESTDATA_DIR]   (default ../shared/testdata/estargz)
+
+Writes fuzz/corpus/<target>/: blob tails for `footer`, TOC JSON for `toc`,
+the TOC member's tar for `tar_header`, whole small blobs for `layer_open`.
+"""
+import gzip
+import os
+import sys
+import zlib
+
+here = os.path.dirname(os.path.abspath(__file__))
+src = sys.argv[1] if len(sys.argv) > 1 else os.path.join(here, "..", "..", "shared", "testdata", "estargz")
+corpus = os.path.join(here, "corpus")
+
+
+def put(target, name, data):
+    d = os.path.join(corpus, target)
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, name), "wb") as f:
+        f.write(data)
+
+
+for fn in sorted(os.listdir(src)):
+    if not fn.endswith(".blob"):
+        continue
+    name = fn[:-5]
+    blob = open(os.path.join(src, fn), "rb").read()
+    put("footer", name, blob[-64:])
+    if len(blob) < 128 * 1024:
+        put("layer_open", name, blob)
+    for size in (51, 47):
+        foot = blob[-size:]
+        try:
+            off = int(foot[size - 35:size - 19], 16)
+        except ValueError:
+            continue
+        if off >= len(blob):
+            continue
+        try:
+            tar = zlib.decompressobj(31).decompress(blob[off:])
+        except zlib.error:
+            continue
+        put("tar_header", name, tar)
+        json_len = int(tar[124:136].rstrip(b"\0 ") or b"0", 8)
+        put("toc", name, tar[512:512 + json_len])
+        break
+    # A real member for chunk_inflate: (size, inner, zstd, data) is decoded by
+    # libfuzzer's Arbitrary; raw gzip bytes are still a useful start.
+    put("chunk_inflate", name, gzip.compress(blob[:256]))
+print("seed corpus in", corpus)
