@@ -17,7 +17,7 @@ for t in "${targets[@]}"; do
   mkdir -p "corpus/$t"
   echo "== fuzzing $t for ${secs}s"
   cargo fuzz run "$t" "corpus/$t" "regressions/$t" -- \
-    -max_total_time="$secs" -rss_limit_mb=2048 -malloc_limit_mb=1024 -timeout=10 -print_final_stats=1 2>&1 |
+    -max_total_time="$secs" -rss_limit_mb=2048 -malloc_limit_mb=1024 -timeout=10 -max_len=131072 -print_final_stats=1 2>&1 |
     grep -E "^(#[0-9]+ +DONE|stat::number_of_executed_units|==|INFO: seed corpus|.*(panicked|ERROR|SUMMARY|Test unit written))" || true
   # grep hides the run's status; the pipeline above must not, so re-check.
   if compgen -G "artifacts/$t/*-*" >/dev/null; then

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Runs every test ringstar has: formatting, lints, unit tests, the eStargz
+# conformance folder, round trips (also through the reference eStargz
+# reader), fuzz regressions, and a bounded fuzz run when cargo-fuzz is
+# installed. Needs ../shared beside the checkout (or RINGSTAR_SHARED).
+#
+#   ./test.sh                 everything
+#   FUZZ_SECONDS=0 ./test.sh  skip the fuzz run
+set -euo pipefail
+cd "$(dirname "$0")"
+shared=$(realpath "${RINGSTAR_SHARED:-../shared}")
+[ -d "$shared/testdata/estargz" ] || { echo "test.sh: no conformance data at $shared/testdata/estargz" >&2; exit 1; }
+export RINGSTAR_TESTDATA="$shared/testdata/estargz"
+
+step() { echo; echo "== $*"; }
+
+# The reference eStargz reader (Go, from Debian's sources), so round-trip
+# tests prove our writer's layers open in the reference too.
+esgz=target/tools/esgz-check
+if [ ! -x "$esgz" ]; then
+  step "building the reference eStargz reader"
+  mkdir -p target/tools
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    if ! command -v go >/dev/null || [ ! -d /usr/share/gocode/src/github.com/containerd/stargz-snapshotter/estargz ]; then
+      apt-get update -q >/dev/null
+    fi
+    bash "$shared/tools/build-esgz-check.sh" "$esgz"
+  else
+    echo "not root or no apt-get: round trips run without the reference reader"
+  fi
+fi
+[ -x "$esgz" ] && ESGZ_CHECK=$(realpath "$esgz") && export ESGZ_CHECK
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+step "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+fuzz_seconds=${FUZZ_SECONDS:-30}
+if [ "$fuzz_seconds" -gt 0 ] && cargo fuzz --version >/dev/null 2>&1; then
+  step "fuzzing each target for ${fuzz_seconds}s"
+  bash fuzz/run.sh "$fuzz_seconds"
+else
+  step "fuzz run skipped (cargo-fuzz not installed or FUZZ_SECONDS=0): cargo install cargo-fuzz"
+fi
+
+step "cargo test"
+cargo test --workspace --locked
