@@ -15,9 +15,9 @@ use std::process::Command;
 use peak_alloc::PeakAlloc;
 use ringstar_bench::{Rng, median_time, report, testdata, texty_bytes, toc_json_of};
 use ringstar_core::tar::{self, Entry, EntryType};
+use ringstar_core::toc::{self, Limits, TocDocument, TocEntry};
 use ringstar_core::writer::{self, WriterOptions};
 use ringstar_core::{Digest, Layer, OpenOptions};
-use ringstar_core::toc::{self, Limits, TocDocument, TocEntry};
 
 #[global_allocator]
 static HEAP: PeakAlloc = PeakAlloc;
@@ -123,7 +123,8 @@ fn bench(label: &str, json: &[u8], runs: usize) {
 /// A real layer of `files` small files in 1000 directories, written once
 /// by our writer and kept under target/bench/.
 fn generated_layer(files: usize) -> anyhow::Result<PathBuf> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../target/bench/files-{files}.esgz"));
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("../target/bench/files-{files}.esgz"));
     if path.exists() {
         return Ok(path);
     }
@@ -133,7 +134,10 @@ fn generated_layer(files: usize) -> anyhow::Result<PathBuf> {
     for i in 0..files {
         let data = texty_bytes(rng.below(1500) as usize, &mut rng);
         let e = Entry {
-            name: format!("./usr/lib/python3/dist-packages/pkg{:04}/module_{i:06}.py", i % 1000),
+            name: format!(
+                "./usr/lib/python3/dist-packages/pkg{:04}/module_{i:06}.py",
+                i % 1000
+            ),
             entry_type: Some(EntryType::Reg),
             mode: 0o644,
             mtime: 1_700_000_000,
@@ -151,8 +155,16 @@ fn generated_layer(files: usize) -> anyhow::Result<PathBuf> {
 
 /// Runs the reference's tocbench on `blob`: (total open ms, live heap MB).
 fn reference_open(tool: &Path, blob: &Path, runs: usize) -> anyhow::Result<(f64, f64)> {
-    let out = Command::new(tool).arg("-n").arg(runs.to_string()).arg(blob).output()?;
-    anyhow::ensure!(out.status.success(), "tocbench failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(tool)
+        .arg("-n")
+        .arg(runs.to_string())
+        .arg(blob)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "tocbench failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout)?;
     let row = text.lines().last().unwrap_or_default();
     let cols: Vec<&str> = row.split('|').map(str::trim).collect();
@@ -161,7 +173,12 @@ fn reference_open(tool: &Path, blob: &Path, runs: usize) -> anyhow::Result<(f64,
     Ok((cols[2].parse()?, cols[8].parse()?))
 }
 
-fn bench_open(label: &str, path: &Path, runs: usize, reference: Option<&Path>) -> anyhow::Result<()> {
+fn bench_open(
+    label: &str,
+    path: &Path,
+    runs: usize,
+    reference: Option<&Path>,
+) -> anyhow::Result<()> {
     let blob = std::fs::read(path)?;
     let opts = OpenOptions::default();
     let t = median_time(runs, || {
@@ -182,7 +199,10 @@ fn bench_open(label: &str, path: &Path, runs: usize, reference: Option<&Path>) -
         let o = fields.as_object_mut().expect("object");
         o.insert("reference_open_ms".into(), ref_ms.into());
         o.insert("reference_live_heap_mb".into(), ref_mb.into());
-        o.insert("open_speedup_vs_reference".into(), ((ref_ms / ms * 100.0).round() / 100.0).into());
+        o.insert(
+            "open_speedup_vs_reference".into(),
+            ((ref_ms / ms * 100.0).round() / 100.0).into(),
+        );
         o.insert(
             "heap_ratio_reference_over_ours".into(),
             ((ref_mb / (live as f64 / 1e6) * 10.0).round() / 10.0).into(),
@@ -199,7 +219,9 @@ fn main() -> anyhow::Result<()> {
     bench("generated-100k", &generated_toc(100_000), runs);
     let tool = std::env::var_os("TOCBENCH")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/tools/tocbench"));
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/tools/tocbench")
+        });
     let reference = tool.exists().then_some(tool.as_path());
     if reference.is_none() {
         eprintln!("no reference tocbench (bench/build-reference-tocbench.sh): reporting ours only");
