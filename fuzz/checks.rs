@@ -99,3 +99,4 @@ pub fn chunk_inflate(data: &[u8]) {
         assert_eq!(again, out);
     }
 }
+

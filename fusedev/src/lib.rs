@@ -1,1 +1,29 @@
-//! The FUSE wire protocol, mounts, transports and the per-core loop (issue #3: not built yet).
+//! ringstar-fusedev: serve `/dev/fuse` directly, no libfuse.
+//!
+//! - [`abi`]: the protocol 7.45 structs, with compile-time layout asserts.
+//! - [`request`]: decoding requests from untrusted bytes.
+//! - [`fs`]: the [`Filesystem`] trait (metadata answers now; reads now or
+//!   later through a [`DeferredRead`]).
+//! - [`session`]: mount, INIT, the per-core threads, teardown.
+//! - classic transport (read/write on cloned fds) and FUSE-over-io_uring.
+//! - [`passthrough`]: backing files the kernel reads directly.
+//!
+//! The crate knows nothing of images.
+
+pub mod abi;
+pub mod fs;
+pub mod passthrough;
+mod reply;
+pub mod request;
+pub mod session;
+mod sys;
+pub mod types;
+mod uring;
+
+pub use fs::{ConnInfo, DeferredRead, DirOut, Filesystem, Opened, ReadOut, ReadResult};
+pub use passthrough::{BackingFile, BackingId, Passthrough};
+pub use request::Ctx;
+pub use session::{MountOptions, Session, Stats, Transport, TransportChoice, abort_connection};
+pub use types::{
+    AttrReply, Entry, Errno, FileAttr, FileHandle, FileType, Ino, Statfs, Timestamp, Unique,
+};

@@ -1,0 +1,156 @@
+//! Typed ids, so an inode number, a file handle and a request id can not
+//! be mixed up.
+
+use std::time::Duration;
+
+/// An inode number as the kernel knows it (root is 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Ino(pub u64);
+
+impl Ino {
+    pub const ROOT: Ino = Ino(crate::abi::ROOT_ID);
+}
+
+/// A file handle returned by open/opendir.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FileHandle(pub u64);
+
+/// A request's id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Unique(pub u64);
+
+/// An errno to answer with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Errno(pub i32);
+
+impl Errno {
+    pub const ENOENT: Errno = Errno(libc::ENOENT);
+    pub const EIO: Errno = Errno(libc::EIO);
+    pub const EINTR: Errno = Errno(libc::EINTR);
+    pub const EINVAL: Errno = Errno(libc::EINVAL);
+    pub const ENOSYS: Errno = Errno(libc::ENOSYS);
+    pub const EROFS: Errno = Errno(libc::EROFS);
+    pub const ENODATA: Errno = Errno(libc::ENODATA);
+    pub const ERANGE: Errno = Errno(libc::ERANGE);
+    pub const ENOTDIR: Errno = Errno(libc::ENOTDIR);
+    pub const EISDIR: Errno = Errno(libc::EISDIR);
+    pub const EBADF: Errno = Errno(libc::EBADF);
+}
+
+/// What kind of file an inode is (`S_IFMT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileType {
+    Directory,
+    RegularFile,
+    Symlink,
+    CharDevice,
+    BlockDevice,
+    NamedPipe,
+    Socket,
+}
+
+impl FileType {
+    pub fn mode_bits(self) -> u32 {
+        match self {
+            FileType::Directory => libc::S_IFDIR,
+            FileType::RegularFile => libc::S_IFREG,
+            FileType::Symlink => libc::S_IFLNK,
+            FileType::CharDevice => libc::S_IFCHR,
+            FileType::BlockDevice => libc::S_IFBLK,
+            FileType::NamedPipe => libc::S_IFIFO,
+            FileType::Socket => libc::S_IFSOCK,
+        }
+    }
+
+    /// The `DT_*` value for directory entries.
+    pub fn dirent_type(self) -> u32 {
+        u32::from(match self {
+            FileType::Directory => libc::DT_DIR,
+            FileType::RegularFile => libc::DT_REG,
+            FileType::Symlink => libc::DT_LNK,
+            FileType::CharDevice => libc::DT_CHR,
+            FileType::BlockDevice => libc::DT_BLK,
+            FileType::NamedPipe => libc::DT_FIFO,
+            FileType::Socket => libc::DT_SOCK,
+        })
+    }
+}
+
+/// A timestamp: seconds and nanoseconds since the epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Timestamp {
+    pub secs: i64,
+    pub nsecs: u32,
+}
+
+/// Attributes of an inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileAttr {
+    pub ino: Ino,
+    pub size: u64,
+    pub blocks: u64,
+    pub atime: Timestamp,
+    pub mtime: Timestamp,
+    pub ctime: Timestamp,
+    pub kind: FileType,
+    /// Permission bits with setuid/setgid/sticky.
+    pub perm: u32,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub rdev: u32,
+    pub blksize: u32,
+}
+
+impl FileAttr {
+    pub(crate) fn to_abi(self) -> crate::abi::Attr {
+        crate::abi::Attr {
+            ino: self.ino.0,
+            size: self.size,
+            blocks: self.blocks,
+            atime: self.atime.secs as u64,
+            mtime: self.mtime.secs as u64,
+            ctime: self.ctime.secs as u64,
+            atimensec: self.atime.nsecs,
+            mtimensec: self.mtime.nsecs,
+            ctimensec: self.ctime.nsecs,
+            mode: self.kind.mode_bits() | (self.perm & 0o7777),
+            nlink: self.nlink,
+            uid: self.uid,
+            gid: self.gid,
+            rdev: self.rdev,
+            blksize: self.blksize,
+            flags: 0,
+        }
+    }
+}
+
+/// A lookup answer: the inode and how long the kernel may cache it.
+/// `ino == Ino(0)` is a negative entry (the name's absence is cached).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    pub attr: FileAttr,
+    pub generation: u64,
+    pub entry_ttl: Duration,
+    pub attr_ttl: Duration,
+}
+
+/// A getattr answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttrReply {
+    pub attr: FileAttr,
+    pub ttl: Duration,
+}
+
+/// Filesystem statistics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Statfs {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+    pub frsize: u32,
+}

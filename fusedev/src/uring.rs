@@ -1,0 +1,307 @@
+//! FUSE-over-io_uring: one ring per kernel queue (one per possible CPU),
+//! each owned by a pinned thread that registers `depth` entries and runs
+//! the commit-and-fetch loop (fuse-io-uring.md §3). A deferred read keeps
+//! its entry in userspace; its answer arrives through the core's mailbox
+//! and an eventfd read that is always armed on the same ring.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::mem::size_of;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+
+use io_uring::{IoUring, cqueue, opcode, squeue::Entry128, types};
+use zerocopy::{FromBytes, FromZeros, IntoBytes};
+
+use crate::abi::{InHeader, OutHeader, UringCmdReq, UringReqHeader, uring_cmd};
+use crate::fs::{DeferSeed, Filesystem, ReplySink};
+use crate::reply::{Outcome, dispatch};
+use crate::request::{self, Operation};
+use crate::session::Shared;
+use crate::sys;
+use crate::types::{Errno, Unique};
+
+/// user_data of the eventfd read; entries use their index.
+const WAKE: u64 = u64::MAX;
+
+/// A deferred answer: the entry it belongs to, the request, the reply.
+type Answer = (u32, Unique, Result<Vec<u8>, Errno>);
+
+/// Deferred answers waiting for their core.
+struct Mailbox {
+    queue: Mutex<Vec<Answer>>,
+    wake: File,
+}
+
+impl ReplySink for Mailbox {
+    fn send(&self, token: u64, unique: Unique, result: Result<&[u8], Errno>) {
+        self.queue.lock().expect("mailbox").push((
+            token as u32,
+            unique,
+            result.map(<[u8]>::to_vec),
+        ));
+        if let Err(e) = (&self.wake).write_all(&1u64.to_ne_bytes()) {
+            tracing::warn!(error = %e, "waking a FUSE ring");
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    /// Registered or committed: the kernel owns the buffers.
+    InKernel,
+    /// Holding a deferred request until its answer comes.
+    Deferred { unique: Unique, commit_id: u64 },
+    /// Finished for good (connection gone).
+    Dead,
+}
+
+/// One ring entry: the buffers the kernel copies requests into and replies
+/// out of. Boxed so their addresses never move while registered.
+struct RingEntry {
+    header: Box<UringReqHeader>,
+    payload: Box<[u8]>,
+    iov: Box<[libc::iovec; 2]>,
+    slot: Slot,
+}
+
+/// Sets `sqe->len` (byte 24), which the io-uring crate's UringCmd80 has no
+/// setter for; REGISTER needs it to be the iovec count.
+fn with_len(entry: Entry128, len: u32) -> Entry128 {
+    const _: () = assert!(size_of::<Entry128>() == 128);
+    // SAFETY: Entry128 is repr(C), 128 bytes of plain integer SQE fields
+    // (no references, no padding invariants); any byte pattern is valid.
+    let mut bytes: [u8; 128] = unsafe { std::mem::transmute(entry) };
+    bytes[24..28].copy_from_slice(&len.to_le_bytes());
+    // SAFETY: as above, the bytes came from a valid Entry128.
+    unsafe { std::mem::transmute::<[u8; 128], Entry128>(bytes) }
+}
+
+fn cmd(qid: u16, commit_id: u64) -> [u8; 80] {
+    let req = UringCmdReq {
+        flags: 0,
+        commit_id,
+        qid,
+        padding: [0; 6],
+    };
+    let mut out = [0u8; 80];
+    out[..size_of::<UringCmdReq>()].copy_from_slice(req.as_bytes());
+    out
+}
+
+struct Queue {
+    ring: IoUring<Entry128, cqueue::Entry>,
+    qid: u16,
+}
+
+impl Queue {
+    fn push(&mut self, sqe: &Entry128) -> io::Result<()> {
+        loop {
+            // SAFETY: every SQE we push points only at buffers owned by a
+            // RingEntry or the wake buffer, which live until the ring is
+            // dropped (they are declared before it in serve_queue).
+            if unsafe { self.ring.submission().push(sqe) }.is_ok() {
+                return Ok(());
+            }
+            self.ring.submit()?;
+        }
+    }
+
+    fn register(&mut self, index: usize, entry: &RingEntry) -> io::Result<()> {
+        let sqe = opcode::UringCmd80::new(types::Fixed(0), uring_cmd::REGISTER)
+            .cmd(cmd(self.qid, 0))
+            .addr(Some(entry.iov.as_ptr() as u64))
+            .build()
+            .user_data(index as u64);
+        self.push(&with_len(sqe, 2))
+    }
+
+    fn commit(&mut self, index: usize, commit_id: u64) -> io::Result<()> {
+        let sqe = opcode::UringCmd80::new(types::Fixed(0), uring_cmd::COMMIT_AND_FETCH)
+            .cmd(cmd(self.qid, commit_id))
+            .build()
+            .user_data(index as u64);
+        self.push(&sqe)
+    }
+
+    fn arm_wake(&mut self, fd: &File, buf: &mut [u8; 8]) -> io::Result<()> {
+        let sqe = opcode::Read::new(types::Fd(fd.as_raw_fd()), buf.as_mut_ptr(), 8)
+            .build()
+            .user_data(WAKE);
+        self.push(&Entry128::from(sqe))
+    }
+}
+
+/// Puts a reply into an entry's buffers.
+fn fill_reply(entry: &mut RingEntry, unique: Unique, result: Result<usize, Errno>) {
+    let (error, len) = match result {
+        Ok(n) => (0, n),
+        Err(e) => (-e.0, 0),
+    };
+    let out = OutHeader {
+        len: (16 + len) as u32,
+        error,
+        unique: unique.0,
+    };
+    entry.header.in_out[..16].copy_from_slice(out.as_bytes());
+    entry.header.ring_ent_in_out.payload_sz = len as u32;
+}
+
+/// Serves kernel queue `qid` until the connection ends.
+pub(crate) fn serve_queue<F: Filesystem + ?Sized>(
+    fuse: Arc<OwnedFd>,
+    qid: u16,
+    depth: u16,
+    shared: &Shared<F>,
+) -> io::Result<()> {
+    let payload_len = shared.negotiated.max_write.max(8192);
+    // Buffers first: they must outlive the ring (locals drop in reverse).
+    let mut entries: Vec<RingEntry> = (0..depth.max(1))
+        .map(|_| {
+            let mut header = Box::new(UringReqHeader::new_zeroed());
+            let mut payload = vec![0u8; payload_len].into_boxed_slice();
+            let iov = Box::new([
+                libc::iovec {
+                    iov_base: (&mut *header as *mut UringReqHeader).cast(),
+                    iov_len: size_of::<UringReqHeader>(),
+                },
+                libc::iovec {
+                    iov_base: payload.as_mut_ptr().cast(),
+                    iov_len: payload.len(),
+                },
+            ]);
+            RingEntry {
+                header,
+                payload,
+                iov,
+                slot: Slot::InKernel,
+            }
+        })
+        .collect();
+    let mut wake_buf = Box::new([0u8; 8]);
+    let mailbox = Arc::new(Mailbox {
+        queue: Mutex::new(Vec::new()),
+        wake: File::from(sys::eventfd()?),
+    });
+    let sink: Arc<dyn ReplySink> = mailbox.clone();
+    let mut seed = DeferSeed {
+        sink,
+        token: 0,
+        unique: Unique(0),
+        pending: shared.pending.clone(),
+    };
+    let sq_len = (u32::from(depth) + 2).next_power_of_two();
+    let ring = IoUring::<Entry128, cqueue::Entry>::builder()
+        .setup_cqsize(sq_len * 2)
+        .build(sq_len)?;
+    ring.submitter().register_files(&[fuse.as_raw_fd()])?;
+    let mut q = Queue { ring, qid };
+    for (i, e) in entries.iter().enumerate() {
+        q.register(i, e)?;
+    }
+    q.arm_wake(&mailbox.wake, &mut wake_buf)?;
+    q.ring.submit()?;
+    let mut rest = vec![0u8; payload_len];
+    let mut cqes: Vec<(u64, i32)> = Vec::with_capacity(usize::from(depth) + 1);
+    let mut gone = false;
+    loop {
+        if entries.iter().all(|e| e.slot == Slot::Dead)
+            || (gone && entries.iter().all(|e| e.slot != Slot::InKernel))
+        {
+            break;
+        }
+        match q.ring.submit_and_wait(1) {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            Err(e) => return Err(e),
+        }
+        cqes.clear();
+        cqes.extend(q.ring.completion().map(|c| (c.user_data(), c.result())));
+        for &(user_data, res) in &cqes {
+            if user_data == WAKE {
+                let answers = std::mem::take(&mut *mailbox.queue.lock().expect("mailbox"));
+                for (slot, unique, result) in answers {
+                    let Some(e) = entries.get_mut(slot as usize) else {
+                        continue;
+                    };
+                    let Slot::Deferred {
+                        unique: u,
+                        commit_id,
+                    } = e.slot
+                    else {
+                        continue;
+                    };
+                    if u != unique {
+                        continue;
+                    }
+                    let r = result.map(|data| {
+                        let n = data.len().min(e.payload.len());
+                        e.payload[..n].copy_from_slice(&data[..n]);
+                        n
+                    });
+                    fill_reply(e, unique, r);
+                    e.slot = Slot::InKernel;
+                    q.commit(slot as usize, commit_id)?;
+                }
+                if !gone {
+                    q.arm_wake(&mailbox.wake, &mut wake_buf)?;
+                }
+                continue;
+            }
+            let index = user_data as usize;
+            if res < 0 {
+                match -res {
+                    libc::ENOTCONN | libc::ECONNABORTED | libc::ECANCELED | libc::ENODEV => {
+                        gone = true
+                    }
+                    errno => tracing::error!(qid, errno, "FUSE ring entry failed"),
+                }
+                entries[index].slot = Slot::Dead;
+                continue;
+            }
+            shared
+                .stats
+                .ring
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let e = &mut entries[index];
+            let hdr: UringReqHeader = *e.header;
+            let commit_id = hdr.ring_ent_in_out.commit_id;
+            let Ok((in_header, _)) = InHeader::read_from_prefix(&hdr.in_out[..]) else {
+                continue;
+            };
+            let unique = Unique(in_header.unique);
+            let rest_len = (hdr.ring_ent_in_out.payload_sz as usize).min(e.payload.len());
+            rest[..rest_len].copy_from_slice(&e.payload[..rest_len]);
+            let outcome = match request::decode(&in_header, &hdr.op_in, &rest[..rest_len]) {
+                Ok(req) if matches!(req.op, Operation::Interrupt { .. }) => Outcome::Reply(0),
+                Ok(req) => {
+                    seed.unique = unique;
+                    seed.token = index as u64;
+                    dispatch(&*shared.fs, &req, &mut e.payload, &seed)
+                }
+                Err(err) => {
+                    tracing::warn!(qid, error = %err, "malformed FUSE request");
+                    Outcome::Error(Errno::EINVAL)
+                }
+            };
+            match outcome {
+                Outcome::Reply(n) => fill_reply(e, unique, Ok(n)),
+                Outcome::Error(err) => fill_reply(e, unique, Err(err)),
+                // Requests that take no answer never come through the ring;
+                // re-arm the entry all the same.
+                Outcome::NoReply => fill_reply(e, unique, Ok(0)),
+                Outcome::Deferred => {
+                    e.slot = Slot::Deferred { unique, commit_id };
+                    continue;
+                }
+            }
+            q.commit(index, commit_id)?;
+        }
+    }
+    tracing::debug!(qid, "FUSE ring queue done");
+    // Kernel-owned buffers must not be freed while the kernel may still
+    // write them: the ring goes first.
+    drop(q);
+    drop(entries);
+    Ok(())
+}

@@ -1,0 +1,369 @@
+//! An in-memory read-only filesystem for the transport tests: dirs, files
+//! of several sizes, symlinks, a hardlink, xattrs, devices; reads that can
+//! answer later from another thread; counters of what the kernel asked.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ringstar_fusedev::{
+    AttrReply, BackingFile, ConnInfo, Ctx, DirOut, Entry, Errno, FileAttr, FileHandle, FileType,
+    Filesystem, Ino, MountOptions, Opened, Passthrough, ReadOut, ReadResult, Session, Timestamp,
+    TransportChoice,
+};
+
+pub enum Content {
+    Dir(BTreeMap<OsString, u64>),
+    File(Arc<Vec<u8>>),
+    Symlink(Vec<u8>),
+    Device(FileType, u32),
+}
+
+pub struct Node {
+    pub content: Content,
+    pub perm: u32,
+    pub nlink: u32,
+    pub xattrs: BTreeMap<OsString, Vec<u8>>,
+}
+
+/// How reads answer.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum ReadMode {
+    Now,
+    /// From another thread after a delay.
+    Later(Duration),
+    /// Never (until the handle is dropped on unmount).
+    Never,
+}
+
+pub struct TestFs {
+    pub nodes: BTreeMap<u64, Node>,
+    pub read_mode: Mutex<ReadMode>,
+    pub reads: AtomicUsize,
+    pub lookups: AtomicUsize,
+    pub held: Mutex<Vec<ringstar_fusedev::DeferredRead>>,
+    pub passthrough: Mutex<Option<Passthrough>>,
+    /// ino → backing file, for files served by passthrough.
+    pub backing: Mutex<BTreeMap<u64, (BackingFile, PathBuf)>>,
+    pub passthrough_files: BTreeMap<u64, PathBuf>,
+    pub forgets: AtomicU64,
+}
+
+pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(2654435761).to_le_bytes()[1] ^ seed)
+        .collect()
+}
+
+impl TestFs {
+    pub fn new() -> Self {
+        let mut nodes = BTreeMap::new();
+        let file = |data: Vec<u8>, perm: u32| Node {
+            content: Content::File(Arc::new(data)),
+            perm,
+            nlink: 1,
+            xattrs: BTreeMap::new(),
+        };
+        let dir = |children: &[(&str, u64)]| Node {
+            content: Content::Dir(
+                children
+                    .iter()
+                    .map(|(n, i)| (OsString::from(n), *i))
+                    .collect(),
+            ),
+            perm: 0o755,
+            nlink: 2,
+            xattrs: BTreeMap::new(),
+        };
+        let root_children = [
+            ("empty", 2u64),
+            ("small.txt", 3),
+            ("big.bin", 4),
+            ("sub", 5),
+            ("link", 6),
+            ("hard", 3),
+            ("null", 7),
+            ("blk", 8),
+            ("fifo", 9),
+        ];
+        nodes.insert(1, dir(&root_children));
+        nodes.insert(2, file(Vec::new(), 0o644));
+        let mut small = file(b"hello from ringstar\n".to_vec(), 0o4755);
+        small.nlink = 2;
+        small
+            .xattrs
+            .insert("user.comment".into(), b"a value".to_vec());
+        small.xattrs.insert("user.empty".into(), Vec::new());
+        nodes.insert(3, small);
+        nodes.insert(4, file(pattern(3 << 20 | 12345, 7), 0o644));
+        nodes.insert(5, dir(&[("deep.txt", 10)]));
+        nodes
+            .get_mut(&5)
+            .expect("sub")
+            .xattrs
+            .insert("trusted.overlay.opaque".into(), b"y".to_vec());
+        nodes.insert(
+            6,
+            Node {
+                content: Content::Symlink(b"small.txt".to_vec()),
+                perm: 0o777,
+                nlink: 1,
+                xattrs: BTreeMap::new(),
+            },
+        );
+        let dev = |t, rdev| Node {
+            content: Content::Device(t, rdev),
+            perm: 0o600,
+            nlink: 1,
+            xattrs: BTreeMap::new(),
+        };
+        nodes.insert(7, dev(FileType::CharDevice, libc::makedev(1, 3) as u32));
+        nodes.insert(8, dev(FileType::BlockDevice, libc::makedev(8, 0) as u32));
+        nodes.insert(9, dev(FileType::NamedPipe, 0));
+        nodes.insert(10, file(pattern(70_000, 3), 0o600));
+        TestFs {
+            nodes,
+            read_mode: Mutex::new(ReadMode::Now),
+            reads: AtomicUsize::new(0),
+            lookups: AtomicUsize::new(0),
+            held: Mutex::new(Vec::new()),
+            passthrough: Mutex::new(None),
+            backing: Mutex::new(BTreeMap::new()),
+            passthrough_files: BTreeMap::new(),
+            forgets: AtomicU64::new(0),
+        }
+    }
+
+    /// Adds a file served by passthrough from `backing`.
+    pub fn with_passthrough_file(mut self, name: &str, ino: u64, backing: PathBuf) -> Self {
+        let len = std::fs::metadata(&backing).expect("backing file").len() as usize;
+        self.nodes.insert(
+            ino,
+            Node {
+                content: Content::File(Arc::new(vec![0; len])),
+                perm: 0o644,
+                nlink: 1,
+                xattrs: BTreeMap::new(),
+            },
+        );
+        if let Some(Node {
+            content: Content::Dir(children),
+            ..
+        }) = self.nodes.get_mut(&1)
+        {
+            children.insert(name.into(), ino);
+        }
+        self.passthrough_files.insert(ino, backing);
+        self
+    }
+
+    pub fn attr(&self, ino: u64) -> FileAttr {
+        let n = &self.nodes[&ino];
+        let (kind, size, rdev) = match &n.content {
+            Content::Dir(_) => (FileType::Directory, 0, 0),
+            Content::File(d) => (FileType::RegularFile, d.len() as u64, 0),
+            Content::Symlink(t) => (FileType::Symlink, t.len() as u64, 0),
+            Content::Device(t, r) => (*t, 0, *r),
+        };
+        let t = Timestamp {
+            secs: 1_700_000_000,
+            nsecs: 0,
+        };
+        FileAttr {
+            ino: Ino(ino),
+            size,
+            blocks: size.div_ceil(512),
+            atime: t,
+            mtime: t,
+            ctime: t,
+            kind,
+            perm: n.perm,
+            nlink: n.nlink,
+            uid: 0,
+            gid: 0,
+            rdev,
+            blksize: 4096,
+        }
+    }
+
+    fn entry(&self, ino: u64) -> Entry {
+        Entry {
+            attr: self.attr(ino),
+            generation: 0,
+            entry_ttl: Duration::from_secs(3600),
+            attr_ttl: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl Filesystem for TestFs {
+    fn init(&self, info: &ConnInfo) {
+        *self.passthrough.lock().unwrap() = info.passthrough.clone();
+    }
+
+    fn lookup(&self, _ctx: &Ctx, parent: Ino, name: &OsStr) -> Result<Entry, Errno> {
+        self.lookups.fetch_add(1, Ordering::Relaxed);
+        match self.nodes.get(&parent.0).map(|n| &n.content) {
+            Some(Content::Dir(children)) => children
+                .get(name)
+                .map(|&i| self.entry(i))
+                .ok_or(Errno::ENOENT),
+            Some(_) => Err(Errno::ENOTDIR),
+            None => Err(Errno::ENOENT),
+        }
+    }
+
+    fn forget(&self, _ino: Ino, nlookup: u64) {
+        self.forgets.fetch_add(nlookup, Ordering::Relaxed);
+    }
+
+    fn getattr(&self, _ctx: &Ctx, ino: Ino) -> Result<AttrReply, Errno> {
+        if !self.nodes.contains_key(&ino.0) {
+            return Err(Errno::ENOENT);
+        }
+        Ok(AttrReply {
+            attr: self.attr(ino.0),
+            ttl: Duration::from_secs(3600),
+        })
+    }
+
+    fn readlink(&self, _ctx: &Ctx, ino: Ino) -> Result<Vec<u8>, Errno> {
+        match self.nodes.get(&ino.0).map(|n| &n.content) {
+            Some(Content::Symlink(t)) => Ok(t.clone()),
+            _ => Err(Errno::EINVAL),
+        }
+    }
+
+    fn open(&self, _ctx: &Ctx, ino: Ino, _flags: u32) -> Result<Opened, Errno> {
+        let mut opened = Opened {
+            keep_cache: true,
+            ..Opened::default()
+        };
+        if let Some(path) = self.passthrough_files.get(&ino.0) {
+            let pt = self.passthrough.lock().unwrap().clone().ok_or(Errno::EIO)?;
+            let mut backing = self.backing.lock().unwrap();
+            if let std::collections::btree_map::Entry::Vacant(slot) = backing.entry(ino.0) {
+                let f = File::open(path).map_err(|_| Errno::EIO)?;
+                let b = pt.open_backing(&f).map_err(|e| {
+                    eprintln!("open_backing: {e}");
+                    Errno::EIO
+                })?;
+                slot.insert((b, path.clone()));
+            }
+            opened.backing = Some(backing[&ino.0].0.id());
+        }
+        Ok(opened)
+    }
+
+    fn read(
+        &self,
+        _ctx: &Ctx,
+        ino: Ino,
+        _fh: FileHandle,
+        offset: u64,
+        mut out: ReadOut<'_>,
+    ) -> ReadResult {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        let Some(Content::File(data)) = self.nodes.get(&ino.0).map(|n| &n.content) else {
+            return ReadResult::Error(Errno::EISDIR);
+        };
+        let start = (offset as usize).min(data.len());
+        let mode = *self.read_mode.lock().unwrap();
+        match mode {
+            ReadMode::Now => {
+                let buf = out.buf();
+                let n = buf.len().min(data.len() - start);
+                buf[..n].copy_from_slice(&data[start..start + n]);
+                ReadResult::Data(n)
+            }
+            ReadMode::Later(delay) => {
+                let handle = out.defer();
+                let data = data.clone();
+                std::thread::spawn(move || {
+                    std::thread::sleep(delay);
+                    let n = handle.max_len().min(data.len() - start);
+                    handle.reply(&data[start..start + n]);
+                });
+                ReadResult::Deferred
+            }
+            ReadMode::Never => {
+                self.held.lock().unwrap().push(out.defer());
+                ReadResult::Deferred
+            }
+        }
+    }
+
+    fn readdir(
+        &self,
+        _ctx: &Ctx,
+        ino: Ino,
+        _fh: FileHandle,
+        offset: u64,
+        out: &mut DirOut<'_>,
+    ) -> Result<(), Errno> {
+        let Some(Content::Dir(children)) = self.nodes.get(&ino.0).map(|n| &n.content) else {
+            return Err(Errno::ENOTDIR);
+        };
+        let mut all: Vec<(OsString, u64, bool)> =
+            vec![(".".into(), ino.0, true), ("..".into(), 1, true)];
+        all.extend(children.iter().map(|(n, &i)| (n.clone(), i, false)));
+        for (i, (name, child, dot)) in all.iter().enumerate().skip(offset as usize) {
+            let e = self.entry(*child);
+            let added = if *dot {
+                out.push_dot(name, i as u64 + 1, &e)
+            } else {
+                out.push(name, i as u64 + 1, &e)
+            };
+            if !added {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn getxattr(&self, _ctx: &Ctx, ino: Ino, name: &OsStr) -> Result<Vec<u8>, Errno> {
+        self.nodes
+            .get(&ino.0)
+            .and_then(|n| n.xattrs.get(name))
+            .cloned()
+            .ok_or(Errno::ENODATA)
+    }
+
+    fn listxattr(&self, _ctx: &Ctx, ino: Ino) -> Result<Vec<u8>, Errno> {
+        let mut out = Vec::new();
+        for k in self
+            .nodes
+            .get(&ino.0)
+            .map(|n| n.xattrs.keys())
+            .into_iter()
+            .flatten()
+        {
+            out.extend_from_slice(k.as_bytes());
+            out.push(0);
+        }
+        Ok(out)
+    }
+}
+
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+pub fn mount(fs: Arc<TestFs>, dir: &Path, transport: TransportChoice) -> Session {
+    init_logging();
+    let opts = MountOptions {
+        transport,
+        ..MountOptions::default()
+    };
+    Session::mount(fs, dir, &opts).expect("mount (tests run as root)")
+}

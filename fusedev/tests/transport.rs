@@ -1,0 +1,436 @@
+//! Real mounts (tests run as root) of the in-memory test filesystem over
+//! each transport, checked through the kernel: std::fs, xattrs, statfs,
+//! overlayfs on top, many processes at once, deferred and interrupted
+//! reads, teardown under load, passthrough.
+
+mod common;
+
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::{ReadMode, TestFs, mount, pattern};
+use ringstar_fusedev::{Transport, TransportChoice};
+use sha2::{Digest, Sha256};
+
+fn ring_available() -> bool {
+    let knob = "/sys/module/fuse/parameters/enable_uring";
+    fs::read_to_string(knob).is_ok_and(|s| s.trim() == "Y") || fs::write(knob, b"Y").is_ok()
+}
+
+/// Runs a test body over a transport, skipping (loudly) only when the
+/// kernel lacks FUSE-over-io_uring.
+fn with_transport(transport: TransportChoice, body: impl FnOnce(TransportChoice)) {
+    if transport == TransportChoice::Ring && !ring_available() {
+        eprintln!("SKIPPED: this kernel has no FUSE-over-io_uring (enable_uring cannot be set)");
+        return;
+    }
+    body(transport)
+}
+
+fn expect_transport(s: &ringstar_fusedev::Session, t: TransportChoice) {
+    let want = match t {
+        TransportChoice::Classic => Transport::Classic,
+        _ => Transport::Ring,
+    };
+    assert_eq!(s.transport(), want);
+}
+
+fn sha(data: &[u8]) -> String {
+    format!("{:x}", Sha256::digest(data))
+}
+
+fn serves_the_tree(t: TransportChoice) {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path();
+    let fs_ = Arc::new(TestFs::new());
+    let s = mount(fs_.clone(), mnt, t);
+    expect_transport(&s, t);
+
+    // readdir
+    let mut names: Vec<String> = fs::read_dir(mnt)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "big.bin",
+            "blk",
+            "empty",
+            "fifo",
+            "hard",
+            "link",
+            "null",
+            "small.txt",
+            "sub"
+        ]
+    );
+    let kinds: Vec<(String, bool)> = fs::read_dir(mnt)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().into_string().unwrap(),
+                e.file_type().unwrap().is_dir(),
+            )
+        })
+        .collect();
+    assert!(kinds.contains(&("sub".into(), true)));
+
+    // stat
+    let m = fs::symlink_metadata(mnt.join("small.txt")).unwrap();
+    assert_eq!(m.len(), 20);
+    assert_eq!(m.permissions().mode() & 0o7777, 0o4755);
+    assert_eq!(m.nlink(), 2);
+    assert_eq!(m.mtime(), 1_700_000_000);
+    assert_eq!(fs::metadata(mnt.join("hard")).unwrap().ino(), m.ino());
+    let null = fs::symlink_metadata(mnt.join("null")).unwrap();
+    assert!(null.file_type().is_char_device());
+    assert_eq!(null.rdev(), libc::makedev(1, 3));
+    assert!(
+        fs::symlink_metadata(mnt.join("blk"))
+            .unwrap()
+            .file_type()
+            .is_block_device()
+    );
+    assert!(
+        fs::symlink_metadata(mnt.join("fifo"))
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
+    assert!(fs::metadata(mnt.join("missing")).is_err());
+    assert_eq!(fs::read_dir(mnt.join("sub")).unwrap().count(), 1);
+
+    // read: whole files, and at many offsets and sizes
+    assert_eq!(
+        fs::read(mnt.join("small.txt")).unwrap(),
+        b"hello from ringstar\n"
+    );
+    assert_eq!(fs::read(mnt.join("empty")).unwrap(), b"");
+    let big = pattern(3 << 20 | 12345, 7);
+    assert_eq!(sha(&fs::read(mnt.join("big.bin")).unwrap()), sha(&big));
+    assert_eq!(
+        fs::read(mnt.join("sub/deep.txt")).unwrap(),
+        pattern(70_000, 3)
+    );
+    let f = fs::File::open(mnt.join("big.bin")).unwrap();
+    for (off, len) in [
+        (0usize, 1usize),
+        (1, 4095),
+        (4095, 2),
+        (131_071, 3),
+        (1 << 20, 1 << 20),
+        (big.len() - 5, 100),
+    ] {
+        let mut buf = vec![0u8; len];
+        let n = f.read_at(&mut buf, off as u64).unwrap();
+        let want = &big[off..(off + len).min(big.len())];
+        assert_eq!(&buf[..n], want, "read at {off}+{len}");
+    }
+
+    // readlink
+    assert_eq!(
+        fs::read_link(mnt.join("link")).unwrap(),
+        Path::new("small.txt")
+    );
+    assert_eq!(
+        fs::read(mnt.join("link")).unwrap(),
+        b"hello from ringstar\n"
+    );
+
+    // xattrs
+    let mut buf = [0u8; 64];
+    let n = rustix::fs::getxattr(mnt.join("small.txt"), "user.comment", &mut buf).unwrap();
+    assert_eq!(&buf[..n], b"a value");
+    assert_eq!(
+        rustix::fs::getxattr(mnt.join("small.txt"), "user.empty", &mut buf).unwrap(),
+        0
+    );
+    assert!(rustix::fs::getxattr(mnt.join("small.txt"), "user.missing", &mut buf).is_err());
+    let n = rustix::fs::listxattr(mnt.join("small.txt"), &mut buf).unwrap();
+    assert_eq!(&buf[..n], b"user.comment\0user.empty\0");
+    let mut tiny = [0u8; 2];
+    assert_eq!(
+        rustix::fs::getxattr(mnt.join("small.txt"), "user.comment", &mut tiny),
+        Err(rustix::io::Errno::RANGE)
+    );
+
+    // statfs
+    let st = rustix::fs::statvfs(mnt).unwrap();
+    assert_eq!(st.f_bsize, 4096);
+    assert_eq!(st.f_namemax, 255);
+
+    // read-only
+    assert!(fs::write(mnt.join("new"), b"x").is_err());
+    assert!(fs::create_dir(mnt.join("newdir")).is_err());
+
+    // long TTLs: a second stat costs no lookup
+    let before = fs_.lookups.load(Ordering::Relaxed);
+    fs::metadata(mnt.join("small.txt")).unwrap();
+    assert_eq!(fs_.lookups.load(Ordering::Relaxed), before);
+
+    // The requests really took the transport's path: with the ring, only
+    // INIT (and any FORGET/INTERRUPT) come through read(2).
+    let (ring, classic) = (
+        s.stats().ring.load(Ordering::Relaxed),
+        s.stats().classic.load(Ordering::Relaxed),
+    );
+    match t {
+        TransportChoice::Classic => assert_eq!(ring, 0),
+        _ => assert!(ring > 50 && classic < 5, "ring {ring}, classic {classic}"),
+    }
+    s.unmount().unwrap();
+}
+
+fn overlay_on_top(t: TransportChoice) {
+    let dir = tempfile::tempdir().unwrap();
+    let lower = dir.path().join("lower");
+    let (upper, work, merged) = (
+        dir.path().join("upper"),
+        dir.path().join("work"),
+        dir.path().join("merged"),
+    );
+    for d in [&lower, &upper, &work, &merged] {
+        fs::create_dir(d).unwrap();
+    }
+    let s = mount(Arc::new(TestFs::new()), &lower, t);
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.display(),
+        upper.display(),
+        work.display()
+    );
+    let st = Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o", &opts])
+        .arg(&merged)
+        .status()
+        .unwrap();
+    assert!(st.success(), "overlay mount on the FUSE lower failed");
+    let result = std::panic::catch_unwind(|| {
+        assert_eq!(
+            fs::read(merged.join("small.txt")).unwrap(),
+            b"hello from ringstar\n"
+        );
+        assert_eq!(
+            sha(&fs::read(merged.join("big.bin")).unwrap()),
+            sha(&pattern(3 << 20 | 12345, 7))
+        );
+        assert_eq!(
+            fs::read(merged.join("sub/deep.txt")).unwrap(),
+            pattern(70_000, 3)
+        );
+        fs::write(merged.join("written"), b"upper").unwrap();
+        assert_eq!(fs::read(upper.join("written")).unwrap(), b"upper");
+        fs::remove_file(merged.join("small.txt")).unwrap();
+        assert!(!merged.join("small.txt").exists());
+        assert!(lower.join("small.txt").exists());
+    });
+    let _ = Command::new("umount").arg(&merged).status();
+    s.unmount().unwrap();
+    result.unwrap();
+}
+
+fn many_processes(t: TransportChoice) {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path();
+    let s = mount(Arc::new(TestFs::new()), mnt, t);
+    let want = format!(
+        "{}  {}/big.bin",
+        sha(&pattern(3 << 20 | 12345, 7)),
+        mnt.display()
+    );
+    let children: Vec<_> = (0..6)
+        .map(|_| {
+            Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "for i in 1 2 3; do stat {m}/small.txt {m}/sub/deep.txt >/dev/null || exit 1; done; sha256sum {m}/big.bin",
+                    m = mnt.display()
+                ))
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let threads: Vec<_> = (0..4)
+        .map(|i| {
+            let m = mnt.to_path_buf();
+            std::thread::spawn(move || {
+                let f = fs::File::open(m.join("big.bin")).unwrap();
+                let mut buf = vec![0u8; 4096];
+                for k in 0..200u64 {
+                    let off = (k * 7919 + i * 104_729) % (3 << 20);
+                    let n = f.read_at(&mut buf, off).unwrap();
+                    assert_eq!(
+                        &buf[..n],
+                        &pattern(3 << 20 | 12345, 7)[off as usize..off as usize + n]
+                    );
+                    fs::metadata(m.join("sub/deep.txt")).unwrap();
+                }
+            })
+        })
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success());
+        assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), want);
+    }
+    for th in threads {
+        th.join().unwrap();
+    }
+    s.unmount().unwrap();
+}
+
+fn deferred_reads(t: TransportChoice) {
+    let dir = tempfile::tempdir().unwrap();
+    let fs_ = Arc::new(TestFs::new());
+    *fs_.read_mode.lock().unwrap() = ReadMode::Later(Duration::from_millis(20));
+    let s = mount(fs_.clone(), dir.path(), t);
+    // Several readers at once, each read answered later from another thread.
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let p = dir.path().join("sub/deep.txt");
+            std::thread::spawn(move || fs::read(p).unwrap())
+        })
+        .collect();
+    for th in threads {
+        assert_eq!(th.join().unwrap(), pattern(70_000, 3));
+    }
+    assert_eq!(s.pending_requests(), 0);
+    s.unmount().unwrap();
+}
+
+fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn interrupted_read(t: TransportChoice) {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path();
+    let fs_ = Arc::new(TestFs::new());
+    *fs_.read_mode.lock().unwrap() = ReadMode::Never;
+    let s = mount(fs_.clone(), mnt, t);
+    let mut child = Command::new("cat")
+        .arg(mnt.join("sub/deep.txt"))
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until(
+        "the read to reach the filesystem",
+        Duration::from_secs(10),
+        || fs_.reads.load(Ordering::Relaxed) > 0,
+    );
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    assert!(!status.success());
+    // The mount is healthy: other files are answered while that read is
+    // still held (a buffered read is kernel readahead, which a signal does
+    // not cancel: its pages stay locked until the filesystem answers).
+    *fs_.read_mode.lock().unwrap() = ReadMode::Now;
+    assert_eq!(
+        fs::read(mnt.join("small.txt")).unwrap(),
+        b"hello from ringstar\n"
+    );
+    assert_eq!(fs::read_dir(mnt.join("sub")).unwrap().count(), 1);
+    // The held handle, answered late (dropped: EIO), frees those pages and
+    // the same file reads back whole.
+    fs_.held.lock().unwrap().clear();
+    assert_eq!(
+        fs::read(mnt.join("sub/deep.txt")).unwrap(),
+        pattern(70_000, 3)
+    );
+    s.unmount().unwrap();
+}
+
+fn teardown_with_waiting_readers(t: TransportChoice) {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().to_path_buf();
+    let fs_ = Arc::new(TestFs::new());
+    *fs_.read_mode.lock().unwrap() = ReadMode::Never;
+    let s = mount(fs_.clone(), &mnt, t);
+    let mut child = Command::new("cat")
+        .arg(mnt.join("sub/deep.txt"))
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until(
+        "the read to reach the filesystem",
+        Duration::from_secs(10),
+        || fs_.reads.load(Ordering::Relaxed) > 0,
+    );
+    let start = Instant::now();
+    drop(s);
+    assert!(start.elapsed() < Duration::from_secs(10), "unmount hung");
+    // The reader gets an error, not a hang.
+    wait_until("the reader to exit", Duration::from_secs(10), || {
+        child.try_wait().unwrap().is_some()
+    });
+    assert!(!child.wait().unwrap().success());
+    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(&format!(" {} ", mnt.display())),
+        "mount point still mounted"
+    );
+    fs_.held.lock().unwrap().clear();
+}
+
+fn passthrough_reads_skip_the_daemon(t: TransportChoice) {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let backing = dir.path().join("backing.bin");
+    let data = pattern(5 << 20, 9);
+    fs::write(&backing, &data).unwrap();
+    let fs_ = Arc::new(TestFs::new().with_passthrough_file("pt.bin", 100, backing));
+    let s = mount(fs_.clone(), &mnt, t);
+    assert!(
+        fs_.passthrough.lock().unwrap().is_some(),
+        "kernel refused passthrough"
+    );
+    let before = fs_.reads.load(Ordering::Relaxed);
+    let mut got = Vec::new();
+    fs::File::open(mnt.join("pt.bin"))
+        .unwrap()
+        .read_to_end(&mut got)
+        .unwrap();
+    assert_eq!(sha(&got), sha(&data));
+    assert_eq!(
+        fs_.reads.load(Ordering::Relaxed),
+        before,
+        "passthrough reads reached the daemon"
+    );
+    s.unmount().unwrap();
+}
+
+macro_rules! per_transport {
+    ($($name:ident),*) => {
+        mod classic {
+            $(#[test] fn $name() { super::with_transport(super::TransportChoice::Classic, super::$name) })*
+        }
+        mod ring {
+            $(#[test] fn $name() { super::with_transport(super::TransportChoice::Ring, super::$name) })*
+        }
+    };
+}
+
+per_transport!(
+    serves_the_tree,
+    overlay_on_top,
+    many_processes,
+    deferred_reads,
+    interrupted_read,
+    teardown_with_waiting_readers,
+    passthrough_reads_skip_the_daemon
+);
