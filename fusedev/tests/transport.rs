@@ -63,6 +63,7 @@ fn serves_the_tree(t: TransportChoice) {
         [
             "big.bin",
             "blk",
+            "direct.bin",
             "empty",
             "fifo",
             "hard",
@@ -414,6 +415,84 @@ fn passthrough_reads_skip_the_daemon(t: TransportChoice) {
     s.unmount().unwrap();
 }
 
+fn interrupt_answers_a_waiting_read(t: TransportChoice) {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path();
+    let fs_ = Arc::new(TestFs::new());
+    *fs_.read_mode.lock().unwrap() = ReadMode::Never;
+    let s = mount(fs_.clone(), mnt, t);
+    // A direct-I/O read waits in the reader's own context: SIGINT makes the
+    // kernel send INTERRUPT and wait for the filesystem's answer, so the
+    // reader can only exit if the session answers EINTR.
+    let mut child = Command::new("cat")
+        .arg(mnt.join("direct.bin"))
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("the read to be deferred", Duration::from_secs(10), || {
+        s.pending_requests() == 1
+    });
+    let st = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    wait_until(
+        "the interrupted reader to exit",
+        Duration::from_secs(10),
+        || child.try_wait().unwrap().is_some(),
+    );
+    assert_eq!(s.pending_requests(), 0);
+    // The handle the filesystem still holds knows it was cancelled.
+    assert!(fs_.held.lock().unwrap().iter().all(|h| h.is_cancelled()));
+    fs_.held.lock().unwrap().clear();
+    *fs_.read_mode.lock().unwrap() = ReadMode::Now;
+    assert_eq!(
+        fs::read(mnt.join("direct.bin")).unwrap(),
+        pattern(10_000, 5)
+    );
+    s.unmount().unwrap();
+}
+
+fn notifications_invalidate_the_kernel_cache(t: TransportChoice) {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path();
+    let fs_ = Arc::new(TestFs::new());
+    let s = mount(fs_.clone(), mnt, t);
+    fs::metadata(mnt.join("small.txt")).unwrap();
+    let cached = fs_.lookups.load(Ordering::Relaxed);
+    fs::metadata(mnt.join("small.txt")).unwrap();
+    assert_eq!(
+        fs_.lookups.load(Ordering::Relaxed),
+        cached,
+        "entry should be cached"
+    );
+    s.invalidate_entry(
+        ringstar_fusedev::Ino::ROOT,
+        std::ffi::OsStr::new("small.txt"),
+    )
+    .unwrap();
+    fs::metadata(mnt.join("small.txt")).unwrap();
+    assert_eq!(
+        fs_.lookups.load(Ordering::Relaxed),
+        cached + 1,
+        "invalidated entry looked up again"
+    );
+    // Inode invalidation and names the kernel never saw are fine too.
+    let ino = fs::metadata(mnt.join("small.txt")).unwrap().ino();
+    s.invalidate_inode(ringstar_fusedev::Ino(ino)).unwrap();
+    s.invalidate_entry(
+        ringstar_fusedev::Ino::ROOT,
+        std::ffi::OsStr::new("never-seen"),
+    )
+    .unwrap();
+    assert_eq!(
+        fs::read(mnt.join("small.txt")).unwrap(),
+        b"hello from ringstar\n"
+    );
+    s.unmount().unwrap();
+}
+
 macro_rules! per_transport {
     ($($name:ident),*) => {
         mod classic {
@@ -432,5 +511,7 @@ per_transport!(
     deferred_reads,
     interrupted_read,
     teardown_with_waiting_readers,
-    passthrough_reads_skip_the_daemon
+    passthrough_reads_skip_the_daemon,
+    interrupt_answers_a_waiting_read,
+    notifications_invalidate_the_kernel_cache
 );

@@ -92,6 +92,7 @@ impl TestFs {
             ("null", 7),
             ("blk", 8),
             ("fifo", 9),
+            ("direct.bin", 11),
         ];
         nodes.insert(1, dir(&root_children));
         nodes.insert(2, file(Vec::new(), 0o644));
@@ -128,6 +129,8 @@ impl TestFs {
         nodes.insert(8, dev(FileType::BlockDevice, libc::makedev(8, 0) as u32));
         nodes.insert(9, dev(FileType::NamedPipe, 0));
         nodes.insert(10, file(pattern(70_000, 3), 0o600));
+        // Opened with FOPEN_DIRECT_IO: each read(2) is a synchronous READ.
+        nodes.insert(11, file(pattern(10_000, 5), 0o644));
         TestFs {
             nodes,
             read_mode: Mutex::new(ReadMode::Now),
@@ -243,7 +246,8 @@ impl Filesystem for TestFs {
 
     fn open(&self, _ctx: &Ctx, ino: Ino, _flags: u32) -> Result<Opened, Errno> {
         let mut opened = Opened {
-            keep_cache: true,
+            keep_cache: ino.0 != 11,
+            direct_io: ino.0 == 11,
             ..Opened::default()
         };
         if let Some(path) = self.passthrough_files.get(&ino.0) {
