@@ -191,9 +191,21 @@ pub(crate) fn serve_queue<F: Filesystem + ?Sized>(
         pending: shared.pending.clone(),
     };
     let sq_len = (u32::from(depth) + 2).next_power_of_two();
-    let ring = IoUring::<Entry128, cqueue::Entry>::builder()
+    // One thread creates, submits to and reaps this ring, so the kernel may
+    // skip cross-thread locking (SINGLE_ISSUER) and run request delivery
+    // as task work only when we wait (DEFER_TASKRUN). Older kernels refuse
+    // the flags: retry without.
+    let ring = match IoUring::<Entry128, cqueue::Entry>::builder()
         .setup_cqsize(sq_len * 2)
-        .build(sq_len)?;
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .build(sq_len)
+    {
+        Ok(r) => r,
+        Err(_) => IoUring::<Entry128, cqueue::Entry>::builder()
+            .setup_cqsize(sq_len * 2)
+            .build(sq_len)?,
+    };
     ring.submitter().register_files(&[fuse.as_raw_fd()])?;
     let mut q = Queue { ring, qid };
     for (i, e) in entries.iter().enumerate() {
