@@ -103,6 +103,26 @@ pub struct FileAttr {
 }
 
 impl FileAttr {
+    /// Attributes with the usual defaults: one link, owned by root, epoch
+    /// times, 512-byte blocks covering `size`, 4 KiB I/O size, no rdev.
+    pub fn new(ino: Ino, kind: FileType, size: u64, perm: u32) -> Self {
+        FileAttr {
+            ino,
+            size,
+            blocks: size.div_ceil(512),
+            atime: Timestamp::default(),
+            mtime: Timestamp::default(),
+            ctime: Timestamp::default(),
+            kind,
+            perm,
+            nlink: 1,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            blksize: 4096,
+        }
+    }
+
     pub(crate) fn to_abi(self) -> crate::abi::Attr {
         crate::abi::Attr {
             ino: self.ino.0,

@@ -317,14 +317,10 @@ fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
-fn interrupted_read(t: TransportChoice) {
-    let dir = tempfile::tempdir().unwrap();
-    let mnt = dir.path();
-    let fs_ = Arc::new(TestFs::new());
-    *fs_.read_mode.lock().unwrap() = ReadMode::Never;
-    let s = mount(fs_.clone(), mnt, t);
-    let mut child = Command::new("cat")
-        .arg(mnt.join("sub/deep.txt"))
+/// Starts `cat PATH` and waits until its read reached the filesystem.
+fn spawn_reader(fs_: &TestFs, path: &Path) -> std::process::Child {
+    let child = Command::new("cat")
+        .arg(path)
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
@@ -333,6 +329,16 @@ fn interrupted_read(t: TransportChoice) {
         Duration::from_secs(10),
         || fs_.reads.load(Ordering::Relaxed) > 0,
     );
+    child
+}
+
+fn interrupted_read(t: TransportChoice) {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path();
+    let fs_ = Arc::new(TestFs::new());
+    *fs_.read_mode.lock().unwrap() = ReadMode::Never;
+    let s = mount(fs_.clone(), mnt, t);
+    let mut child = spawn_reader(&fs_, &mnt.join("sub/deep.txt"));
     child.kill().unwrap();
     let status = child.wait().unwrap();
     assert!(!status.success());
@@ -361,16 +367,7 @@ fn teardown_with_waiting_readers(t: TransportChoice) {
     let fs_ = Arc::new(TestFs::new());
     *fs_.read_mode.lock().unwrap() = ReadMode::Never;
     let s = mount(fs_.clone(), &mnt, t);
-    let mut child = Command::new("cat")
-        .arg(mnt.join("sub/deep.txt"))
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_until(
-        "the read to reach the filesystem",
-        Duration::from_secs(10),
-        || fs_.reads.load(Ordering::Relaxed) > 0,
-    );
+    let mut child = spawn_reader(&fs_, &mnt.join("sub/deep.txt"));
     let start = Instant::now();
     drop(s);
     assert!(start.elapsed() < Duration::from_secs(10), "unmount hung");

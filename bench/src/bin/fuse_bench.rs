@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use ringstar_bench::{Rng, report};
 use ringstar_fusedev::{
     AttrReply, BackingFile, ConnInfo, Ctx, DirOut, Entry, Errno, FileAttr, FileHandle, FileType,
-    Filesystem, Ino, MountOptions, Opened, Passthrough, ReadOut, ReadResult, Session, Timestamp,
+    Filesystem, Ino, MountOptions, Opened, Passthrough, ReadOut, ReadResult, Session,
     TransportChoice,
 };
 
@@ -48,22 +48,7 @@ impl BenchFs {
             PT_INO => (FileType::RegularFile, self.pt_len, 0o644),
             _ => (FileType::RegularFile, 100, 0o644),
         };
-        let t = Timestamp::default();
-        FileAttr {
-            ino: Ino(ino),
-            size,
-            blocks: size.div_ceil(512),
-            atime: t,
-            mtime: t,
-            ctime: t,
-            kind,
-            perm,
-            nlink: 1,
-            uid: 0,
-            gid: 0,
-            rdev: 0,
-            blksize: 4096,
-        }
+        FileAttr::new(Ino(ino), kind, size, perm)
     }
 
     fn ttl(ino: u64) -> Duration {

@@ -180,19 +180,12 @@ impl TestFs {
             nsecs: 0,
         };
         FileAttr {
-            ino: Ino(ino),
-            size,
-            blocks: size.div_ceil(512),
             atime: t,
             mtime: t,
             ctime: t,
-            kind,
-            perm: n.perm,
             nlink: n.nlink,
-            uid: 0,
-            gid: 0,
             rdev,
-            blksize: 4096,
+            ..FileAttr::new(Ino(ino), kind, size, n.perm)
         }
     }
 
