@@ -31,6 +31,17 @@ if [ ! -x "$esgz" ]; then
 fi
 [ -x "$esgz" ] && ESGZ_CHECK=$(realpath "$esgz") && export ESGZ_CHECK
 
+# Debian's docker-registry, for the fetcher's tests against a real registry.
+if ! command -v docker-registry >/dev/null; then
+  step "installing docker-registry"
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker-registry >/dev/null
+  else
+    echo "not root or no apt-get: the fetcher's registry tests will fail" >&2
+  fi
+fi
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 step "cargo clippy"

@@ -1,1 +1,17 @@
-//! Registry client: references, auth, HTTP/2, ranges (issue #4: not built yet).
+//! ringstar-fetcher: everything ringstar reads from a registry.
+//!
+//! - [`reference`]: image references with Docker Hub's defaults.
+//! - [`hosts`]: mirrors and origins per registry host.
+//! - [`client`]: the HTTP/1.1 + HTTP/2 client on its own runtime thread,
+//!   range reads with timeouts and bounded retries, the blob tail in one
+//!   round trip, a [`ringstar_core::BlobRead`] over a registry blob.
+//!
+//! It knows nothing of FUSE or the tree.
+
+pub mod client;
+pub mod hosts;
+pub mod reference;
+
+pub use client::{BlobLocation, FetchError, Fetcher, FetcherConfig, RemoteBlob};
+pub use hosts::{Endpoint, MirrorConfig, ResolverConfig};
+pub use reference::Reference;

@@ -1,0 +1,564 @@
+//! The HTTP client: hyper on rustls, HTTP/2 where the server offers it
+//! (ALPN; one connection per host carrying many streams) and HTTP/1.1 with
+//! a keep-alive pool otherwise, on a current-thread tokio runtime that
+//! lives on its own thread. Callers block ([`Fetcher::read_range`]), or
+//! hand a callback that runs on the fetcher thread.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{ACCEPT_ENCODING, CONTENT_LENGTH, CONTENT_RANGE, RANGE, RETRY_AFTER};
+use http::{Request, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::mpsc;
+
+/// Fetcher settings (snapshotter-protocol.md §7.3 defaults).
+#[derive(Debug, Clone)]
+pub struct FetcherConfig {
+    /// Per-attempt deadline for headers and body.
+    pub request_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Retries after the first attempt.
+    pub max_retries: u32,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    /// Extra CA certificates (PEM) to trust besides the system roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for FetcherConfig {
+    fn default() -> Self {
+        FetcherConfig {
+            request_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+            max_retries: 5,
+            backoff_min: Duration::from_millis(30),
+            backoff_max: Duration::from_secs(30),
+            ca_file: None,
+        }
+    }
+}
+
+/// Why a fetch failed. Callers serving a read turn any of these into EIO.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FetchError {
+    #[error("{url}: not found")]
+    NotFound { url: String },
+    #[error("{url}: range {start}-{end} is past the end of the blob")]
+    RangeNotSatisfiable { url: String, start: u64, end: u64 },
+    #[error("{url}: HTTP {status}")]
+    Status { url: String, status: u16 },
+    #[error("{url}: timed out after {0:?}", .after)]
+    Timeout { url: String, after: Duration },
+    #[error("{url}: {reason}")]
+    Transport { url: String, reason: String },
+    /// The server answered something that is not what was asked.
+    #[error("{url}: bad response: {reason}")]
+    BadResponse { url: String, reason: String },
+    #[error("giving up after {attempts} attempts: {last}")]
+    Exhausted {
+        attempts: u32,
+        last: Box<FetchError>,
+    },
+    #[error("bad request: {0}")]
+    Invalid(String),
+    #[error("the fetcher has stopped")]
+    Stopped,
+}
+
+impl FetchError {
+    /// Worth another attempt: connection trouble, timeouts, 429 and 5xx
+    /// (but 501).
+    fn retryable(&self) -> bool {
+        match self {
+            FetchError::Transport { .. } | FetchError::Timeout { .. } => true,
+            FetchError::Status { status, .. } => {
+                *status == 429 || (*status >= 500 && *status != 501)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A blob's location: its URL and the headers to send with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobLocation {
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    /// Overrides the fetcher's request timeout (per-mirror setting).
+    pub request_timeout: Option<Duration>,
+}
+
+type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
+
+struct Inner {
+    client: HttpsClient,
+    config: FetcherConfig,
+}
+
+type Job = Box<dyn FnOnce(Arc<Inner>) + Send>;
+
+/// The registry client. Cheap to clone; all clones share one runtime
+/// thread and its connections.
+#[derive(Clone)]
+pub struct Fetcher {
+    jobs: mpsc::UnboundedSender<Job>,
+}
+
+impl std::fmt::Debug for Fetcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Fetcher")
+    }
+}
+
+fn tls_config(config: &FetcherConfig) -> std::io::Result<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for cert in native.certs {
+        let _ = roots.add(cert);
+    }
+    if let Some(path) = &config.ca_file {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        for cert in CertificateDer::pem_file_iter(path).map_err(std::io::Error::other)? {
+            roots
+                .add(cert.map_err(std::io::Error::other)?)
+                .map_err(std::io::Error::other)?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    // ALPN (h2, http/1.1) is set by the connector builder from the
+    // protocols it enables.
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(std::io::Error::other)?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+impl Fetcher {
+    /// Starts the fetcher thread.
+    pub fn new(config: FetcherConfig) -> std::io::Result<Fetcher> {
+        let tls = tls_config(&config)?;
+        let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("fetcher".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let mut http = HttpConnector::new();
+                    http.enforce_http(false);
+                    http.set_connect_timeout(Some(config.connect_timeout));
+                    http.set_nodelay(true);
+                    let https = hyper_rustls::HttpsConnectorBuilder::new()
+                        .with_tls_config(tls)
+                        .https_or_http()
+                        .enable_http1()
+                        .enable_http2()
+                        .wrap_connector(http);
+                    let client = Client::builder(TokioExecutor::new())
+                        .pool_idle_timeout(Duration::from_secs(90))
+                        .pool_max_idle_per_host(16)
+                        .build(https);
+                    let inner = Arc::new(Inner { client, config });
+                    let _ = ready_tx.send(Ok(()));
+                    while let Some(job) = rx.recv().await {
+                        job(inner.clone());
+                    }
+                });
+            })?;
+        ready_rx.recv().map_err(std::io::Error::other)??;
+        Ok(Fetcher { jobs: tx })
+    }
+
+    /// Runs `f(result)` on the fetcher thread once `[offset, offset+len)`
+    /// of the blob has arrived (or failed for good). `f` must not block.
+    pub fn read_range_then(
+        &self,
+        loc: &BlobLocation,
+        offset: u64,
+        len: u64,
+        f: impl FnOnce(Result<Bytes, FetchError>) + Send + 'static,
+    ) {
+        let loc = loc.clone();
+        let job: Job = Box::new(move |inner: Arc<Inner>| {
+            tokio::spawn(async move {
+                f(inner.read_range(&loc, offset, len).await);
+            });
+        });
+        if let Err(mpsc::error::SendError(job)) = self.jobs.send(job) {
+            drop(job);
+        }
+    }
+
+    /// Fetches `[offset, offset+len)` of the blob, blocking the caller.
+    /// Not for a data-plane core: use [`Fetcher::read_range_then`] there.
+    pub fn read_range(
+        &self,
+        loc: &BlobLocation,
+        offset: u64,
+        len: u64,
+    ) -> Result<Bytes, FetchError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.read_range_then(loc, offset, len, move |r| {
+            let _ = tx.send(r);
+        });
+        rx.recv().map_err(|_| FetchError::Stopped)?
+    }
+
+    /// The blob's size (HEAD, or a 2-byte range GET when HEAD is refused).
+    pub fn blob_size(&self, loc: &BlobLocation) -> Result<u64, FetchError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let loc = loc.clone();
+        let job: Job = Box::new(move |inner: Arc<Inner>| {
+            tokio::spawn(async move {
+                let _ = tx.send(inner.blob_size(&loc).await);
+            });
+        });
+        self.jobs.send(job).map_err(|_| FetchError::Stopped)?;
+        rx.recv().map_err(|_| FetchError::Stopped)?
+    }
+
+    /// The last `k` bytes of a `size`-byte blob, in one request: footer and
+    /// (usually) TOC together.
+    pub fn read_tail(&self, loc: &BlobLocation, size: u64, k: u64) -> Result<Bytes, FetchError> {
+        let k = k.min(size);
+        self.read_range(loc, size - k, k)
+    }
+
+    /// The HTTP version the last response for `loc` came over (for tests
+    /// and logs).
+    pub fn probe_version(&self, loc: &BlobLocation) -> Result<Version, FetchError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let loc = loc.clone();
+        let job: Job = Box::new(move |inner: Arc<Inner>| {
+            tokio::spawn(async move {
+                let r = inner
+                    .send(&loc, Some((0, 0)), http::Method::GET)
+                    .await
+                    .map(|(resp, _)| resp.version);
+                let _ = tx.send(r);
+            });
+        });
+        self.jobs.send(job).map_err(|_| FetchError::Stopped)?;
+        rx.recv().map_err(|_| FetchError::Stopped)?
+    }
+}
+
+/// Parses `Content-Range: bytes START-END/TOTAL` (TOTAL may be `*`).
+fn content_range(v: &str) -> Option<(u64, u64, Option<u64>)> {
+    let rest = v.trim().strip_prefix("bytes ")?;
+    let (range, total) = rest.split_once('/')?;
+    let (a, b) = range.split_once('-')?;
+    let total = if total == "*" {
+        None
+    } else {
+        Some(total.parse().ok()?)
+    };
+    Some((a.parse().ok()?, b.parse().ok()?, total))
+}
+
+impl Inner {
+    fn timeout(&self, loc: &BlobLocation) -> Duration {
+        loc.request_timeout.unwrap_or(self.config.request_timeout)
+    }
+
+    /// Sends one request; returns the response head and the rest of it.
+    async fn send(
+        &self,
+        loc: &BlobLocation,
+        range: Option<(u64, u64)>,
+        method: http::Method,
+    ) -> Result<(http::response::Parts, hyper::body::Incoming), FetchError> {
+        let url = &loc.url;
+        let uri: Uri = url
+            .parse()
+            .map_err(|e| FetchError::Invalid(format!("{url}: {e}")))?;
+        let mut req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(ACCEPT_ENCODING, "identity");
+        if let Some((start, end)) = range {
+            req = req.header(RANGE, format!("bytes={start}-{end}"));
+        }
+        for (k, v) in &loc.headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        let req = req
+            .body(Empty::new())
+            .map_err(|e| FetchError::Invalid(e.to_string()))?;
+        let resp = self
+            .client
+            .request(req)
+            .await
+            .map_err(|e| FetchError::Transport {
+                url: url.clone(),
+                reason: format!("{e:?}"),
+            })?;
+        Ok(resp.into_parts())
+    }
+
+    /// One attempt at `[start, end]` (inclusive).
+    async fn attempt(
+        &self,
+        loc: &BlobLocation,
+        start: u64,
+        end: u64,
+    ) -> Result<Bytes, (FetchError, Option<Duration>)> {
+        let url = &loc.url;
+        let (head, body) = self
+            .send(loc, Some((start, end)), http::Method::GET)
+            .await
+            .map_err(|e| (e, None))?;
+        let retry_after = head
+            .headers
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let want = end - start + 1;
+        let bad = |reason: String| {
+            (
+                FetchError::BadResponse {
+                    url: url.clone(),
+                    reason,
+                },
+                None,
+            )
+        };
+        let skip = match head.status {
+            StatusCode::PARTIAL_CONTENT => {
+                let cr = head
+                    .headers
+                    .get(CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(content_range)
+                    .ok_or_else(|| bad("206 without a usable Content-Range".into()))?;
+                if cr.0 != start || cr.1 < start {
+                    return Err(bad(format!(
+                        "asked bytes {start}-{end}, got {}-{}",
+                        cr.0, cr.1
+                    )));
+                }
+                0
+            }
+            // The whole blob: read only what was asked, then stop.
+            StatusCode::OK => start,
+            StatusCode::NOT_FOUND => return Err((FetchError::NotFound { url: url.clone() }, None)),
+            StatusCode::RANGE_NOT_SATISFIABLE => {
+                return Err((
+                    FetchError::RangeNotSatisfiable {
+                        url: url.clone(),
+                        start,
+                        end,
+                    },
+                    None,
+                ));
+            }
+            s => {
+                return Err((
+                    FetchError::Status {
+                        url: url.clone(),
+                        status: s.as_u16(),
+                    },
+                    retry_after,
+                ));
+            }
+        };
+        let mut body = body;
+        let mut out = Vec::with_capacity(want.min(64 << 20) as usize);
+        let mut skipped = 0u64;
+        while (out.len() as u64) < want {
+            let Some(frame) = body.frame().await else {
+                break;
+            };
+            let frame = frame.map_err(|e| {
+                (
+                    FetchError::Transport {
+                        url: url.clone(),
+                        reason: format!("body: {e}"),
+                    },
+                    None,
+                )
+            })?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            let mut data: &[u8] = &data;
+            if skipped < skip {
+                let n = (skip - skipped).min(data.len() as u64) as usize;
+                skipped += n as u64;
+                data = &data[n..];
+            }
+            let n = ((want - out.len() as u64) as usize).min(data.len());
+            out.extend_from_slice(&data[..n]);
+        }
+        if (out.len() as u64) < want {
+            return Err((
+                FetchError::Transport {
+                    url: url.clone(),
+                    reason: format!("body ended after {} of {want} bytes", out.len()),
+                },
+                None,
+            ));
+        }
+        Ok(Bytes::from(out))
+    }
+
+    /// `[offset, offset+len)` with per-attempt timeouts and bounded retries
+    /// (exponential backoff with jitter, honouring Retry-After).
+    async fn read_range(
+        &self,
+        loc: &BlobLocation,
+        offset: u64,
+        len: u64,
+    ) -> Result<Bytes, FetchError> {
+        if len == 0 {
+            return Ok(Bytes::new());
+        }
+        let end = offset
+            .checked_add(len - 1)
+            .ok_or_else(|| FetchError::Invalid("range overflows".into()))?;
+        let timeout = self.timeout(loc);
+        let mut attempt = 0u32;
+        loop {
+            let result = match tokio::time::timeout(timeout, self.attempt(loc, offset, end)).await {
+                Ok(r) => r,
+                Err(_) => Err((
+                    FetchError::Timeout {
+                        url: loc.url.clone(),
+                        after: timeout,
+                    },
+                    None,
+                )),
+            };
+            let (err, retry_after) = match result {
+                Ok(b) => return Ok(b),
+                Err(e) => e,
+            };
+            if !err.retryable() {
+                return Err(err);
+            }
+            if attempt >= self.config.max_retries {
+                return Err(FetchError::Exhausted {
+                    attempts: attempt + 1,
+                    last: Box::new(err),
+                });
+            }
+            let backoff = self
+                .config
+                .backoff_min
+                .saturating_mul(1u32 << attempt.min(20))
+                .min(self.config.backoff_max);
+            // Jitter: wait in [d, 2d).
+            let wait = retry_after
+                .unwrap_or(backoff + backoff.mul_f64(fastrand::f64()))
+                .min(self.config.backoff_max);
+            tracing::debug!(url = %loc.url, attempt, error = %err, wait_ms = wait.as_millis() as u64, "retrying");
+            tokio::time::sleep(wait).await;
+            attempt += 1;
+        }
+    }
+
+    async fn blob_size(&self, loc: &BlobLocation) -> Result<u64, FetchError> {
+        let timeout = self.timeout(loc);
+        let url = loc.url.clone();
+        let run = async {
+            let (head, _) = self.send(loc, None, http::Method::HEAD).await?;
+            if head.status == StatusCode::OK
+                && let Some(n) = head
+                    .headers
+                    .get(CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok()?.parse().ok())
+            {
+                return Ok(n);
+            }
+            let (head, _) = self.send(loc, Some((0, 1)), http::Method::GET).await?;
+            match head.status {
+                StatusCode::OK => head
+                    .headers
+                    .get(CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok()?.parse().ok()),
+                StatusCode::PARTIAL_CONTENT => head
+                    .headers
+                    .get(CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(content_range)
+                    .and_then(|c| c.2),
+                StatusCode::NOT_FOUND => return Err(FetchError::NotFound { url: url.clone() }),
+                s => {
+                    return Err(FetchError::Status {
+                        url: url.clone(),
+                        status: s.as_u16(),
+                    });
+                }
+            }
+            .ok_or_else(|| FetchError::BadResponse {
+                url: url.clone(),
+                reason: "no size in the response".into(),
+            })
+        };
+        tokio::time::timeout(timeout, run)
+            .await
+            .unwrap_or(Err(FetchError::Timeout {
+                url: loc.url.clone(),
+                after: timeout,
+            }))
+    }
+}
+
+/// A remote blob as a [`ringstar_core::BlobRead`], so a layer opens
+/// straight from a registry. Blocking: for the control thread.
+#[derive(Debug, Clone)]
+pub struct RemoteBlob {
+    pub fetcher: Fetcher,
+    pub location: BlobLocation,
+}
+
+impl ringstar_core::BlobRead for RemoteBlob {
+    fn read_at(&self, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+        self.fetcher
+            .read_range(&self.location, offset, len as u64)
+            .map(|b| b.to_vec())
+            .map_err(std::io::Error::other)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_ranges() {
+        assert_eq!(content_range("bytes 0-9/100"), Some((0, 9, Some(100))));
+        assert_eq!(content_range("bytes 5-5/*"), Some((5, 5, None)));
+        assert_eq!(content_range("bytes x-9/100"), None);
+        assert_eq!(content_range("items 0-9/100"), None);
+    }
+
+    #[test]
+    fn retry_policy() {
+        let s = |status| FetchError::Status {
+            url: String::new(),
+            status,
+        };
+        assert!(s(429).retryable() && s(503).retryable() && s(500).retryable());
+        assert!(!s(501).retryable() && !s(404).retryable() && !s(403).retryable());
+        assert!(!FetchError::NotFound { url: String::new() }.retryable());
+    }
+}

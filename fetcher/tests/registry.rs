@@ -1,0 +1,393 @@
+//! The fetcher against Debian's real docker-registry (started per test on
+//! a free loopback port, storage in a temp dir), and against small
+//! misbehaving servers for the failure paths.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use ringstar_core::{BlobRead, Digest, Layer, OpenOptions};
+use ringstar_fetcher::{BlobLocation, FetchError, Fetcher, FetcherConfig, RemoteBlob};
+
+struct Registry {
+    child: Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A minimal HTTP/1.1 exchange (Connection: close): status, headers, body.
+fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    s.write_all(body).unwrap();
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    let status: u16 = line.split(' ').nth(1).unwrap().parse().unwrap();
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        let (k, v) = l.split_once(':').unwrap();
+        headers.push((k.to_ascii_lowercase(), v.trim().to_string()));
+    }
+    let mut rest = Vec::new();
+    let _ = r.read_to_end(&mut rest);
+    (status, headers, rest)
+}
+
+impl Registry {
+    fn start() -> Registry {
+        let bin = "/usr/bin/docker-registry";
+        assert!(
+            Path::new(bin).exists(),
+            "Debian's docker-registry is needed (apt-get install docker-registry; test.sh installs it)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(bin)
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let reg = Registry {
+            child,
+            addr,
+            _dir: dir,
+        };
+        let start = Instant::now();
+        while TcpStream::connect(&reg.addr).is_err() || http(&reg.addr, "GET", "/v2/", b"").0 != 200
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "registry did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        reg
+    }
+
+    /// Pushes `data` as a blob of `repo` (monolithic upload); returns its digest.
+    fn push(&self, repo: &str, data: &[u8]) -> String {
+        let digest = Digest::of(data).to_string();
+        let (status, headers, _) = http(
+            &self.addr,
+            "POST",
+            &format!("/v2/{repo}/blobs/uploads/"),
+            b"",
+        );
+        assert_eq!(status, 202);
+        let loc = headers
+            .iter()
+            .find(|(k, _)| k == "location")
+            .unwrap()
+            .1
+            .clone();
+        let path = loc
+            .split_once(&self.addr)
+            .map_or(loc.clone(), |(_, p)| p.to_string());
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let (status, _, body) = http(
+            &self.addr,
+            "PUT",
+            &format!("{path}{sep}digest={digest}"),
+            data,
+        );
+        assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
+        digest
+    }
+
+    fn location(&self, repo: &str, digest: &str) -> BlobLocation {
+        BlobLocation {
+            url: format!("http://{}/v2/{repo}/blobs/{digest}", self.addr),
+            headers: Vec::new(),
+            request_timeout: None,
+        }
+    }
+}
+
+fn quick_config() -> FetcherConfig {
+    FetcherConfig {
+        request_timeout: Duration::from_secs(2),
+        connect_timeout: Duration::from_secs(1),
+        max_retries: 3,
+        backoff_min: Duration::from_millis(10),
+        backoff_max: Duration::from_millis(200),
+        ca_file: None,
+    }
+}
+
+fn blob_bytes(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 31 % 251) as u8).collect()
+}
+
+#[test]
+fn every_range_shape() {
+    let reg = Registry::start();
+    let data = blob_bytes(300_000);
+    let digest = reg.push("test/ranges", &data);
+    let loc = reg.location("test/ranges", &digest);
+    let f = Fetcher::new(FetcherConfig::default()).unwrap();
+    assert_eq!(f.blob_size(&loc).unwrap(), data.len() as u64);
+    for (off, len) in [
+        (0u64, 100u64),
+        (0, 1),
+        (123_456, 50_000),
+        (299_999, 1),
+        (0, 300_000),
+        (250_000, 50_000),
+    ] {
+        let got = f.read_range(&loc, off, len).unwrap();
+        assert_eq!(
+            &got[..],
+            &data[off as usize..(off + len) as usize],
+            "{off}+{len}"
+        );
+    }
+    assert!(f.read_range(&loc, 5, 0).unwrap().is_empty());
+    let tail = f.read_tail(&loc, data.len() as u64, 51).unwrap();
+    assert_eq!(&tail[..], &data[data.len() - 51..]);
+    // Past the end: a typed error, not bytes.
+    match f.read_range(&loc, 400_000, 10) {
+        Err(FetchError::RangeNotSatisfiable { .. }) => {}
+        other => panic!("want RangeNotSatisfiable, got {other:?}"),
+    }
+    // A range running over the end is refused as short, never padded.
+    assert!(f.read_range(&loc, 299_990, 20).is_err());
+    let missing = reg.location("test/ranges", &Digest::of(b"nope").to_string());
+    assert!(matches!(
+        f.read_range(&missing, 0, 10),
+        Err(FetchError::NotFound { .. })
+    ));
+}
+
+#[test]
+fn concurrent_ranges_complete_through_callbacks() {
+    let reg = Registry::start();
+    let data = blob_bytes(1 << 20);
+    let digest = reg.push("test/concurrent", &data);
+    let loc = reg.location("test/concurrent", &digest);
+    let f = Fetcher::new(FetcherConfig::default()).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    for i in 0..64u64 {
+        let tx = tx.clone();
+        f.read_range_then(&loc, i * 16_000, 4096, move |r| tx.send((i, r)).unwrap());
+    }
+    for _ in 0..64 {
+        let (i, r) = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+        let off = (i * 16_000) as usize;
+        assert_eq!(&r.unwrap()[..], &data[off..off + 4096]);
+    }
+}
+
+/// Counts reads, to check round trips.
+struct Counting<B> {
+    inner: B,
+    reads: AtomicUsize,
+}
+
+impl<B: BlobRead> BlobRead for Counting<B> {
+    fn read_at(&self, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        self.inner.read_at(offset, len)
+    }
+}
+
+#[test]
+fn a_layer_opens_from_the_registry_in_one_round_trip() {
+    let testdata = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata/estargz");
+    let blob = std::fs::read(testdata.join("many-files.blob")).unwrap();
+    let spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(testdata.join("many-files.json")).unwrap()).unwrap();
+    let reg = Registry::start();
+    let digest = reg.push("test/layer", &blob);
+    let f = Fetcher::new(FetcherConfig::default()).unwrap();
+    let remote = Counting {
+        inner: RemoteBlob {
+            fetcher: f.clone(),
+            location: reg.location("test/layer", &digest),
+        },
+        reads: AtomicUsize::new(0),
+    };
+    let size = f.blob_size(&remote.inner.location).unwrap();
+    let opts = OpenOptions {
+        toc_digest: Some(spec["toc_digest"].as_str().unwrap().parse().unwrap()),
+        ..OpenOptions::default()
+    };
+    let layer = Layer::open(&remote, size, &opts).unwrap();
+    assert_eq!(
+        remote.reads.load(Ordering::Relaxed),
+        1,
+        "footer and TOC should come in one request"
+    );
+    // Files read back through inflate + verify from registry bytes.
+    let mut reader = ringstar_core::inflate::ChunkReader::new();
+    let mut checked = 0;
+    for want in spec["tree"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "reg")
+        .take(20)
+    {
+        let id = layer
+            .tree
+            .lookup_path(want["name"].as_str().unwrap())
+            .unwrap();
+        let got = ringstar_core::inspect::file_digest(&layer, &remote, &mut reader, id).unwrap();
+        assert_eq!(got.hex(), want["sha256"].as_str().unwrap());
+        checked += 1;
+    }
+    assert_eq!(checked, 20);
+}
+
+/// A server that answers each connection from a script: the n-th
+/// connection gets `script(n)`, `None` = accept and never answer.
+fn scripted_server(
+    script: impl Fn(usize) -> Option<Vec<u8>> + Send + 'static,
+) -> (String, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in l.incoming() {
+            let Ok(mut s) = conn else { break };
+            let n = c.fetch_add(1, Ordering::SeqCst);
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            match script(n) {
+                Some(resp) => {
+                    let _ = s.write_all(&resp);
+                }
+                None => held.push(s),
+            }
+        }
+    });
+    (addr, count)
+}
+
+fn location(addr: &str) -> BlobLocation {
+    BlobLocation {
+        url: format!("http://{addr}/v2/x/blobs/sha256:00"),
+        headers: Vec::new(),
+        request_timeout: None,
+    }
+}
+
+#[test]
+fn retries_recover_from_503_and_429() {
+    let (addr, count) = scripted_server(|n| {
+        Some(match n {
+            0 => b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec(),
+            1 => b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 0\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec(),
+            _ => b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 10-14/100\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello".to_vec(),
+        })
+    });
+    let f = Fetcher::new(quick_config()).unwrap();
+    assert_eq!(
+        &f.read_range(&location(&addr), 10, 5).unwrap()[..],
+        b"hello"
+    );
+    assert_eq!(count.load(Ordering::SeqCst), 3);
+}
+
+#[test]
+fn a_lying_or_broken_server_is_an_error_never_wrong_bytes() {
+    // Wrong range, and a body cut short, then a 200 with the whole blob
+    // (from which only the asked bytes are taken).
+    let (addr, _) = scripted_server(|n| {
+        Some(match n % 3 {
+            0 => b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-4/100\r\nContent-Length: 5\r\nConnection: close\r\n\r\nWRONG".to_vec(),
+            1 => b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 10-14/100\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhe".to_vec(),
+            _ => b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\nConnection: close\r\n\r\n0123456789abcdefghij".to_vec(),
+        })
+    });
+    let f = Fetcher::new(FetcherConfig {
+        max_retries: 0,
+        ..quick_config()
+    })
+    .unwrap();
+    let loc = location(&addr);
+    assert!(matches!(
+        f.read_range(&loc, 10, 5),
+        Err(FetchError::BadResponse { .. })
+    ));
+    assert!(f.read_range(&loc, 10, 5).is_err());
+    assert_eq!(&f.read_range(&loc, 10, 5).unwrap()[..], b"abcde");
+}
+
+#[test]
+fn a_silent_server_times_out_within_the_budget() {
+    let (addr, count) = scripted_server(|_| None);
+    let cfg = FetcherConfig {
+        request_timeout: Duration::from_millis(300),
+        max_retries: 2,
+        ..quick_config()
+    };
+    let f = Fetcher::new(cfg).unwrap();
+    let start = Instant::now();
+    match f.read_range(&location(&addr), 0, 10) {
+        Err(FetchError::Exhausted { attempts: 3, last }) => {
+            assert!(matches!(*last, FetchError::Timeout { .. }))
+        }
+        other => panic!("want Exhausted(Timeout), got {other:?}"),
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert!(count.load(Ordering::SeqCst) >= 1);
+    // Nobody listening: connection errors, retried, then a typed error.
+    let dead = format!("127.0.0.1:{}", free_port());
+    assert!(matches!(
+        f.read_range(&location(&dead), 0, 10),
+        Err(FetchError::Exhausted { .. })
+    ));
+}
