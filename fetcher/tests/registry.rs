@@ -16,7 +16,8 @@ use ringstar_fetcher::{BlobLocation, FetchError, Fetcher, FetcherConfig, RemoteB
 struct Registry {
     child: Child,
     addr: String,
-    _dir: tempfile::TempDir,
+    /// Config dir, and the storage dir when the registry owns it.
+    _dirs: Vec<tempfile::TempDir>,
 }
 
 impl Drop for Registry {
@@ -71,6 +72,14 @@ fn http(
 
 impl Registry {
     fn start() -> Registry {
+        let storage = tempfile::tempdir().unwrap();
+        let mut reg = Self::start_with(storage.path(), None);
+        reg._dirs.push(storage);
+        reg
+    }
+
+    /// Serves `storage`, over TLS with `(certificate, key)` when given.
+    fn start_with(storage: &Path, tls: Option<(&Path, &Path)>) -> Registry {
         let bin = "/usr/bin/docker-registry";
         assert!(
             Path::new(bin).exists(),
@@ -79,14 +88,18 @@ impl Registry {
         let dir = tempfile::tempdir().unwrap();
         let addr = format!("127.0.0.1:{}", free_port());
         let config = dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
-                dir.path().join("data").display()
-            ),
-        )
-        .unwrap();
+        let mut yaml = format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+            storage.display()
+        );
+        if let Some((cert, key)) = tls {
+            yaml.push_str(&format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
+            ));
+        }
+        std::fs::write(&config, yaml).unwrap();
         let child = Command::new(bin)
             .arg("serve")
             .arg(&config)
@@ -97,11 +110,14 @@ impl Registry {
         let reg = Registry {
             child,
             addr,
-            _dir: dir,
+            _dirs: vec![dir],
+        };
+        let ready = |r: &Registry| {
+            TcpStream::connect(&r.addr).is_ok()
+                && (tls.is_some() || http(&r.addr, "GET", "/v2/", b"").0 == 200)
         };
         let start = Instant::now();
-        while TcpStream::connect(&reg.addr).is_err() || http(&reg.addr, "GET", "/v2/", b"").0 != 200
-        {
+        while !ready(&reg) {
             assert!(
                 start.elapsed() < Duration::from_secs(20),
                 "registry did not start"
@@ -390,4 +406,159 @@ fn a_silent_server_times_out_within_the_budget() {
         f.read_range(&location(&dead), 0, 10),
         Err(FetchError::Exhausted { .. })
     ));
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let st = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "openssl {args:?}");
+}
+
+/// A CA and a server certificate for 127.0.0.1 signed by it.
+fn make_certs(dir: &Path) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=ringstar test CA",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    );
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ],
+    );
+}
+
+/// Forwards TCP connections to `upstream`, counting them.
+fn counting_forwarder(upstream: String) -> (String, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(client) = conn else { break };
+            c.fetch_add(1, Ordering::SeqCst);
+            let Ok(server) = TcpStream::connect(&upstream) else {
+                continue;
+            };
+            let (mut c_read, mut s_write) =
+                (client.try_clone().unwrap(), server.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut c_read, &mut s_write);
+                let _ = s_write.shutdown(std::net::Shutdown::Write);
+            });
+            let (mut s_read, mut c_write) = (server, client);
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut s_read, &mut c_write);
+                let _ = c_write.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    (addr, count)
+}
+
+#[test]
+fn tls_negotiates_h2_and_multiplexes_ranges_on_one_connection() {
+    let certs = tempfile::tempdir().unwrap();
+    make_certs(certs.path());
+    // Push over plain HTTP, then serve the same storage over TLS.
+    let storage = tempfile::tempdir().unwrap();
+    let plain = Registry::start_with(storage.path(), None);
+    let data = blob_bytes(2 << 20);
+    let digest = plain.push("test/tls", &data);
+    drop(plain);
+    let tls = Registry::start_with(
+        storage.path(),
+        Some((
+            &certs.path().join("server.pem"),
+            &certs.path().join("server.key"),
+        )),
+    );
+    let (proxy, connections) = counting_forwarder(tls.addr.clone());
+    let f = Fetcher::new(FetcherConfig {
+        ca_file: Some(certs.path().join("ca.pem")),
+        ..FetcherConfig::default()
+    })
+    .unwrap();
+    let loc = BlobLocation {
+        url: format!("https://{proxy}/v2/test/tls/blobs/{digest}"),
+        headers: Vec::new(),
+        request_timeout: None,
+    };
+    assert_eq!(f.probe_version(&loc).unwrap(), http::Version::HTTP_2);
+    let (tx, rx) = std::sync::mpsc::channel();
+    for i in 0..64u64 {
+        let tx = tx.clone();
+        f.read_range_then(&loc, i * 32_000, 8192, move |r| tx.send((i, r)).unwrap());
+    }
+    for _ in 0..64 {
+        let (i, r) = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+        let off = (i * 32_000) as usize;
+        assert_eq!(&r.unwrap()[..], &data[off..off + 8192]);
+    }
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        1,
+        "all streams on one HTTP/2 connection"
+    );
+    // Without our CA the certificate is refused: an error, no bytes.
+    let untrusting = Fetcher::new(FetcherConfig {
+        max_retries: 0,
+        ..FetcherConfig::default()
+    })
+    .unwrap();
+    assert!(untrusting.read_range(&loc, 0, 10).is_err());
 }
