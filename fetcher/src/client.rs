@@ -29,6 +29,12 @@ pub struct FetcherConfig {
     pub backoff_max: Duration,
     /// Extra CA certificates (PEM) to trust besides the system roots.
     pub ca_file: Option<PathBuf>,
+    /// Requests in flight per host; more wait, and merge while waiting.
+    pub max_in_flight_per_host: usize,
+    /// Waiting ranges of one blob closer than this are fetched as one.
+    pub coalesce_gap: u64,
+    /// Largest merged range.
+    pub max_coalesced: u64,
 }
 
 impl Default for FetcherConfig {
@@ -40,6 +46,9 @@ impl Default for FetcherConfig {
             backoff_min: Duration::from_millis(30),
             backoff_max: Duration::from_secs(30),
             ca_file: None,
+            max_in_flight_per_host: 16,
+            coalesce_gap: 64 << 10,
+            max_coalesced: 16 << 20,
         }
     }
 }
@@ -99,6 +108,45 @@ type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Byt
 struct Inner {
     client: HttpsClient,
     config: FetcherConfig,
+    sched: std::sync::Mutex<Sched>,
+}
+
+/// Someone waiting for `[start, end]` (inclusive) of a fetch.
+struct Waiter {
+    start: u64,
+    end: u64,
+    tx: tokio::sync::oneshot::Sender<Result<Bytes, FetchError>>,
+}
+
+/// One range request to make, and who waits for parts of it.
+struct Fetch {
+    loc: BlobLocation,
+    start: u64,
+    end: u64,
+    waiters: Vec<Waiter>,
+}
+
+#[derive(Default)]
+struct HostState {
+    in_flight: usize,
+    queue: std::collections::VecDeque<Fetch>,
+}
+
+/// Fetches running and waiting, per host: what single-flight and
+/// coalescing look at.
+#[derive(Default)]
+struct Sched {
+    hosts: std::collections::HashMap<String, HostState>,
+    running: std::collections::HashMap<u64, Fetch>,
+    next_id: u64,
+}
+
+fn host_of(url: &str) -> String {
+    url.split("://")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .unwrap_or(url)
+        .to_string()
 }
 
 type Job = Box<dyn FnOnce(Arc<Inner>) + Send>;
@@ -175,7 +223,11 @@ impl Fetcher {
                         .pool_idle_timeout(Duration::from_secs(90))
                         .pool_max_idle_per_host(16)
                         .build(https);
-                    let inner = Arc::new(Inner { client, config });
+                    let inner = Arc::new(Inner {
+                        client,
+                        config,
+                        sched: std::sync::Mutex::new(Sched::default()),
+                    });
                     let _ = ready_tx.send(Ok(()));
                     while let Some(job) = rx.recv().await {
                         job(inner.clone());
@@ -355,6 +407,23 @@ impl Inner {
                         cr.0, cr.1
                     )));
                 }
+                if cr.1 < end {
+                    // Cut at the blob's end: the asked range runs past it.
+                    if cr.2.is_some_and(|total| cr.1 + 1 == total) {
+                        return Err((
+                            FetchError::RangeNotSatisfiable {
+                                url: url.clone(),
+                                start,
+                                end,
+                            },
+                            None,
+                        ));
+                    }
+                    return Err(bad(format!(
+                        "asked bytes {start}-{end}, got {}-{}",
+                        cr.0, cr.1
+                    )));
+                }
                 0
             }
             // The whole blob: read only what was asked, then stop.
@@ -420,9 +489,144 @@ impl Inner {
         Ok(Bytes::from(out))
     }
 
+    /// `[offset, offset+len)` through the scheduler: joins a running fetch
+    /// that covers it (single-flight), or a waiting one of the same blob
+    /// near it (coalescing), or starts or queues its own.
+    async fn read_range(
+        self: Arc<Self>,
+        loc: &BlobLocation,
+        offset: u64,
+        len: u64,
+    ) -> Result<Bytes, FetchError> {
+        if len == 0 {
+            return Ok(Bytes::new());
+        }
+        let end = offset
+            .checked_add(len - 1)
+            .ok_or_else(|| FetchError::Invalid("range overflows".into()))?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let waiter = Waiter {
+            start: offset,
+            end,
+            tx,
+        };
+        let start_now = {
+            let mut s = self.sched.lock().expect("scheduler");
+            self.enqueue(&mut s, loc, waiter)
+        };
+        if let Some((id, fetch_loc, start, end)) = start_now {
+            self.clone().spawn_fetch(id, fetch_loc, start, end);
+        }
+        rx.await.map_err(|_| FetchError::Stopped)?
+    }
+
+    /// Places a waiter; returns a fetch to start now, if any.
+    fn enqueue(
+        &self,
+        s: &mut Sched,
+        loc: &BlobLocation,
+        w: Waiter,
+    ) -> Option<(u64, BlobLocation, u64, u64)> {
+        if let Some(f) = s
+            .running
+            .values_mut()
+            .find(|f| f.loc == *loc && f.start <= w.start && w.end <= f.end)
+        {
+            f.waiters.push(w);
+            return None;
+        }
+        let (gap, max) = (self.config.coalesce_gap, self.config.max_coalesced);
+        let host = s.hosts.entry(host_of(&loc.url)).or_default();
+        if let Some(f) = host.queue.iter_mut().find(|f| {
+            let (lo, hi) = (f.start.min(w.start), f.end.max(w.end));
+            f.loc == *loc
+                && w.start <= f.end.saturating_add(gap)
+                && f.start <= w.end.saturating_add(gap)
+                && hi - lo < max
+        }) {
+            f.start = f.start.min(w.start);
+            f.end = f.end.max(w.end);
+            f.waiters.push(w);
+            return None;
+        }
+        let fetch = Fetch {
+            loc: loc.clone(),
+            start: w.start,
+            end: w.end,
+            waiters: vec![w],
+        };
+        if host.in_flight >= self.config.max_in_flight_per_host.max(1) {
+            host.queue.push_back(fetch);
+            return None;
+        }
+        host.in_flight += 1;
+        Some(Self::run(s, fetch))
+    }
+
+    fn run(s: &mut Sched, fetch: Fetch) -> (u64, BlobLocation, u64, u64) {
+        let id = s.next_id;
+        s.next_id += 1;
+        let r = (id, fetch.loc.clone(), fetch.start, fetch.end);
+        s.running.insert(id, fetch);
+        r
+    }
+
+    fn spawn_fetch(self: Arc<Self>, id: u64, loc: BlobLocation, start: u64, end: u64) {
+        tokio::spawn(async move {
+            let result = self.fetch_range(&loc, start, end - start + 1).await;
+            let (done, next) = {
+                let mut s = self.sched.lock().expect("scheduler");
+                let done = s.running.remove(&id);
+                let host = s.hosts.entry(host_of(&loc.url)).or_default();
+                let next = host.queue.pop_front();
+                if next.is_none() {
+                    host.in_flight -= 1;
+                }
+                (done, next.map(|f| Self::run(&mut s, f)))
+            };
+            if let Some((nid, nloc, ns, ne)) = next {
+                self.clone().spawn_fetch(nid, nloc, ns, ne);
+            }
+            let Some(done) = done else { return };
+            match result {
+                Ok(bytes) => {
+                    for w in done.waiters {
+                        let part =
+                            bytes.slice((w.start - start) as usize..=(w.end - start) as usize);
+                        let _ = w.tx.send(Ok(part));
+                    }
+                }
+                // A merged range can fail for one part (past the end) that
+                // alone would; each waiter then tries its own range.
+                Err(e)
+                    if done
+                        .waiters
+                        .iter()
+                        .any(|w| (w.start, w.end) != (start, end)) =>
+                {
+                    tracing::debug!(url = %loc.url, error = %e, "merged range failed; retrying parts alone");
+                    for w in done.waiters {
+                        let inner = self.clone();
+                        let loc = loc.clone();
+                        tokio::spawn(async move {
+                            let _ = w
+                                .tx
+                                .send(inner.fetch_range(&loc, w.start, w.end - w.start + 1).await);
+                        });
+                    }
+                }
+                Err(e) => {
+                    for w in done.waiters {
+                        let _ = w.tx.send(Err(e.clone()));
+                    }
+                }
+            }
+        });
+    }
+
     /// `[offset, offset+len)` with per-attempt timeouts and bounded retries
     /// (exponential backoff with jitter, honouring Retry-After).
-    async fn read_range(
+    async fn fetch_range(
         &self,
         loc: &BlobLocation,
         offset: u64,

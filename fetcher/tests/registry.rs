@@ -173,7 +173,7 @@ fn quick_config() -> FetcherConfig {
         max_retries: 3,
         backoff_min: Duration::from_millis(10),
         backoff_max: Duration::from_millis(200),
-        ca_file: None,
+        ..FetcherConfig::default()
     }
 }
 
