@@ -35,6 +35,9 @@ pub struct FetcherConfig {
     pub coalesce_gap: u64,
     /// Largest merged range.
     pub max_coalesced: u64,
+    /// Offer HTTP/2 in ALPN (off: HTTP/1.1 only, for comparison and for
+    /// servers with broken HTTP/2).
+    pub http2: bool,
 }
 
 impl Default for FetcherConfig {
@@ -49,6 +52,7 @@ impl Default for FetcherConfig {
             max_in_flight_per_host: 16,
             coalesce_gap: 64 << 10,
             max_coalesced: 16 << 20,
+            http2: true,
         }
     }
 }
@@ -130,6 +134,17 @@ struct Fetch {
 struct HostState {
     in_flight: usize,
     queue: std::collections::VecDeque<Fetch>,
+    /// A request to this host has completed, so a connection exists and
+    /// its protocol is known. Until then one request runs at a time: a
+    /// burst of first requests would each open a TLS connection before
+    /// ALPN could tell they may share one HTTP/2 connection.
+    warmed: bool,
+}
+
+impl HostState {
+    fn limit(&self, max: usize) -> usize {
+        if self.warmed { max.max(1) } else { 1 }
+    }
 }
 
 /// Fetches running and waiting, per host: what single-flight and
@@ -213,12 +228,15 @@ impl Fetcher {
                     http.enforce_http(false);
                     http.set_connect_timeout(Some(config.connect_timeout));
                     http.set_nodelay(true);
-                    let https = hyper_rustls::HttpsConnectorBuilder::new()
+                    let builder = hyper_rustls::HttpsConnectorBuilder::new()
                         .with_tls_config(tls)
                         .https_or_http()
-                        .enable_http1()
-                        .enable_http2()
-                        .wrap_connector(http);
+                        .enable_http1();
+                    let https = if config.http2 {
+                        builder.enable_http2().wrap_connector(http)
+                    } else {
+                        builder.wrap_connector(http)
+                    };
                     let client = Client::builder(TokioExecutor::new())
                         .pool_idle_timeout(Duration::from_secs(90))
                         .pool_max_idle_per_host(16)
@@ -555,7 +573,7 @@ impl Inner {
             end: w.end,
             waiters: vec![w],
         };
-        if host.in_flight >= self.config.max_in_flight_per_host.max(1) {
+        if host.in_flight >= host.limit(self.config.max_in_flight_per_host) {
             host.queue.push_back(fetch);
             return None;
         }
@@ -577,14 +595,21 @@ impl Inner {
             let (done, next) = {
                 let mut s = self.sched.lock().expect("scheduler");
                 let done = s.running.remove(&id);
+                let max = self.config.max_in_flight_per_host;
                 let host = s.hosts.entry(host_of(&loc.url)).or_default();
-                let next = host.queue.pop_front();
-                if next.is_none() {
-                    host.in_flight -= 1;
+                host.warmed = true;
+                host.in_flight -= 1;
+                let mut start = Vec::new();
+                while host.in_flight < host.limit(max)
+                    && let Some(f) = host.queue.pop_front()
+                {
+                    host.in_flight += 1;
+                    start.push(f);
                 }
-                (done, next.map(|f| Self::run(&mut s, f)))
+                let next: Vec<_> = start.into_iter().map(|f| Self::run(&mut s, f)).collect();
+                (done, next)
             };
-            if let Some((nid, nloc, ns, ne)) = next {
+            for (nid, nloc, ns, ne) in next {
                 self.clone().spawn_fetch(nid, nloc, ns, ne);
             }
             let Some(done) = done else { return };

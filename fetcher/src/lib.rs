@@ -11,6 +11,8 @@
 pub mod client;
 pub mod hosts;
 pub mod reference;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use client::{BlobLocation, FetchError, Fetcher, FetcherConfig, RemoteBlob};
 pub use hosts::{Endpoint, MirrorConfig, ResolverConfig};

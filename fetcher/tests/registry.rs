@@ -2,169 +2,17 @@
 //! a free loopback port, storage in a temp dir), and against small
 //! misbehaving servers for the failure paths.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::{Read, Write};
+use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use ringstar_core::{BlobRead, Digest, Layer, OpenOptions};
+use ringstar_fetcher::testing::{Registry, counting_forwarder, free_port, make_certs};
 use ringstar_fetcher::{BlobLocation, FetchError, Fetcher, FetcherConfig, RemoteBlob};
-
-struct Registry {
-    child: Child,
-    addr: String,
-    /// Config dir, and the storage dir when the registry owns it.
-    _dirs: Vec<tempfile::TempDir>,
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A minimal HTTP/1.1 exchange (Connection: close): status, headers, body.
-fn http(
-    addr: &str,
-    method: &str,
-    path: &str,
-    body: &[u8],
-) -> (u16, Vec<(String, String)>, Vec<u8>) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\n\r\n",
-        body.len()
-    )
-    .unwrap();
-    s.write_all(body).unwrap();
-    let mut r = BufReader::new(s);
-    let mut line = String::new();
-    r.read_line(&mut line).unwrap();
-    let status: u16 = line.split(' ').nth(1).unwrap().parse().unwrap();
-    let mut headers = Vec::new();
-    loop {
-        line.clear();
-        r.read_line(&mut line).unwrap();
-        let l = line.trim_end();
-        if l.is_empty() {
-            break;
-        }
-        let (k, v) = l.split_once(':').unwrap();
-        headers.push((k.to_ascii_lowercase(), v.trim().to_string()));
-    }
-    let mut rest = Vec::new();
-    let _ = r.read_to_end(&mut rest);
-    (status, headers, rest)
-}
-
-impl Registry {
-    fn start() -> Registry {
-        let storage = tempfile::tempdir().unwrap();
-        let mut reg = Self::start_with(storage.path(), None);
-        reg._dirs.push(storage);
-        reg
-    }
-
-    /// Serves `storage`, over TLS with `(certificate, key)` when given.
-    fn start_with(storage: &Path, tls: Option<(&Path, &Path)>) -> Registry {
-        let bin = "/usr/bin/docker-registry";
-        assert!(
-            Path::new(bin).exists(),
-            "Debian's docker-registry is needed (apt-get install docker-registry; test.sh installs it)"
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let addr = format!("127.0.0.1:{}", free_port());
-        let config = dir.path().join("config.yml");
-        let mut yaml = format!(
-            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
-            storage.display()
-        );
-        if let Some((cert, key)) = tls {
-            yaml.push_str(&format!(
-                "  tls:\n    certificate: {}\n    key: {}\n",
-                cert.display(),
-                key.display()
-            ));
-        }
-        std::fs::write(&config, yaml).unwrap();
-        let child = Command::new(bin)
-            .arg("serve")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let reg = Registry {
-            child,
-            addr,
-            _dirs: vec![dir],
-        };
-        let ready = |r: &Registry| {
-            TcpStream::connect(&r.addr).is_ok()
-                && (tls.is_some() || http(&r.addr, "GET", "/v2/", b"").0 == 200)
-        };
-        let start = Instant::now();
-        while !ready(&reg) {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "registry did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        reg
-    }
-
-    /// Pushes `data` as a blob of `repo` (monolithic upload); returns its digest.
-    fn push(&self, repo: &str, data: &[u8]) -> String {
-        let digest = Digest::of(data).to_string();
-        let (status, headers, _) = http(
-            &self.addr,
-            "POST",
-            &format!("/v2/{repo}/blobs/uploads/"),
-            b"",
-        );
-        assert_eq!(status, 202);
-        let loc = headers
-            .iter()
-            .find(|(k, _)| k == "location")
-            .unwrap()
-            .1
-            .clone();
-        let path = loc
-            .split_once(&self.addr)
-            .map_or(loc.clone(), |(_, p)| p.to_string());
-        let sep = if path.contains('?') { '&' } else { '?' };
-        let (status, _, body) = http(
-            &self.addr,
-            "PUT",
-            &format!("{path}{sep}digest={digest}"),
-            data,
-        );
-        assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
-        digest
-    }
-
-    fn location(&self, repo: &str, digest: &str) -> BlobLocation {
-        BlobLocation {
-            url: format!("http://{}/v2/{repo}/blobs/{digest}", self.addr),
-            headers: Vec::new(),
-            request_timeout: None,
-        }
-    }
-}
 
 fn quick_config() -> FetcherConfig {
     FetcherConfig {
@@ -408,108 +256,6 @@ fn a_silent_server_times_out_within_the_budget() {
     ));
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let st = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success(), "openssl {args:?}");
-}
-
-/// A CA and a server certificate for 127.0.0.1 signed by it.
-fn make_certs(dir: &Path) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=ringstar test CA",
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=127.0.0.1",
-        ],
-    );
-    std::fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
-    )
-    .unwrap();
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "ext.cnf",
-        ],
-    );
-}
-
-/// Forwards TCP connections to `upstream`, counting them.
-fn counting_forwarder(upstream: String) -> (String, Arc<AtomicUsize>) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap().to_string();
-    let count = Arc::new(AtomicUsize::new(0));
-    let c = count.clone();
-    std::thread::spawn(move || {
-        for conn in l.incoming() {
-            let Ok(client) = conn else { break };
-            c.fetch_add(1, Ordering::SeqCst);
-            let Ok(server) = TcpStream::connect(&upstream) else {
-                continue;
-            };
-            let (mut c_read, mut s_write) =
-                (client.try_clone().unwrap(), server.try_clone().unwrap());
-            std::thread::spawn(move || {
-                let _ = std::io::copy(&mut c_read, &mut s_write);
-                let _ = s_write.shutdown(std::net::Shutdown::Write);
-            });
-            let (mut s_read, mut c_write) = (server, client);
-            std::thread::spawn(move || {
-                let _ = std::io::copy(&mut s_read, &mut c_write);
-                let _ = c_write.shutdown(std::net::Shutdown::Write);
-            });
-        }
-    });
-    (addr, count)
-}
-
 #[test]
 fn tls_negotiates_h2_and_multiplexes_ranges_on_one_connection() {
     let certs = tempfile::tempdir().unwrap();
@@ -538,7 +284,8 @@ fn tls_negotiates_h2_and_multiplexes_ranges_on_one_connection() {
         headers: Vec::new(),
         request_timeout: None,
     };
-    assert_eq!(f.probe_version(&loc).unwrap(), http::Version::HTTP_2);
+    // A cold burst: the first request opens the connection alone, the rest
+    // join it once ALPN has said h2.
     let (tx, rx) = std::sync::mpsc::channel();
     for i in 0..64u64 {
         let tx = tx.clone();
@@ -554,6 +301,8 @@ fn tls_negotiates_h2_and_multiplexes_ranges_on_one_connection() {
         1,
         "all streams on one HTTP/2 connection"
     );
+    assert_eq!(f.probe_version(&loc).unwrap(), http::Version::HTTP_2);
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
     // Without our CA the certificate is refused: an error, no bytes.
     let untrusting = Fetcher::new(FetcherConfig {
         max_retries: 0,
