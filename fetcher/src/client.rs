@@ -591,7 +591,7 @@ impl Inner {
 
     fn spawn_fetch(self: Arc<Self>, id: u64, loc: BlobLocation, start: u64, end: u64) {
         tokio::spawn(async move {
-            let result = self.fetch_range(&loc, start, end - start + 1).await;
+            let result = self.fetch_range(&loc, start, end).await;
             let (done, next) = {
                 let mut s = self.sched.lock().expect("scheduler");
                 let done = s.running.remove(&id);
@@ -634,9 +634,7 @@ impl Inner {
                         let inner = self.clone();
                         let loc = loc.clone();
                         tokio::spawn(async move {
-                            let _ = w
-                                .tx
-                                .send(inner.fetch_range(&loc, w.start, w.end - w.start + 1).await);
+                            let _ = w.tx.send(inner.fetch_range(&loc, w.start, w.end).await);
                         });
                     }
                 }
@@ -649,20 +647,15 @@ impl Inner {
         });
     }
 
-    /// `[offset, offset+len)` with per-attempt timeouts and bounded retries
-    /// (exponential backoff with jitter, honouring Retry-After).
+    /// `[start, end]` (inclusive) with per-attempt timeouts and bounded
+    /// retries (exponential backoff with jitter, honouring Retry-After).
     async fn fetch_range(
         &self,
         loc: &BlobLocation,
-        offset: u64,
-        len: u64,
+        start: u64,
+        end: u64,
     ) -> Result<Bytes, FetchError> {
-        if len == 0 {
-            return Ok(Bytes::new());
-        }
-        let end = offset
-            .checked_add(len - 1)
-            .ok_or_else(|| FetchError::Invalid("range overflows".into()))?;
+        let offset = start;
         let timeout = self.timeout(loc);
         let mut attempt = 0u32;
         loop {

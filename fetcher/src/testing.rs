@@ -245,35 +245,6 @@ pub fn make_certs(dir: &Path) {
     );
 }
 
-/// Forwards TCP connections to `upstream`, counting them.
-pub fn counting_forwarder(upstream: String) -> (String, Arc<AtomicUsize>) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap().to_string();
-    let count = Arc::new(AtomicUsize::new(0));
-    let c = count.clone();
-    std::thread::spawn(move || {
-        for conn in l.incoming() {
-            let Ok(client) = conn else { break };
-            c.fetch_add(1, Ordering::SeqCst);
-            let Ok(server) = TcpStream::connect(&upstream) else {
-                continue;
-            };
-            let (mut c_read, mut s_write) =
-                (client.try_clone().unwrap(), server.try_clone().unwrap());
-            std::thread::spawn(move || {
-                let _ = std::io::copy(&mut c_read, &mut s_write);
-                let _ = s_write.shutdown(std::net::Shutdown::Write);
-            });
-            let (mut s_read, mut c_write) = (server, client);
-            std::thread::spawn(move || {
-                let _ = std::io::copy(&mut s_read, &mut c_write);
-                let _ = c_write.shutdown(std::net::Shutdown::Write);
-            });
-        }
-    });
-    (addr, count)
-}
-
 /// One direction of a WAN link shared by every connection through a
 /// [`DelayProxy`]: bytes leave one after another at `rate` bytes/s and
 /// arrive `one_way` later.

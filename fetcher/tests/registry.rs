@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use ringstar_core::{BlobRead, Digest, Layer, OpenOptions};
-use ringstar_fetcher::testing::{Registry, counting_forwarder, free_port, make_certs};
+use ringstar_fetcher::testing::{DelayProxy, Registry, free_port, make_certs};
 use ringstar_fetcher::{BlobLocation, FetchError, Fetcher, FetcherConfig, RemoteBlob};
 
 fn quick_config() -> FetcherConfig {
@@ -273,7 +273,11 @@ fn tls_negotiates_h2_and_multiplexes_ranges_on_one_connection() {
             &certs.path().join("server.key"),
         )),
     );
-    let (proxy, connections) = counting_forwarder(tls.addr.clone());
+    // A proxy with no delay, to count connections.
+    let DelayProxy {
+        addr: proxy,
+        connections,
+    } = DelayProxy::start(tls.addr.clone(), Duration::ZERO, u64::MAX);
     let f = Fetcher::new(FetcherConfig {
         ca_file: Some(certs.path().join("ca.pem")),
         ..FetcherConfig::default()
