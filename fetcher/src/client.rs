@@ -70,6 +70,9 @@ pub enum FetchError {
     Timeout { url: String, after: Duration },
     #[error("{url}: {reason}")]
     Transport { url: String, reason: String },
+    /// TLS refused (certificate, protocol): retrying will not help.
+    #[error("{url}: TLS: {reason}")]
+    Tls { url: String, reason: String },
     /// The server answered something that is not what was asked.
     #[error("{url}: bad response: {reason}")]
     BadResponse { url: String, reason: String },
@@ -330,6 +333,26 @@ impl Fetcher {
     }
 }
 
+/// The rustls error behind a request failure, if TLS is what failed
+/// (tokio-rustls wraps it in an io::Error somewhere down the chain).
+fn tls_error(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(t) = err.downcast_ref::<rustls::Error>() {
+            return Some(t.to_string());
+        }
+        // io::Error::source() skips the error it wraps: step into it.
+        cur = match err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner),
+            None => err.source(),
+        };
+    }
+    None
+}
+
 /// Parses `Content-Range: bytes START-END/TOTAL` (TOTAL may be `*`).
 fn content_range(v: &str) -> Option<(u64, u64, Option<u64>)> {
     let rest = v.trim().strip_prefix("bytes ")?;
@@ -376,9 +399,15 @@ impl Inner {
             .client
             .request(req)
             .await
-            .map_err(|e| FetchError::Transport {
-                url: url.clone(),
-                reason: format!("{e:?}"),
+            .map_err(|e| match tls_error(&e) {
+                Some(reason) => FetchError::Tls {
+                    url: url.clone(),
+                    reason,
+                },
+                None => FetchError::Transport {
+                    url: url.clone(),
+                    reason: format!("{e:?}"),
+                },
             })?;
         Ok(resp.into_parts())
     }

@@ -307,11 +307,16 @@ fn tls_negotiates_h2_and_multiplexes_ranges_on_one_connection() {
     );
     assert_eq!(f.probe_version(&loc).unwrap(), http::Version::HTTP_2);
     assert_eq!(connections.load(Ordering::SeqCst), 1);
-    // Without our CA the certificate is refused: an error, no bytes.
-    let untrusting = Fetcher::new(FetcherConfig {
-        max_retries: 0,
-        ..FetcherConfig::default()
-    })
-    .unwrap();
-    assert!(untrusting.read_range(&loc, 0, 10).is_err());
+    // Without our CA the certificate is refused: a typed error, at once
+    // (not retried), no bytes.
+    let untrusting = Fetcher::new(FetcherConfig::default()).unwrap();
+    let started = Instant::now();
+    match untrusting.read_range(&loc, 0, 10) {
+        Err(FetchError::Tls { reason, .. }) => assert!(reason.contains("certificate"), "{reason}"),
+        other => panic!("want a TLS error, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "certificate errors must not be retried"
+    );
 }
