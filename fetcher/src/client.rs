@@ -294,6 +294,49 @@ impl Fetcher {
         rx.recv().map_err(|_| FetchError::Stopped)?
     }
 
+    /// Finds where `repository`'s blob `digest` can be read: each endpoint
+    /// in order (mirrors, then the origin) gets a redirect probe (a 2-byte
+    /// GET; a 3xx `Location` is followed one level and used as is, with no
+    /// headers) and a size probe; the first that answers both wins. Every
+    /// failure is logged and the next endpoint tried.
+    pub fn resolve_blob(
+        &self,
+        endpoints: &[crate::hosts::Endpoint],
+        repository: &str,
+        digest: &str,
+    ) -> Result<(BlobLocation, u64), FetchError> {
+        let mut last = FetchError::Invalid("no endpoints".into());
+        for e in endpoints {
+            let loc = BlobLocation {
+                url: e.blob_url(repository, digest),
+                headers: e.headers.clone(),
+                request_timeout: e.request_timeout,
+            };
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            let job: Job = Box::new(move |inner: Arc<Inner>| {
+                tokio::spawn(async move {
+                    let r = match inner.redirect_probe(&loc).await {
+                        Ok(target) => match inner.blob_size(&target).await {
+                            Ok(size) => Ok((target, size)),
+                            Err(e) => Err(e),
+                        },
+                        Err(e) => Err(e),
+                    };
+                    let _ = tx.send(r);
+                });
+            });
+            self.jobs.send(job).map_err(|_| FetchError::Stopped)?;
+            match rx.recv().map_err(|_| FetchError::Stopped)? {
+                Ok(found) => return Ok(found),
+                Err(err) => {
+                    tracing::info!(endpoint = %e.base, error = %err, "blob not available here, trying the next endpoint");
+                    last = err;
+                }
+            }
+        }
+        Err(last)
+    }
+
     /// The blob's size (HEAD, or a 2-byte range GET when HEAD is refused).
     pub fn blob_size(&self, loc: &BlobLocation) -> Result<u64, FetchError> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
@@ -724,6 +767,51 @@ impl Inner {
             tokio::time::sleep(wait).await;
             attempt += 1;
         }
+    }
+
+    /// GET bytes 0-1: 2xx → the URL itself; 3xx with a Location → that
+    /// URL verbatim, without our headers (they are the registry's, and an
+    /// Authorization must not leak to blob storage).
+    async fn redirect_probe(&self, loc: &BlobLocation) -> Result<BlobLocation, FetchError> {
+        let timeout = self.timeout(loc);
+        let url = loc.url.clone();
+        let probe = async {
+            let (head, _) = self.send(loc, Some((0, 1)), http::Method::GET).await?;
+            if head.status.is_success() {
+                return Ok(loc.clone());
+            }
+            if head.status.is_redirection()
+                && let Some(target) = head
+                    .headers
+                    .get(http::header::LOCATION)
+                    .and_then(|v| v.to_str().ok())
+            {
+                if !target.starts_with("http://") && !target.starts_with("https://") {
+                    return Err(FetchError::BadResponse {
+                        url,
+                        reason: format!("relative redirect {target:?}"),
+                    });
+                }
+                return Ok(BlobLocation {
+                    url: target.to_string(),
+                    headers: Vec::new(),
+                    request_timeout: loc.request_timeout,
+                });
+            }
+            Err(match head.status {
+                StatusCode::NOT_FOUND => FetchError::NotFound { url },
+                s => FetchError::Status {
+                    url,
+                    status: s.as_u16(),
+                },
+            })
+        };
+        tokio::time::timeout(timeout, probe)
+            .await
+            .unwrap_or(Err(FetchError::Timeout {
+                url: loc.url.clone(),
+                after: timeout,
+            }))
     }
 
     async fn blob_size(&self, loc: &BlobLocation) -> Result<u64, FetchError> {

@@ -320,3 +320,69 @@ fn tls_negotiates_h2_and_multiplexes_ranges_on_one_connection() {
         "certificate errors must not be retried"
     );
 }
+
+/// Answers every request with a redirect to `target`.
+fn redirecting_server(target: String) -> String {
+    scripted_server(move |_| {
+        Some(
+            format!(
+                "HTTP/1.1 307 Temporary Redirect\r\nLocation: {target}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+            .into_bytes(),
+        )
+    })
+    .0
+}
+
+#[test]
+fn blobs_resolve_through_mirrors_in_order_and_follow_a_redirect() {
+    let reg = Registry::start();
+    let data = blob_bytes(100_000);
+    let digest = reg.push("library/app", &data);
+    let f = Fetcher::new(quick_config()).unwrap();
+    let dead = format!("127.0.0.1:{}", free_port());
+    // A dead mirror, then one without the blob, then the registry itself.
+    let empty = Registry::start();
+    let mut cfg = ringstar_fetcher::ResolverConfig::default();
+    cfg.mirrors.insert(
+        reg.addr.clone(),
+        vec![
+            ringstar_fetcher::MirrorConfig {
+                host: dead,
+                insecure: true,
+                ..Default::default()
+            },
+            ringstar_fetcher::MirrorConfig {
+                host: empty.addr.clone(),
+                insecure: true,
+                headers: vec![("x-mirror".into(), "1".into())],
+                ..Default::default()
+            },
+        ],
+    );
+    let endpoints = cfg.endpoints(&reg.addr);
+    assert_eq!(endpoints.len(), 3);
+    let (loc, size) = f.resolve_blob(&endpoints, "library/app", &digest).unwrap();
+    assert_eq!(size, data.len() as u64);
+    assert_eq!(loc.url, reg.location("library/app", &digest).url);
+    assert_eq!(&f.read_range(&loc, 500, 100).unwrap()[..], &data[500..600]);
+    // Nothing anywhere: the last endpoint's error.
+    assert!(matches!(
+        f.resolve_blob(&endpoints, "library/app", &Digest::of(b"none").to_string()),
+        Err(FetchError::NotFound { .. })
+    ));
+    // A registry that redirects to blob storage: the target is used as is,
+    // without the registry's headers.
+    let target = reg.location("library/app", &digest).url;
+    let redirector = redirecting_server(target.clone());
+    let endpoint = ringstar_fetcher::Endpoint {
+        base: format!("http://{redirector}"),
+        namespace: None,
+        request_timeout: None,
+        headers: vec![("authorization".into(), "Bearer secret".into())],
+    };
+    let (loc, size) = f.resolve_blob(&[endpoint], "library/app", &digest).unwrap();
+    assert_eq!(loc.url, target);
+    assert!(loc.headers.is_empty(), "headers must not follow a redirect");
+    assert_eq!(size, data.len() as u64);
+}
