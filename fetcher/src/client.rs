@@ -294,6 +294,25 @@ impl Fetcher {
         rx.recv().map_err(|_| FetchError::Stopped)?
     }
 
+    /// Runs `f` on the fetcher thread and blocks the caller for its result.
+    fn block_on<T, Fut>(
+        &self,
+        f: impl FnOnce(Arc<Inner>) -> Fut + Send + 'static,
+    ) -> Result<T, FetchError>
+    where
+        T: Send + 'static,
+        Fut: std::future::Future<Output = Result<T, FetchError>> + Send + 'static,
+    {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let job: Job = Box::new(move |inner: Arc<Inner>| {
+            tokio::spawn(async move {
+                let _ = tx.send(f(inner).await);
+            });
+        });
+        self.jobs.send(job).map_err(|_| FetchError::Stopped)?;
+        rx.recv().map_err(|_| FetchError::Stopped)?
+    }
+
     /// Finds where `repository`'s blob `digest` can be read: each endpoint
     /// in order (mirrors, then the origin) gets a redirect probe (a 2-byte
     /// GET; a 3xx `Location` is followed one level and used as is, with no
@@ -312,21 +331,12 @@ impl Fetcher {
                 headers: e.headers.clone(),
                 request_timeout: e.request_timeout,
             };
-            let (tx, rx) = std::sync::mpsc::sync_channel(1);
-            let job: Job = Box::new(move |inner: Arc<Inner>| {
-                tokio::spawn(async move {
-                    let r = match inner.redirect_probe(&loc).await {
-                        Ok(target) => match inner.blob_size(&target).await {
-                            Ok(size) => Ok((target, size)),
-                            Err(e) => Err(e),
-                        },
-                        Err(e) => Err(e),
-                    };
-                    let _ = tx.send(r);
-                });
+            let found = self.block_on(move |inner| async move {
+                let target = inner.redirect_probe(&loc).await?;
+                let size = inner.blob_size(&target).await?;
+                Ok((target, size))
             });
-            self.jobs.send(job).map_err(|_| FetchError::Stopped)?;
-            match rx.recv().map_err(|_| FetchError::Stopped)? {
+            match found {
                 Ok(found) => return Ok(found),
                 Err(err) => {
                     tracing::info!(endpoint = %e.base, error = %err, "blob not available here, trying the next endpoint");
@@ -339,15 +349,8 @@ impl Fetcher {
 
     /// The blob's size (HEAD, or a 2-byte range GET when HEAD is refused).
     pub fn blob_size(&self, loc: &BlobLocation) -> Result<u64, FetchError> {
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let loc = loc.clone();
-        let job: Job = Box::new(move |inner: Arc<Inner>| {
-            tokio::spawn(async move {
-                let _ = tx.send(inner.blob_size(&loc).await);
-            });
-        });
-        self.jobs.send(job).map_err(|_| FetchError::Stopped)?;
-        rx.recv().map_err(|_| FetchError::Stopped)?
+        self.block_on(move |inner| async move { inner.blob_size(&loc).await })
     }
 
     /// The last `k` bytes of a `size`-byte blob, in one request: footer and
@@ -360,19 +363,11 @@ impl Fetcher {
     /// The HTTP version the last response for `loc` came over (for tests
     /// and logs).
     pub fn probe_version(&self, loc: &BlobLocation) -> Result<Version, FetchError> {
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let loc = loc.clone();
-        let job: Job = Box::new(move |inner: Arc<Inner>| {
-            tokio::spawn(async move {
-                let r = inner
-                    .send(&loc, Some((0, 0)), http::Method::GET)
-                    .await
-                    .map(|(resp, _)| resp.version);
-                let _ = tx.send(r);
-            });
-        });
-        self.jobs.send(job).map_err(|_| FetchError::Stopped)?;
-        rx.recv().map_err(|_| FetchError::Stopped)?
+        self.block_on(move |inner| async move {
+            let (head, _) = inner.send(&loc, Some((0, 0)), http::Method::GET).await?;
+            Ok(head.version)
+        })
     }
 }
 
@@ -483,6 +478,16 @@ impl Inner {
                 None,
             )
         };
+        let past_end = || {
+            (
+                FetchError::RangeNotSatisfiable {
+                    url: url.clone(),
+                    start,
+                    end,
+                },
+                None,
+            )
+        };
         let skip = match head.status {
             StatusCode::PARTIAL_CONTENT => {
                 let cr = head
@@ -491,23 +496,10 @@ impl Inner {
                     .and_then(|v| v.to_str().ok())
                     .and_then(content_range)
                     .ok_or_else(|| bad("206 without a usable Content-Range".into()))?;
-                if cr.0 != start || cr.1 < start {
-                    return Err(bad(format!(
-                        "asked bytes {start}-{end}, got {}-{}",
-                        cr.0, cr.1
-                    )));
-                }
-                if cr.1 < end {
+                if cr.0 != start || cr.1 < end {
                     // Cut at the blob's end: the asked range runs past it.
-                    if cr.2.is_some_and(|total| cr.1 + 1 == total) {
-                        return Err((
-                            FetchError::RangeNotSatisfiable {
-                                url: url.clone(),
-                                start,
-                                end,
-                            },
-                            None,
-                        ));
+                    if cr.0 == start && cr.2.is_some_and(|total| cr.1 + 1 == total) {
+                        return Err(past_end());
                     }
                     return Err(bad(format!(
                         "asked bytes {start}-{end}, got {}-{}",
@@ -519,16 +511,7 @@ impl Inner {
             // The whole blob: read only what was asked, then stop.
             StatusCode::OK => start,
             StatusCode::NOT_FOUND => return Err((FetchError::NotFound { url: url.clone() }, None)),
-            StatusCode::RANGE_NOT_SATISFIABLE => {
-                return Err((
-                    FetchError::RangeNotSatisfiable {
-                        url: url.clone(),
-                        start,
-                        end,
-                    },
-                    None,
-                ));
-            }
+            StatusCode::RANGE_NOT_SATISFIABLE => return Err(past_end()),
             s => {
                 return Err((
                     FetchError::Status {

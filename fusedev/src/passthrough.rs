@@ -2,7 +2,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::sync::Arc;
 
 use crate::sys;
@@ -21,7 +21,7 @@ impl BackingId {
 /// Opens backing files on a connection that accepted passthrough.
 #[derive(Debug, Clone)]
 pub struct Passthrough {
-    pub(crate) fuse: Arc<OwnedFd>,
+    pub(crate) fuse: Arc<File>,
 }
 
 impl Passthrough {
@@ -41,7 +41,7 @@ impl Passthrough {
 #[derive(Debug)]
 pub struct BackingFile {
     id: BackingId,
-    fuse: Arc<OwnedFd>,
+    fuse: Arc<File>,
 }
 
 impl BackingFile {

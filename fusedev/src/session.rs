@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::io::{self, IoSlice, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -288,7 +288,8 @@ fn enable_uring() -> bool {
 /// A mounted filesystem and the threads serving it. Dropping it unmounts.
 pub struct Session {
     mountpoint: PathBuf,
-    fuse: Arc<OwnedFd>,
+    /// The main channel: INIT, FORGET, INTERRUPT, notifications.
+    main: Arc<File>,
     conn_id: Option<u32>,
     transport: Transport,
     threads: Vec<JoinHandle<()>>,
@@ -346,11 +347,10 @@ impl Session {
                 return Err(e);
             }
         };
-        let fuse_fd: Arc<OwnedFd> = Arc::new(main.as_fd().try_clone_to_owned()?);
         fs.init(&ConnInfo {
-            passthrough: negotiated.passthrough().then(|| Passthrough {
-                fuse: fuse_fd.clone(),
-            }),
+            passthrough: negotiated
+                .passthrough()
+                .then(|| Passthrough { fuse: main.clone() }),
             max_read: negotiated.max_write,
         });
         let pending = Arc::new(PendingReplies::default());
@@ -368,7 +368,7 @@ impl Session {
         };
         let mut session = Session {
             mountpoint: mountpoint.to_path_buf(),
-            fuse: fuse_fd,
+            main: main.clone(),
             conn_id,
             transport,
             threads: Vec::new(),
@@ -403,7 +403,7 @@ impl Session {
                     })?;
                 }
                 Transport::Ring => {
-                    let fd = session.fuse.clone();
+                    let fd = session.main.clone();
                     let depth = opts.ring_depth;
                     session.spawn(&format!("fuse-ring{cpu}"), move || {
                         if pin && let Err(e) = sys::pin_to_cpu(cpu) {
@@ -454,8 +454,8 @@ impl Session {
 
     /// The connection's `/dev/fuse` fd (for notifications and, later, for
     /// handing the session to another process).
-    pub fn fuse_fd(&self) -> &Arc<OwnedFd> {
-        &self.fuse
+    pub fn fuse_fd(&self) -> BorrowedFd<'_> {
+        self.main.as_fd()
     }
 
     /// The FUSE connection id (`/sys/fs/fuse/connections/<id>`).
@@ -510,8 +510,7 @@ impl Session {
         };
         let mut bufs = vec![IoSlice::new(header.as_bytes())];
         bufs.extend(parts.iter().map(|p| IoSlice::new(p)));
-        let f = File::from(self.fuse.as_fd().try_clone_to_owned()?);
-        match (&f).write_vectored(&bufs) {
+        match (&*self.main).write_vectored(&bufs) {
             // Not cached: nothing to invalidate.
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
             r => r.map(|_| ()),

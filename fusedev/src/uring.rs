@@ -7,7 +7,7 @@
 use std::fs::File;
 use std::io::{self, Write};
 use std::mem::size_of;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 
 use io_uring::{IoUring, cqueue, opcode, squeue::Entry128, types};
@@ -149,7 +149,7 @@ fn fill_reply(entry: &mut RingEntry, unique: Unique, result: Result<usize, Errno
 
 /// Serves kernel queue `qid` until the connection ends.
 pub(crate) fn serve_queue<F: Filesystem + ?Sized>(
-    fuse: Arc<OwnedFd>,
+    fuse: Arc<File>,
     qid: u16,
     depth: u16,
     shared: &Shared<F>,
