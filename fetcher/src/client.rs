@@ -9,13 +9,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{ACCEPT_ENCODING, CONTENT_LENGTH, CONTENT_RANGE, RANGE, RETRY_AFTER};
+use http::header::{
+    ACCEPT_ENCODING, AUTHORIZATION, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION, RANGE,
+    RETRY_AFTER, WWW_AUTHENTICATE,
+};
 use http::{Request, StatusCode, Uri, Version};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::mpsc;
+
+use crate::auth::{Challenge, CredentialSource, Credentials};
 
 /// Fetcher settings (snapshotter-protocol.md §7.3 defaults).
 #[derive(Debug, Clone)]
@@ -38,6 +43,9 @@ pub struct FetcherConfig {
     /// Offer HTTP/2 in ALPN (off: HTTP/1.1 only, for comparison and for
     /// servers with broken HTTP/2).
     pub http2: bool,
+    /// Where credentials for a host come from when it asks (401); `None`:
+    /// anonymous only.
+    pub credentials: Option<Arc<dyn CredentialSource>>,
 }
 
 impl Default for FetcherConfig {
@@ -53,6 +61,7 @@ impl Default for FetcherConfig {
             coalesce_gap: 64 << 10,
             max_coalesced: 16 << 20,
             http2: true,
+            credentials: None,
         }
     }
 }
@@ -81,6 +90,9 @@ pub enum FetchError {
         attempts: u32,
         last: Box<FetchError>,
     },
+    /// The registry refused us, or asked for credentials we do not have.
+    #[error("{url}: unauthorized: {reason}")]
+    Unauthorized { url: String, reason: String },
     #[error("bad request: {0}")]
     Invalid(String),
     #[error("the fetcher has stopped")]
@@ -110,12 +122,33 @@ pub struct BlobLocation {
     pub request_timeout: Option<Duration>,
 }
 
-type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
+type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 struct Inner {
     client: HttpsClient,
     config: FetcherConfig,
     sched: std::sync::Mutex<Sched>,
+    auth: AuthState,
+    /// Registry blob URL → the blob-storage URL it redirected to, used
+    /// until that refuses us (an expired signed URL) and is asked again.
+    redirects: std::sync::Mutex<std::collections::HashMap<String, String>>,
+}
+
+/// A bearer token and when to stop using it.
+struct Token {
+    header: String,
+    expires: std::time::Instant,
+}
+
+/// One token per (host, scope); the async lock makes concurrent requests
+/// that need a new token wait for one token request.
+type TokenSlot = Arc<tokio::sync::Mutex<Option<Token>>>;
+
+/// What each host asked for, and the tokens we hold.
+#[derive(Default)]
+struct AuthState {
+    challenges: std::sync::Mutex<std::collections::HashMap<String, Challenge>>,
+    tokens: std::sync::Mutex<std::collections::HashMap<(String, String), TokenSlot>>,
 }
 
 /// Someone waiting for `[start, end]` (inclusive) of a fetch.
@@ -248,6 +281,8 @@ impl Fetcher {
                         client,
                         config,
                         sched: std::sync::Mutex::new(Sched::default()),
+                        auth: AuthState::default(),
+                        redirects: std::sync::Mutex::new(Default::default()),
                     });
                     let _ = ready_tx.send(Ok(()));
                     while let Some(job) = rx.recv().await {
@@ -314,10 +349,10 @@ impl Fetcher {
     }
 
     /// Finds where `repository`'s blob `digest` can be read: each endpoint
-    /// in order (mirrors, then the origin) gets a redirect probe (a 2-byte
-    /// GET; a 3xx `Location` is followed one level and used as is, with no
-    /// headers) and a size probe; the first that answers both wins. Every
-    /// failure is logged and the next endpoint tried.
+    /// in order (mirrors, then the origin) gets a size probe (a 2-byte
+    /// GET, which also learns a redirect to blob storage and answers an
+    /// auth challenge); the first that answers wins. Every failure is
+    /// logged and the next endpoint tried.
     pub fn resolve_blob(
         &self,
         endpoints: &[crate::hosts::Endpoint],
@@ -332,9 +367,8 @@ impl Fetcher {
                 request_timeout: e.request_timeout,
             };
             let found = self.block_on(move |inner| async move {
-                let target = inner.redirect_probe(&loc).await?;
-                let size = inner.blob_size(&target).await?;
-                Ok((target, size))
+                let size = inner.blob_size(&loc).await?;
+                Ok((loc, size))
             });
             match found {
                 Ok(found) => return Ok(found),
@@ -391,8 +425,41 @@ fn tls_error(e: &(dyn std::error::Error + 'static)) -> Option<String> {
     None
 }
 
-/// Parses `Content-Range: bytes START-END/TOTAL` (TOTAL may be `*`).
-fn content_range(v: &str) -> Option<(u64, u64, Option<u64>)> {
+/// The OAuth2 token form: the password grant, or the refresh-token grant
+/// for an identity token (no username).
+fn token_form(c: &Credentials, service: Option<&str>, scopes: &[String]) -> String {
+    let mut form = form_urlencoded::Serializer::new(String::new());
+    if c.username.is_empty() {
+        form.append_pair("grant_type", "refresh_token")
+            .append_pair("refresh_token", &c.secret);
+    } else {
+        form.append_pair("grant_type", "password")
+            .append_pair("username", &c.username)
+            .append_pair("password", &c.secret);
+    }
+    if let Some(s) = service {
+        form.append_pair("service", s);
+    }
+    form.append_pair("scope", &scopes.join(" "))
+        .append_pair("client_id", "ringstar");
+    form.finish()
+}
+
+/// The classic token GET's query: `service` and one `scope` each.
+fn token_query(service: Option<&str>, scopes: &[String]) -> String {
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    if let Some(s) = service {
+        query.append_pair("service", s);
+    }
+    for s in scopes {
+        query.append_pair("scope", s);
+    }
+    query.finish()
+}
+
+/// Parses `Content-Range: bytes START-END/TOTAL` (TOTAL may be `*`), as
+/// a server sends it (untrusted).
+pub fn content_range(v: &str) -> Option<(u64, u64, Option<u64>)> {
     let rest = v.trim().strip_prefix("bytes ")?;
     let (range, total) = rest.split_once('/')?;
     let (a, b) = range.split_once('-')?;
@@ -409,14 +476,16 @@ impl Inner {
         loc.request_timeout.unwrap_or(self.config.request_timeout)
     }
 
-    /// Sends one request; returns the response head and the rest of it.
-    async fn send(
+    /// Sends one request to `url` with these headers; returns the
+    /// response head and the rest of it.
+    async fn send_to(
         &self,
-        loc: &BlobLocation,
+        url: &str,
+        headers: &[(String, String)],
+        authorization: Option<&str>,
         range: Option<(u64, u64)>,
         method: http::Method,
     ) -> Result<(http::response::Parts, hyper::body::Incoming), FetchError> {
-        let url = &loc.url;
         let uri: Uri = url
             .parse()
             .map_err(|e| FetchError::Invalid(format!("{url}: {e}")))?;
@@ -427,27 +496,345 @@ impl Inner {
         if let Some((start, end)) = range {
             req = req.header(RANGE, format!("bytes={start}-{end}"));
         }
-        for (k, v) in &loc.headers {
+        for (k, v) in headers {
             req = req.header(k.as_str(), v.as_str());
         }
+        if let Some(a) = authorization {
+            req = req.header(AUTHORIZATION, a);
+        }
         let req = req
-            .body(Empty::new())
+            .body(Full::default())
             .map_err(|e| FetchError::Invalid(e.to_string()))?;
+        self.request(url, req).await
+    }
+
+    async fn request(
+        &self,
+        url: &str,
+        req: Request<Full<Bytes>>,
+    ) -> Result<(http::response::Parts, hyper::body::Incoming), FetchError> {
         let resp = self
             .client
             .request(req)
             .await
             .map_err(|e| match tls_error(&e) {
                 Some(reason) => FetchError::Tls {
-                    url: url.clone(),
+                    url: url.to_string(),
                     reason,
                 },
                 None => FetchError::Transport {
-                    url: url.clone(),
+                    url: url.to_string(),
                     reason: format!("{e:?}"),
                 },
             })?;
         Ok(resp.into_parts())
+    }
+
+    /// Sends one request for the blob at `loc`, as a registry client
+    /// must: straight to blob storage when the registry redirected there
+    /// before (asking the registry again when storage refuses: a signed
+    /// URL expired); otherwise to the registry with its headers and the
+    /// host's authorization, answering one 401 challenge, and following
+    /// one redirect (absolute only) with none of the registry's headers.
+    async fn send(
+        &self,
+        loc: &BlobLocation,
+        range: Option<(u64, u64)>,
+        method: http::Method,
+    ) -> Result<(http::response::Parts, hyper::body::Incoming), FetchError> {
+        let cached = self
+            .redirects
+            .lock()
+            .expect("redirects")
+            .get(&loc.url)
+            .cloned();
+        if let Some(target) = cached {
+            let (head, body) = self
+                .send_to(&target, &[], None, range, method.clone())
+                .await?;
+            if head.status != StatusCode::FORBIDDEN && head.status != StatusCode::UNAUTHORIZED {
+                return Ok((head, body));
+            }
+            tracing::info!(url = %loc.url, status = head.status.as_u16(), "blob storage refused the redirect URL; asking the registry again");
+            self.redirects.lock().expect("redirects").remove(&loc.url);
+        }
+        let mut authorization = self.authorization(&loc.url).await?;
+        let mut answered = false;
+        loop {
+            let (head, body) = self
+                .send_to(
+                    &loc.url,
+                    &loc.headers,
+                    authorization.as_deref(),
+                    range,
+                    method.clone(),
+                )
+                .await?;
+            if head.status == StatusCode::UNAUTHORIZED {
+                if answered {
+                    return Err(FetchError::Unauthorized {
+                        url: loc.url.clone(),
+                        reason: "the registry refused the credentials".into(),
+                    });
+                }
+                let challenges: Vec<String> = head
+                    .headers
+                    .get_all(WWW_AUTHENTICATE)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok().map(str::to_string))
+                    .collect();
+                drop(body);
+                authorization = Some(
+                    self.reauthorize(&loc.url, &challenges, authorization.as_deref())
+                        .await?,
+                );
+                answered = true;
+                continue;
+            }
+            if head.status.is_redirection()
+                && let Some(target) = head.headers.get(LOCATION).and_then(|v| v.to_str().ok())
+            {
+                if !target.starts_with("http://") && !target.starts_with("https://") {
+                    return Err(FetchError::BadResponse {
+                        url: loc.url.clone(),
+                        reason: format!("relative redirect {target:?}"),
+                    });
+                }
+                let target = target.to_string();
+                drop(body);
+                self.redirects
+                    .lock()
+                    .expect("redirects")
+                    .insert(loc.url.clone(), target.clone());
+                return self.send_to(&target, &[], None, range, method).await;
+            }
+            return Ok((head, body));
+        }
+    }
+
+    /// The `Authorization` header for `url` from what its host asked for
+    /// before (nothing until it asks).
+    async fn authorization(&self, url: &str) -> Result<Option<String>, FetchError> {
+        let host = host_of(url);
+        let challenge = self
+            .auth
+            .challenges
+            .lock()
+            .expect("auth")
+            .get(&host)
+            .cloned();
+        match challenge {
+            None => Ok(None),
+            Some(Challenge::Basic) => self.basic_authorization(&host, url).await.map(Some),
+            Some(challenge) => {
+                let slot = self.token_slot(&host, url);
+                let mut token = slot.lock().await;
+                if let Some(t) = token
+                    .as_ref()
+                    .filter(|t| t.expires > std::time::Instant::now())
+                {
+                    return Ok(Some(t.header.clone()));
+                }
+                let t = self.fetch_token(&host, url, &challenge).await?;
+                let header = t.header.clone();
+                *token = Some(t);
+                Ok(Some(header))
+            }
+        }
+    }
+
+    /// Answers a 401: remembers the host's challenge and returns a new
+    /// `Authorization` (a token another request fetched meanwhile, or a
+    /// fresh one). `failed` is what was refused.
+    async fn reauthorize(
+        &self,
+        url: &str,
+        challenges: &[String],
+        failed: Option<&str>,
+    ) -> Result<String, FetchError> {
+        let host = host_of(url);
+        let challenge =
+            Challenge::parse(challenges.iter().map(String::as_str)).ok_or_else(|| {
+                FetchError::Unauthorized {
+                    url: url.to_string(),
+                    reason: "401 without a Basic or Bearer challenge".into(),
+                }
+            })?;
+        self.auth
+            .challenges
+            .lock()
+            .expect("auth")
+            .insert(host.clone(), challenge.clone());
+        if challenge == Challenge::Basic {
+            let header = self.basic_authorization(&host, url).await?;
+            if failed == Some(header.as_str()) {
+                return Err(FetchError::Unauthorized {
+                    url: url.to_string(),
+                    reason: "the registry refused the credentials".into(),
+                });
+            }
+            return Ok(header);
+        }
+        let slot = self.token_slot(&host, url);
+        let mut token = slot.lock().await;
+        if let Some(t) = token
+            .as_ref()
+            .filter(|t| Some(t.header.as_str()) != failed && t.expires > std::time::Instant::now())
+        {
+            return Ok(t.header.clone());
+        }
+        let t = self.fetch_token(&host, url, &challenge).await?;
+        let header = t.header.clone();
+        *token = Some(t);
+        Ok(header)
+    }
+
+    fn token_slot(&self, host: &str, url: &str) -> TokenSlot {
+        let scope = crate::auth::pull_scope(url).unwrap_or_default();
+        self.auth
+            .tokens
+            .lock()
+            .expect("auth")
+            .entry((host.to_string(), scope))
+            .or_default()
+            .clone()
+    }
+
+    /// Credentials for `host`, looked up off the runtime (a helper program
+    /// may run). Errors are the source's words, which carry no secret.
+    async fn credentials(&self, host: &str, url: &str) -> Result<Option<Credentials>, FetchError> {
+        let Some(source) = self.config.credentials.clone() else {
+            return Ok(None);
+        };
+        let h = host.to_string();
+        tokio::task::spawn_blocking(move || source.lookup(&h))
+            .await
+            .map_err(|e| FetchError::Invalid(e.to_string()))?
+            .map_err(|e| FetchError::Unauthorized {
+                url: url.to_string(),
+                reason: e.to_string(),
+            })
+    }
+
+    async fn basic_authorization(&self, host: &str, url: &str) -> Result<String, FetchError> {
+        match self.credentials(host, url).await? {
+            Some(c) if !c.username.is_empty() => Ok(crate::auth::basic_header(&c)),
+            _ => Err(FetchError::Unauthorized {
+                url: url.to_string(),
+                reason: format!("{host} asks for a username and password and none is configured"),
+            }),
+        }
+    }
+
+    /// The token flow: with credentials, the OAuth2 form POST (password or
+    /// refresh-token grant), falling back to a GET with Basic credentials
+    /// when the server has no OAuth2 endpoint; anonymous, a plain GET.
+    async fn fetch_token(
+        &self,
+        host: &str,
+        url: &str,
+        challenge: &Challenge,
+    ) -> Result<Token, FetchError> {
+        let Challenge::Bearer {
+            realm,
+            service,
+            scope,
+        } = challenge
+        else {
+            return Err(FetchError::Invalid("not a bearer challenge".into()));
+        };
+        let mut scopes: Vec<String> = crate::auth::pull_scope(url).into_iter().collect();
+        if let Some(s) = scope
+            && !scopes.contains(s)
+        {
+            scopes.push(s.clone());
+        }
+        let creds = self.credentials(host, url).await?;
+        let unauthorized = |reason: String| FetchError::Unauthorized {
+            url: url.to_string(),
+            reason,
+        };
+        let mut status = None;
+        if let Some(c) = &creds {
+            let form = token_form(c, service.as_deref(), &scopes);
+            let req = Request::post(realm.as_str())
+                .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(Full::from(form))
+                .map_err(|e| unauthorized(format!("token realm {realm:?}: {e}")))?;
+            let (head, body) = self.request(realm, req).await?;
+            match head.status {
+                StatusCode::OK => return self.token_from(realm, body, url).await,
+                // No OAuth2 endpoint here (or it does not take these
+                // credentials): the classic GET with Basic credentials.
+                StatusCode::BAD_REQUEST
+                | StatusCode::UNAUTHORIZED
+                | StatusCode::NOT_FOUND
+                | StatusCode::METHOD_NOT_ALLOWED
+                    if !c.username.is_empty() =>
+                {
+                    status = Some(head.status);
+                }
+                s => {
+                    return Err(unauthorized(format!(
+                        "token server {realm} answered {}",
+                        s.as_u16()
+                    )));
+                }
+            }
+        }
+        let query = token_query(service.as_deref(), &scopes);
+        let sep = if realm.contains('?') { '&' } else { '?' };
+        let token_url = format!("{realm}{sep}{query}");
+        let authorization = creds.as_ref().map(crate::auth::basic_header);
+        let (head, body) = self
+            .send_to(
+                &token_url,
+                &[],
+                authorization.as_deref(),
+                None,
+                http::Method::GET,
+            )
+            .await?;
+        if head.status != StatusCode::OK {
+            return Err(unauthorized(format!(
+                "token server {realm} answered {}{}",
+                head.status.as_u16(),
+                status.map_or(String::new(), |s| format!(
+                    " (and {} to the OAuth2 form)",
+                    s.as_u16()
+                ))
+            )));
+        }
+        self.token_from(realm, body, url).await
+    }
+
+    async fn token_from(
+        &self,
+        realm: &str,
+        body: hyper::body::Incoming,
+        url: &str,
+    ) -> Result<Token, FetchError> {
+        const MAX_ANSWER: usize = 1 << 20;
+        let unauthorized = |reason: String| FetchError::Unauthorized {
+            url: url.to_string(),
+            reason,
+        };
+        let limited = http_body_util::Limited::new(body, MAX_ANSWER);
+        let bytes = limited
+            .collect()
+            .await
+            .map_err(|e| unauthorized(format!("token server {realm}: {e}")))?
+            .to_bytes();
+        let (token, expires_in) = crate::auth::parse_token_answer(&bytes)
+            .ok_or_else(|| unauthorized(format!("token server {realm} sent no token")))?;
+        // Docker's default lifetime; renewed a little early so a request
+        // does not leave with a token about to lapse.
+        let lifetime = Duration::from_secs(expires_in.unwrap_or(60).max(1));
+        let margin = (lifetime / 10).min(Duration::from_secs(10));
+        Ok(Token {
+            header: format!("Bearer {token}"),
+            expires: std::time::Instant::now() + lifetime - margin,
+        })
     }
 
     /// One attempt at `[start, end]` (inclusive).
@@ -752,66 +1139,14 @@ impl Inner {
         }
     }
 
-    /// GET bytes 0-1: 2xx → the URL itself; 3xx with a Location → that
-    /// URL verbatim, without our headers (they are the registry's, and an
-    /// Authorization must not leak to blob storage).
-    async fn redirect_probe(&self, loc: &BlobLocation) -> Result<BlobLocation, FetchError> {
-        let timeout = self.timeout(loc);
-        let url = loc.url.clone();
-        let probe = async {
-            let (head, _) = self.send(loc, Some((0, 1)), http::Method::GET).await?;
-            if head.status.is_success() {
-                return Ok(loc.clone());
-            }
-            if head.status.is_redirection()
-                && let Some(target) = head
-                    .headers
-                    .get(http::header::LOCATION)
-                    .and_then(|v| v.to_str().ok())
-            {
-                if !target.starts_with("http://") && !target.starts_with("https://") {
-                    return Err(FetchError::BadResponse {
-                        url,
-                        reason: format!("relative redirect {target:?}"),
-                    });
-                }
-                return Ok(BlobLocation {
-                    url: target.to_string(),
-                    headers: Vec::new(),
-                    request_timeout: loc.request_timeout,
-                });
-            }
-            Err(match head.status {
-                StatusCode::NOT_FOUND => FetchError::NotFound { url },
-                s => FetchError::Status {
-                    url,
-                    status: s.as_u16(),
-                },
-            })
-        };
-        tokio::time::timeout(timeout, probe)
-            .await
-            .unwrap_or(Err(FetchError::Timeout {
-                url: loc.url.clone(),
-                after: timeout,
-            }))
-    }
-
+    /// A 2-byte GET (what blob storage behind a redirect is signed for),
+    /// falling back to HEAD when the answer carries no size.
     async fn blob_size(&self, loc: &BlobLocation) -> Result<u64, FetchError> {
         let timeout = self.timeout(loc);
         let url = loc.url.clone();
         let run = async {
-            let (head, _) = self.send(loc, None, http::Method::HEAD).await?;
-            if head.status == StatusCode::OK
-                && let Some(n) = head
-                    .headers
-                    .get(CONTENT_LENGTH)
-                    .and_then(|v| v.to_str().ok()?.parse().ok())
-            {
-                return Ok(n);
-            }
             let (head, _) = self.send(loc, Some((0, 1)), http::Method::GET).await?;
-            match head.status {
+            let size = match head.status {
                 StatusCode::OK => head
                     .headers
                     .get(CONTENT_LENGTH)
@@ -829,11 +1164,19 @@ impl Inner {
                         status: s.as_u16(),
                     });
                 }
+            };
+            if let Some(n) = size {
+                return Ok(n);
             }
-            .ok_or_else(|| FetchError::BadResponse {
-                url: url.clone(),
-                reason: "no size in the response".into(),
-            })
+            let (head, _) = self.send(loc, None, http::Method::HEAD).await?;
+            head.headers
+                .get(CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse().ok())
+                .filter(|_| head.status == StatusCode::OK)
+                .ok_or_else(|| FetchError::BadResponse {
+                    url: url.clone(),
+                    reason: "no size in the response".into(),
+                })
         };
         tokio::time::timeout(timeout, run)
             .await

@@ -8,12 +8,14 @@
 //!
 //! It knows nothing of FUSE or the tree.
 
+pub mod auth;
 pub mod client;
 pub mod hosts;
 pub mod reference;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use auth::{CredentialSource, Credentials, DockerConfig, StaticCredentials};
 pub use client::{BlobLocation, FetchError, Fetcher, FetcherConfig, RemoteBlob};
 pub use hosts::{Endpoint, MirrorConfig, ResolverConfig};
 pub use reference::Reference;

@@ -75,6 +75,27 @@ pub fn http(
     (status, headers, rest)
 }
 
+/// How a test registry asks clients to authenticate.
+#[derive(Debug, Clone)]
+pub enum RegistryAuth {
+    /// Basic auth against an htpasswd file (see [`write_htpasswd`]).
+    Htpasswd { path: std::path::PathBuf },
+    /// Bearer tokens from a [`TokenServer`].
+    Token {
+        realm: String,
+        service: String,
+        issuer: String,
+        root_cert: std::path::PathBuf,
+    },
+}
+
+/// An htpasswd file with one bcrypt-hashed user (what docker-registry
+/// accepts).
+pub fn write_htpasswd(path: &Path, user: &str, password: &str) {
+    let hash = bcrypt::hash(password, 4).unwrap();
+    std::fs::write(path, format!("{user}:{hash}\n")).unwrap();
+}
+
 impl Registry {
     pub fn start() -> Registry {
         let storage = tempfile::tempdir().unwrap();
@@ -85,6 +106,17 @@ impl Registry {
 
     /// Serves `storage`, over TLS with `(certificate, key)` when given.
     pub fn start_with(storage: &Path, tls: Option<(&Path, &Path)>) -> Registry {
+        Self::start_configured(storage, tls, None)
+    }
+
+    /// Serves `storage` (filled beforehand by an open registry: pushing
+    /// through auth is not what these tests are about), asking clients to
+    /// authenticate as `auth` says.
+    pub fn start_configured(
+        storage: &Path,
+        tls: Option<(&Path, &Path)>,
+        auth: Option<&RegistryAuth>,
+    ) -> Registry {
         let bin = "/usr/bin/docker-registry";
         assert!(
             Path::new(bin).exists(),
@@ -104,6 +136,22 @@ impl Registry {
                 key.display()
             ));
         }
+        match auth {
+            Some(RegistryAuth::Htpasswd { path }) => yaml.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: ringstar-test\n    path: {}\n",
+                path.display()
+            )),
+            Some(RegistryAuth::Token {
+                realm,
+                service,
+                issuer,
+                root_cert,
+            }) => yaml.push_str(&format!(
+                "auth:\n  token:\n    realm: {realm}\n    service: {service}\n    issuer: {issuer}\n    rootcertbundle: {}\n",
+                root_cert.display()
+            )),
+            None => {}
+        }
         std::fs::write(&config, yaml).unwrap();
         let child = Command::new(bin)
             .arg("serve")
@@ -119,7 +167,7 @@ impl Registry {
         };
         let ready = |r: &Registry| {
             TcpStream::connect(&r.addr).is_ok()
-                && (tls.is_some() || http(&r.addr, "GET", "/v2/", b"").0 == 200)
+                && (tls.is_some() || matches!(http(&r.addr, "GET", "/v2/", b"").0, 200 | 401))
         };
         let start = Instant::now();
         while !ready(&reg) {
@@ -335,4 +383,471 @@ impl DelayProxy {
         });
         DelayProxy { addr, connections }
     }
+}
+
+/// What a [`TokenServer`] was asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRequest {
+    /// `GET` (classic, Basic credentials or none) or `POST` (OAuth2 form).
+    pub method: String,
+    /// `password`, `refresh_token` or empty (GET).
+    pub grant: String,
+    pub scopes: Vec<String>,
+    pub authenticated: bool,
+}
+
+#[derive(Debug, Default)]
+struct TokenPolicy {
+    /// The next this many tokens carry an `exp` this many seconds in the
+    /// past (the registry allows 60 s of leeway).
+    stale: Vec<i64>,
+}
+
+/// A bearer token server for docker-registry's `token` auth: ES256 JWTs
+/// with an `x5c` chain of one self-signed certificate, which the registry
+/// trusts through `rootcertbundle`.
+#[derive(Debug, Clone)]
+pub struct TokenServer {
+    pub addr: String,
+    pub service: String,
+    pub issuer: String,
+    /// The signing certificate (PEM) for the registry's `rootcertbundle`.
+    pub root_cert: std::path::PathBuf,
+    requests: Arc<Mutex<Vec<TokenRequest>>>,
+    policy: Arc<Mutex<TokenPolicy>>,
+}
+
+/// Settings of a [`TokenServer`].
+#[derive(Debug, Clone, Default)]
+pub struct TokenServerOptions {
+    /// Required credentials (`None`: tokens for anyone).
+    pub user: Option<(String, String)>,
+    /// An identity token accepted by the refresh-token grant.
+    pub refresh_token: Option<String>,
+    /// Answer the OAuth2 POST (otherwise 404, as classic servers do).
+    pub oauth: bool,
+    /// `expires_in` told to clients (`None`: left out).
+    pub expires_in: Option<u64>,
+}
+
+fn b64url(data: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(data)
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// An HTTP/1.1 request as read: method, target, headers, body.
+type RawRequest = (String, String, Vec<(String, String)>, Vec<u8>);
+
+/// One HTTP/1.1 request from a stream.
+fn read_request(r: &mut BufReader<TcpStream>) -> Option<RawRequest> {
+    let mut line = String::new();
+    r.read_line(&mut line).ok()?;
+    let mut parts = line.split_whitespace();
+    let (method, target) = (parts.next()?.to_string(), parts.next()?.to_string());
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        r.read_line(&mut line).ok()?;
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        let (k, v) = l.split_once(':')?;
+        headers.push((k.to_ascii_lowercase(), v.trim().to_string()));
+    }
+    let len = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0usize);
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).ok()?;
+    Some((method, target, headers, body))
+}
+
+fn form_pairs(s: &str) -> Vec<(String, String)> {
+    form_urlencoded::parse(s.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+impl TokenServer {
+    pub fn start(dir: &Path, options: TokenServerOptions) -> TokenServer {
+        openssl(
+            dir,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                "token.key",
+                "-out",
+                "token.pem",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=ringstar test token issuer",
+            ],
+        );
+        openssl(
+            dir,
+            &[
+                "pkcs8",
+                "-topk8",
+                "-nocrypt",
+                "-in",
+                "token.key",
+                "-outform",
+                "DER",
+                "-out",
+                "token.key.der",
+            ],
+        );
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-in",
+                "token.pem",
+                "-outform",
+                "DER",
+                "-out",
+                "token.der",
+            ],
+        );
+        let key_der = std::fs::read(dir.join("token.key.der")).unwrap();
+        let cert_der = std::fs::read(dir.join("token.der")).unwrap();
+        let rng = ring::rand::SystemRandom::new();
+        let key = ring::signature::EcdsaKeyPair::from_pkcs8(
+            &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            &key_der,
+            &rng,
+        )
+        .unwrap();
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let server = TokenServer {
+            addr,
+            service: "ringstar-test-registry".into(),
+            issuer: "ringstar-test-issuer".into(),
+            root_cert: dir.join("token.pem"),
+            requests: Arc::default(),
+            policy: Arc::default(),
+        };
+        let x5c = {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD.encode(&cert_der)
+        };
+        let me = server.clone();
+        let key = Arc::new(key);
+        std::thread::spawn(move || {
+            for conn in l.incoming() {
+                let Ok(conn) = conn else { break };
+                let (me, key, x5c, options) =
+                    (me.clone(), key.clone(), x5c.clone(), options.clone());
+                std::thread::spawn(move || me.serve(conn, &key, &x5c, &options));
+            }
+        });
+        server
+    }
+
+    /// The realm URL for the registry's config.
+    pub fn realm(&self) -> String {
+        format!("http://{}/token", self.addr)
+    }
+
+    pub fn registry_auth(&self) -> RegistryAuth {
+        RegistryAuth::Token {
+            realm: self.realm(),
+            service: self.service.clone(),
+            issuer: self.issuer.clone(),
+            root_cert: self.root_cert.clone(),
+        }
+    }
+
+    pub fn requests(&self) -> Vec<TokenRequest> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    /// The next token issued expires (for the registry) `seconds_ago`
+    /// seconds ago, while clients are told it lasts.
+    pub fn issue_stale(&self, seconds_ago: i64) {
+        self.policy.lock().unwrap().stale.push(seconds_ago);
+    }
+
+    fn serve(
+        &self,
+        conn: TcpStream,
+        key: &ring::signature::EcdsaKeyPair,
+        x5c: &str,
+        options: &TokenServerOptions,
+    ) {
+        let mut w = conn.try_clone().unwrap();
+        let mut r = BufReader::new(conn);
+        while let Some((method, target, headers, body)) = read_request(&mut r) {
+            let query = target.split_once('?').map_or("", |(_, q)| q);
+            let mut params = form_pairs(query);
+            if method == "POST" {
+                params.extend(form_pairs(&String::from_utf8_lossy(&body)));
+            }
+            let get = |k: &str| {
+                params
+                    .iter()
+                    .find(|(pk, _)| pk == k)
+                    .map(|(_, v)| v.clone())
+            };
+            let grant = get("grant_type").unwrap_or_default();
+            let scopes: Vec<String> = params
+                .iter()
+                .filter(|(k, _)| k == "scope")
+                .flat_map(|(_, v)| v.split(' ').map(str::to_string).collect::<Vec<_>>())
+                .filter(|s| !s.is_empty())
+                .collect();
+            let basic = headers
+                .iter()
+                .find(|(k, _)| k == "authorization")
+                .and_then(|(_, v)| v.strip_prefix("Basic "))
+                .and_then(|b| {
+                    use base64::Engine as _;
+                    base64::engine::general_purpose::STANDARD.decode(b).ok()
+                })
+                .and_then(|b| String::from_utf8(b).ok())
+                .and_then(|s| {
+                    s.split_once(':')
+                        .map(|(u, p)| (u.to_string(), p.to_string()))
+                });
+            let authenticated = match method.as_str() {
+                "POST" if grant == "password" => {
+                    options.user.as_ref().map(|(u, p)| (u.clone(), p.clone()))
+                        == get("username").zip(get("password"))
+                }
+                "POST" if grant == "refresh_token" => {
+                    options.refresh_token.is_some() && options.refresh_token == get("refresh_token")
+                }
+                _ => basic.is_some() && basic == options.user,
+            };
+            self.requests.lock().unwrap().push(TokenRequest {
+                method: method.clone(),
+                grant: grant.clone(),
+                scopes: scopes.clone(),
+                authenticated,
+            });
+            let status = if method == "POST" && !options.oauth {
+                "404 Not Found"
+            } else if (options.user.is_some() || options.refresh_token.is_some()) && !authenticated
+            {
+                "401 Unauthorized"
+            } else {
+                "200 OK"
+            };
+            let body = if status.starts_with("200") {
+                let stale = {
+                    let mut p = self.policy.lock().unwrap();
+                    (!p.stale.is_empty()).then(|| p.stale.remove(0))
+                };
+                let jwt = self.jwt(key, x5c, &scopes, stale);
+                let mut answer = serde_json::json!({ "token": jwt, "access_token": jwt });
+                if let Some(e) = options.expires_in {
+                    answer["expires_in"] = e.into();
+                }
+                answer.to_string()
+            } else {
+                String::new()
+            };
+            let resp = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            if w.write_all(resp.as_bytes()).is_err() {
+                break;
+            }
+        }
+    }
+
+    fn jwt(
+        &self,
+        key: &ring::signature::EcdsaKeyPair,
+        x5c: &str,
+        scopes: &[String],
+        stale: Option<i64>,
+    ) -> String {
+        let now = unix_now();
+        let access: Vec<serde_json::Value> = scopes
+            .iter()
+            .filter_map(|s| {
+                let mut parts = s.splitn(2, ':');
+                let kind = parts.next()?;
+                let (name, actions) = parts.next()?.rsplit_once(':')?;
+                Some(serde_json::json!({
+                    "type": kind, "name": name,
+                    "actions": actions.split(',').collect::<Vec<_>>(),
+                }))
+            })
+            .collect();
+        let exp = match stale {
+            Some(ago) => now - ago,
+            None => now + 3600,
+        };
+        let header = serde_json::json!({ "typ": "JWT", "alg": "ES256", "x5c": [x5c] });
+        let claims = serde_json::json!({
+            "iss": self.issuer, "sub": "ringstar-test", "aud": self.service,
+            "exp": exp, "nbf": now - 120, "iat": now - 120,
+            "jti": format!("{}", fastrand::u64(..)), "access": access,
+        });
+        let signing_input = format!(
+            "{}.{}",
+            b64url(header.to_string().as_bytes()),
+            b64url(claims.to_string().as_bytes())
+        );
+        let rng = ring::rand::SystemRandom::new();
+        let sig = key.sign(&rng, signing_input.as_bytes()).unwrap();
+        format!("{signing_input}.{}", b64url(sig.as_ref()))
+    }
+}
+
+/// What a [`FaultProxy`] does with the next connection.
+#[derive(Debug, Clone)]
+pub enum Fault {
+    /// Forward both ways.
+    Pass,
+    /// Read the request, answer with these raw bytes, close.
+    Answer(Vec<u8>),
+    /// Forward, but close both sides after this many response bytes.
+    CutAfter(usize),
+    /// Accept and never answer.
+    Stall,
+}
+
+impl Fault {
+    /// A bodiless answer with this status line (e.g. `"503 Service
+    /// Unavailable"`) and extra header lines.
+    pub fn status(status: &str, headers: &str) -> Fault {
+        Fault::Answer(
+            format!("HTTP/1.1 {status}\r\n{headers}Content-Length: 0\r\nConnection: close\r\n\r\n")
+                .into_bytes(),
+        )
+    }
+}
+
+/// A TCP proxy in front of a real server that applies planned faults, a
+/// connection at a time, and records what clients sent.
+#[derive(Debug, Clone)]
+pub struct FaultProxy {
+    pub addr: String,
+    pub connections: Arc<AtomicUsize>,
+    plan: Arc<Mutex<std::collections::VecDeque<Fault>>>,
+    sent: Arc<Mutex<Vec<u8>>>,
+    live: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl FaultProxy {
+    pub fn start(upstream: String) -> FaultProxy {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let proxy = FaultProxy {
+            addr: l.local_addr().unwrap().to_string(),
+            connections: Arc::default(),
+            plan: Arc::default(),
+            sent: Arc::default(),
+            live: Arc::default(),
+        };
+        let me = proxy.clone();
+        std::thread::spawn(move || {
+            let mut stalled = Vec::new();
+            for conn in l.incoming() {
+                let Ok(client) = conn else { break };
+                me.connections.fetch_add(1, Ordering::SeqCst);
+                let fault = me.plan.lock().unwrap().pop_front().unwrap_or(Fault::Pass);
+                match fault {
+                    Fault::Stall => stalled.push(client),
+                    Fault::Answer(resp) => {
+                        let sent = me.sent.clone();
+                        std::thread::spawn(move || {
+                            let mut client = client;
+                            let mut buf = [0u8; 8192];
+                            if let Ok(n) = client.read(&mut buf) {
+                                sent.lock().unwrap().extend_from_slice(&buf[..n]);
+                            }
+                            let _ = client.write_all(&resp);
+                        });
+                    }
+                    Fault::Pass | Fault::CutAfter(_) => {
+                        let limit = match fault {
+                            Fault::CutAfter(n) => n,
+                            _ => usize::MAX,
+                        };
+                        let Ok(server) = TcpStream::connect(&upstream) else {
+                            continue;
+                        };
+                        let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                        me.live.lock().unwrap().push(client.try_clone().unwrap());
+                        let sent = me.sent.clone();
+                        std::thread::spawn(move || {
+                            copy_limited(client, s2, usize::MAX, Some(sent))
+                        });
+                        std::thread::spawn(move || copy_limited(server, c2, limit, None));
+                    }
+                }
+            }
+        });
+        proxy
+    }
+
+    /// Plans faults for the next connections, in order (then `Pass`).
+    pub fn plan(&self, faults: impl IntoIterator<Item = Fault>) {
+        self.plan.lock().unwrap().extend(faults);
+    }
+
+    /// Closes every forwarded connection, so the next request opens a new
+    /// one (and meets the next planned fault).
+    pub fn cut_all(&self) {
+        for c in self.live.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Everything clients sent through the proxy, as text.
+    pub fn sent(&self) -> String {
+        String::from_utf8_lossy(&self.sent.lock().unwrap()).into_owned()
+    }
+}
+
+/// Copies `from` → `to` until either ends or `limit` bytes passed, then
+/// shuts both down (a connection cut mid-body when the limit hits).
+fn copy_limited(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    limit: usize,
+    record: Option<Arc<Mutex<Vec<u8>>>>,
+) {
+    let mut buf = vec![0u8; 16 << 10];
+    let mut passed = 0usize;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n.min(limit - passed),
+        };
+        if let Some(r) = &record {
+            r.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+        passed += n;
+        if passed >= limit {
+            break;
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Both);
+    let _ = from.shutdown(std::net::Shutdown::Both);
 }

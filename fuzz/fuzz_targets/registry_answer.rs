@@ -1,0 +1,8 @@
+//! Fuzz target `registry_answer`; the checks are in ../checks_fetcher.rs.
+#![no_main]
+
+mod checks {
+    include!("../checks_fetcher.rs");
+}
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| checks::registry_answer(data));
