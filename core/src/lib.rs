@@ -11,6 +11,7 @@
 //! - [`whiteout`]: the overlay lower-layer view of a directory.
 //! - [`writer`]: tar → eStargz.
 //! - [`inspect`]: the raw per-entry listing behind `ringstar inspect`.
+//! - [`store`]: the content-addressed, crash-safe store of verified chunks.
 
 pub mod blob;
 pub mod digest;
@@ -20,6 +21,7 @@ pub mod inflate;
 pub mod inspect;
 pub mod layer;
 pub mod name;
+pub mod store;
 pub mod tar;
 pub mod toc;
 pub mod tree;
