@@ -76,8 +76,6 @@ struct Entry {
     /// Bytes on disk this entry is charged for.
     charged: u64,
     last_use: u64,
-    /// Open by some reader: not evictable.
-    pins: u32,
     /// Writers for a partial entry.
     data: Option<Arc<File>>,
     journal: Option<Arc<File>>,
@@ -94,7 +92,6 @@ impl Entry {
             records: HashMap::new(),
             charged: 0,
             last_use: 0,
-            pins: 0,
             data: None,
             journal: None,
             mismatched: false,
@@ -125,6 +122,9 @@ impl Entry {
 #[derive(Debug, Default)]
 struct Index {
     entries: HashMap<Digest, Entry>,
+    /// Files some reader has open (whether or not stored yet): never
+    /// evicted.
+    pins: HashMap<Digest, u32>,
     used: u64,
     clock: u64,
 }
@@ -428,14 +428,22 @@ impl Store {
 
     /// Keeps `key` from eviction while a reader has it open.
     pub fn pin(&self, key: &Digest) {
-        if let Some(e) = self.index.lock().expect("store index").entries.get_mut(key) {
-            e.pins += 1;
-        }
+        *self
+            .index
+            .lock()
+            .expect("store index")
+            .pins
+            .entry(*key)
+            .or_default() += 1;
     }
 
     pub fn unpin(&self, key: &Digest) {
-        if let Some(e) = self.index.lock().expect("store index").entries.get_mut(key) {
-            e.pins = e.pins.saturating_sub(1);
+        let mut index = self.index.lock().expect("store index");
+        if let Some(n) = index.pins.get_mut(key) {
+            *n -= 1;
+            if *n == 0 {
+                index.pins.remove(key);
+            }
         }
     }
 
@@ -553,7 +561,7 @@ impl Store {
         let complete_len = {
             let index = self.index.lock().expect("store index");
             match index.entries.get(key) {
-                Some(e) if e.complete && e.size != size && e.pins == 0 => e.size,
+                Some(e) if e.complete && e.size != size && !index.pins.contains_key(key) => e.size,
                 _ => return,
             }
         };
@@ -626,7 +634,7 @@ impl Store {
             let mut candidates: Vec<(u64, Digest)> = index
                 .entries
                 .iter()
-                .filter(|(k, e)| e.pins == 0 && !e.promoting && Some(*k) != keep)
+                .filter(|(k, e)| !index.pins.contains_key(*k) && !e.promoting && Some(*k) != keep)
                 .map(|(k, e)| (e.last_use, *k))
                 .collect();
             candidates.sort_unstable();

@@ -351,6 +351,15 @@ impl LayerTree {
         }
     }
 
+    /// Where a regular file's chunks sit in [`LayerTree::all_chunks`]
+    /// (empty for other kinds).
+    pub fn chunk_span(&self, id: NodeId) -> std::ops::Range<usize> {
+        match self.get(id) {
+            Some(n) if n.kind == FileKind::Reg => n.a as usize..(n.a + n.b) as usize,
+            _ => 0..0,
+        }
+    }
+
     /// Every chunk of the layer, superseded duplicates included, in TOC
     /// (and so blob) order.
     pub fn all_chunks(&self) -> &[Chunk] {

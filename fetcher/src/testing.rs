@@ -21,6 +21,7 @@ use crate::BlobLocation;
 pub struct Registry {
     child: Child,
     pub addr: String,
+    config: std::path::PathBuf,
     /// Config dir, and the storage dir when the registry owns it.
     _dirs: Vec<tempfile::TempDir>,
 }
@@ -163,21 +164,45 @@ impl Registry {
         let reg = Registry {
             child,
             addr,
+            config,
             _dirs: vec![dir],
         };
+        reg.wait_ready(tls.is_some());
+        reg
+    }
+
+    fn wait_ready(&self, tls: bool) {
         let ready = |r: &Registry| {
             TcpStream::connect(&r.addr).is_ok()
-                && (tls.is_some() || matches!(http(&r.addr, "GET", "/v2/", b"").0, 200 | 401))
+                && (tls || matches!(http(&r.addr, "GET", "/v2/", b"").0, 200 | 401))
         };
         let start = Instant::now();
-        while !ready(&reg) {
+        while !ready(self) {
             assert!(
                 start.elapsed() < Duration::from_secs(20),
                 "registry did not start"
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        reg
+    }
+
+    /// Kills the registry (a crash: connections drop, nothing answers).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same address and storage (plain HTTP).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = Command::new("/usr/bin/docker-registry")
+            .arg("serve")
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.wait_ready(false);
     }
 
     /// Pushes `data` as a blob of `repo` (monolithic upload); returns its digest.

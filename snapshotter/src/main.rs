@@ -2,6 +2,8 @@
 //! - `inspect BLOB [--toc-digest D]`: the layer's raw tree as JSON lines,
 //!   every regular file read back and verified.
 //! - `convert IN OUT`: tar (plain, gzip or zstd) → eStargz.
+//! - `mount --ref REF --digest D --toc-digest T MOUNTPOINT`: one layer
+//!   from a registry, lazily, without containerd (until Ctrl-C).
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
@@ -55,6 +57,52 @@ enum Command {
         #[arg(long)]
         allow_missing: bool,
     },
+    /// Mount one eStargz layer from a registry at MOUNTPOINT, fetching
+    /// file contents on first read, until interrupted (Ctrl-C or SIGTERM
+    /// unmounts). Registries on localhost/127.x are spoken to in plain
+    /// HTTP; credentials come from the docker config.
+    Mount(MountArgs),
+}
+
+#[derive(clap::Args)]
+struct MountArgs {
+    /// The image reference the layer belongs to (registry and
+    /// repository; tag or digest are ignored).
+    #[arg(long = "ref")]
+    reference: ringstar_fetcher::Reference,
+    /// The layer blob's digest.
+    #[arg(long)]
+    digest: Digest,
+    /// The TOC digest to verify against (the
+    /// containerd.io/snapshot/stargz/toc.digest annotation).
+    #[arg(long)]
+    toc_digest: Option<Digest>,
+    /// Mount without verifying the TOC (when no TOC digest is known).
+    #[arg(long, conflicts_with = "toc_digest")]
+    no_verify: bool,
+    /// Where fetched content is kept.
+    #[arg(long, default_value = "/var/lib/ringstar/store")]
+    store: PathBuf,
+    /// Store bound in bytes.
+    #[arg(long, default_value_t = 10 << 30)]
+    store_size: u64,
+    /// Do not prefetch the layer's prioritized files.
+    #[arg(long)]
+    no_prefetch: bool,
+    /// Do not fetch the rest of the layer in the background.
+    #[arg(long)]
+    no_background_fetch: bool,
+    /// FUSE transport: auto (io_uring when the kernel has it), ring or
+    /// classic.
+    #[arg(long, default_value = "auto")]
+    transport: String,
+    /// Hand fully fetched files to the kernel (FUSE passthrough).
+    #[arg(long)]
+    passthrough: bool,
+    /// Per-request registry timeout, seconds.
+    #[arg(long, default_value_t = 30)]
+    request_timeout: u64,
+    mountpoint: PathBuf,
 }
 
 fn inspect_cmd(path: &PathBuf, toc_digest: Option<Digest>) -> anyhow::Result<()> {
@@ -93,6 +141,98 @@ fn convert_cmd(input: &PathBuf, output: &PathBuf, opts: &WriterOptions) -> anyho
     Ok(())
 }
 
+fn mount_cmd(args: &MountArgs) -> anyhow::Result<()> {
+    use std::sync::Arc;
+
+    use ringstar_fetcher::{DockerConfig, Fetcher, FetcherConfig, ResolverConfig};
+    use ringstar_fusedev::{MountOptions, Session, TransportChoice};
+    use ringstar_snapshotter::layerfs::resolve::{LayerSource, resolve};
+    use ringstar_snapshotter::layerfs::{BackgroundConfig, LayerFs, Loader};
+
+    anyhow::ensure!(
+        args.toc_digest.is_some() || args.no_verify,
+        "--toc-digest is needed to verify the layer (or --no-verify to skip that)"
+    );
+    let transport = match args.transport.as_str() {
+        "auto" => TransportChoice::Auto,
+        "ring" => TransportChoice::Ring,
+        "classic" => TransportChoice::Classic,
+        t => anyhow::bail!("unknown transport {t:?} (auto, ring, classic)"),
+    };
+    let fetcher = Fetcher::new(FetcherConfig {
+        request_timeout: std::time::Duration::from_secs(args.request_timeout),
+        credentials: Some(Arc::new(DockerConfig::from_env())),
+        ..FetcherConfig::default()
+    })?;
+    let store = Arc::new(
+        ringstar_core::store::Store::open(&args.store, args.store_size)
+            .with_context(|| format!("opening the store at {}", args.store.display()))?,
+    );
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let loader = Loader::new(
+        store,
+        fetcher.clone(),
+        workers,
+        BackgroundConfig {
+            enabled: !args.no_background_fetch,
+            ..BackgroundConfig::default()
+        },
+    )?;
+    let source = LayerSource {
+        reference: args.reference.clone(),
+        digest: args.digest,
+        size: None,
+        toc_digest: args.toc_digest,
+    };
+    let layer = resolve(
+        &fetcher,
+        &ResolverConfig::default(),
+        &source,
+        args.digest.to_string(),
+        512 << 10,
+    )?;
+    let layer = Arc::new(layer);
+    let fs = Arc::new(LayerFs::single(
+        loader.clone(),
+        layer.clone(),
+        args.passthrough,
+    ));
+    let session = Session::mount(
+        fs,
+        &args.mountpoint,
+        &MountOptions {
+            fsname: "ringstar".into(),
+            subtype: "ringstar".into(),
+            transport,
+            passthrough: args.passthrough,
+            ..MountOptions::default()
+        },
+    )
+    .with_context(|| format!("mounting at {}", args.mountpoint.display()))?;
+    if args.no_prefetch {
+        layer.finish_prefetch();
+    } else {
+        loader.prefetch(&layer);
+    }
+    loader.start_background(&layer);
+    println!(
+        "mounted {} at {} ({} entries, {:?} transport)",
+        args.digest,
+        args.mountpoint.display(),
+        layer.tree().len(),
+        session.transport()
+    );
+    io::stdout().flush()?;
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])?;
+    let signal = signals.forever().next();
+    tracing::info!(?signal, "unmounting");
+    session.unmount()?;
+    Ok(())
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -118,6 +258,7 @@ fn main() -> ExitCode {
                 allow_missing_prioritized: *allow_missing,
             },
         ),
+        Command::Mount(args) => mount_cmd(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

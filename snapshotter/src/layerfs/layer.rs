@@ -1,0 +1,207 @@
+//! One remote layer as the filesystem serves it: the resolved core layer,
+//! where its blob is, and how much of it is fetched.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use ringstar_core::store::StoreChunk;
+use ringstar_core::tree::Chunk;
+use ringstar_core::{Digest, FileKind, Layer, NodeId};
+use ringstar_fetcher::BlobLocation;
+
+/// Biggest chunk we inflate into memory; a TOC claiming more gets EIO
+/// for that read (bounded memory per read, whatever the TOC says).
+pub const MAX_CHUNK: u64 = 256 << 20;
+
+/// A resolved remote layer.
+#[derive(Debug)]
+pub struct RemoteLayer {
+    /// Its directory's name under the mount root.
+    pub name: String,
+    /// The blob's digest (`sha256:…`).
+    pub digest: Digest,
+    pub blob_size: u64,
+    pub location: BlobLocation,
+    pub layer: Layer,
+    /// One bit per chunk of `layer.tree.all_chunks()`: known present.
+    /// Only each span's first chunk's bit is used (superseded duplicates
+    /// share spans), found through `canonical`.
+    present: Vec<AtomicU64>,
+    canonical: Vec<u32>,
+    /// Compressed bytes of chunks not yet known present.
+    absent_bytes: AtomicU64,
+    prefetch: Prefetch,
+    last_error: Mutex<Option<String>>,
+    removed: AtomicBool,
+}
+
+#[derive(Debug, Default)]
+struct Prefetch {
+    done: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl RemoteLayer {
+    pub fn new(
+        name: String,
+        digest: Digest,
+        blob_size: u64,
+        location: BlobLocation,
+        layer: Layer,
+    ) -> RemoteLayer {
+        let chunks = layer.tree.all_chunks();
+        let mut first = std::collections::HashMap::new();
+        let canonical: Vec<u32> = chunks
+            .iter()
+            .enumerate()
+            .map(|(i, c)| *first.entry(c.offset).or_insert(i as u32))
+            .collect();
+        let absent = chunks
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| canonical[*i] as usize == *i)
+            .map(|(_, c)| c.compressed_len())
+            .sum();
+        RemoteLayer {
+            name,
+            digest,
+            blob_size,
+            location,
+            present: (0..chunks.len().div_ceil(64))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            canonical,
+            absent_bytes: AtomicU64::new(absent),
+            layer,
+            prefetch: Prefetch::default(),
+            last_error: Mutex::new(None),
+            removed: AtomicBool::new(false),
+        }
+    }
+
+    pub fn tree(&self) -> &ringstar_core::LayerTree {
+        &self.layer.tree
+    }
+
+    /// The store key of a regular file: its content digest, or (for TOCs
+    /// without one) a name private to this layer and entry, which can
+    /// never be promoted to a complete, shared file.
+    pub fn file_key(&self, node: NodeId) -> Digest {
+        self.tree().digest(node).unwrap_or_else(|| {
+            Digest::of(format!("ringstar-undigested:{}:{}", self.digest, node.0).as_bytes())
+        })
+    }
+
+    /// The store's view of chunk `index` of `node`: `None` when the TOC
+    /// gives no digest to verify it by, or it is too big to inflate.
+    pub fn store_chunk(&self, node: NodeId, chunk: &Chunk) -> Option<StoreChunk> {
+        if chunk.size > MAX_CHUNK {
+            return None;
+        }
+        Some(StoreChunk {
+            offset: chunk.chunk_offset,
+            len: chunk.size,
+            digest: self.tree().chunk_digest(node, chunk)?,
+        })
+    }
+
+    /// Records that chunk `global` (an index into `all_chunks`) is in
+    /// the store.
+    pub fn mark_present(&self, global: usize) {
+        let Some(&canon) = self.canonical.get(global) else {
+            return;
+        };
+        let canon = canon as usize;
+        let bit = 1u64 << (canon % 64);
+        if self.present[canon / 64].fetch_or(bit, Ordering::AcqRel) & bit == 0 {
+            let c = &self.tree().all_chunks()[canon];
+            self.absent_bytes
+                .fetch_sub(c.compressed_len(), Ordering::AcqRel);
+        }
+    }
+
+    pub fn is_present(&self, global: usize) -> bool {
+        self.canonical.get(global).is_some_and(|&c| {
+            let c = c as usize;
+            self.present[c / 64].load(Ordering::Acquire) & (1 << (c % 64)) != 0
+        })
+    }
+
+    /// `fetchedSize` as the state file reports it: the blob minus the
+    /// compressed bytes of chunks not yet stored (so metadata, fetched at
+    /// resolve time, counts as fetched).
+    pub fn fetched_size(&self) -> u64 {
+        self.blob_size
+            .saturating_sub(self.absent_bytes.load(Ordering::Acquire))
+    }
+
+    pub fn fully_fetched(&self) -> bool {
+        self.absent_bytes.load(Ordering::Acquire) == 0
+    }
+
+    pub fn set_error(&self, e: impl Into<String>) {
+        *self.last_error.lock().expect("layer error") = Some(e.into());
+    }
+
+    /// The state file's content (snapshotter-protocol.md §6).
+    pub fn state_json(&self) -> Vec<u8> {
+        let fetched = self.fetched_size();
+        let percent = if self.blob_size == 0 {
+            100.0
+        } else {
+            fetched as f64 / self.blob_size as f64 * 100.0
+        };
+        let mut v = serde_json::Map::new();
+        if let Some(e) = self.last_error.lock().expect("layer error").clone() {
+            v.insert("error".into(), e.into());
+        }
+        v.insert("digest".into(), self.digest.to_string().into());
+        v.insert("size".into(), self.blob_size.into());
+        v.insert("fetchedSize".into(), fetched.into());
+        v.insert("fetchedPercent".into(), percent.into());
+        let mut out = serde_json::to_vec(&v).expect("json");
+        out.push(b'\n');
+        out
+    }
+
+    pub fn finish_prefetch(&self) {
+        *self.prefetch.done.lock().expect("prefetch") = true;
+        self.prefetch.cv.notify_all();
+    }
+
+    /// Waits up to `timeout` for the prefetch; whether it finished.
+    pub fn wait_prefetch(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut done = self.prefetch.done.lock().expect("prefetch");
+        while !*done {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            done = self
+                .prefetch
+                .cv
+                .wait_timeout(done, deadline - now)
+                .expect("prefetch")
+                .0;
+        }
+        true
+    }
+
+    pub fn mark_removed(&self) {
+        self.removed.store(true, Ordering::Release);
+    }
+
+    pub fn is_removed(&self) -> bool {
+        self.removed.load(Ordering::Acquire)
+    }
+
+    /// Every regular file node (hardlinked names once).
+    pub fn regular_files(&self) -> impl Iterator<Item = NodeId> + '_ {
+        let tree = self.tree();
+        (0..tree.len() as u32)
+            .map(NodeId)
+            .filter(move |&n| tree.node(n).kind() == FileKind::Reg && tree.node(n).size() > 0)
+    }
+}

@@ -1,0 +1,476 @@
+//! Getting chunks into the store: one fetch per chunk however many reads
+//! wait for it (a chunk-state map, keyed by what the bytes must be), the
+//! inflate + verify + store work on a small pool so neither the FUSE cores
+//! nor the fetcher thread do it, the prefetch of a layer's prioritized
+//! range in one request, and the background fetch of the rest behind
+//! foreground reads.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ringstar_core::inflate::ChunkReader;
+use ringstar_core::store::{Store, StoreChunk};
+use ringstar_core::{Digest, NodeId};
+use ringstar_fetcher::Fetcher;
+
+use super::layer::RemoteLayer;
+
+/// What a chunk's bytes must be: the file they belong to and the chunk's
+/// place and digest in it. Two layers wait on one fetch only when they
+/// expect the same bytes.
+type ChunkKey = (Digest, u64, u64, Digest);
+
+/// Called with a chunk's verified bytes, or why there are none.
+pub type ChunkWaiter = Box<dyn FnOnce(Result<Arc<Vec<u8>>, ChunkFailure>) + Send>;
+
+/// Why a chunk could not be had (the read gets EIO; this is the log line).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkFailure(pub String);
+
+/// Background fetch settings.
+#[derive(Debug, Clone)]
+pub struct BackgroundConfig {
+    pub enabled: bool,
+    /// Compressed bytes per background request.
+    pub window: u64,
+    /// Background waits until no foreground fetch ran for this long.
+    pub idle: Duration,
+    /// Cap on background bytes per second (0: none).
+    pub bytes_per_sec: u64,
+}
+
+impl Default for BackgroundConfig {
+    fn default() -> Self {
+        BackgroundConfig {
+            enabled: true,
+            window: 4 << 20,
+            idle: Duration::from_millis(200),
+            bytes_per_sec: 0,
+        }
+    }
+}
+
+/// Counters for tests, logs and the debug CLI.
+#[derive(Debug, Default)]
+pub struct LoaderStats {
+    pub fetches: AtomicU64,
+    pub fetched_bytes: AtomicU64,
+    pub joined: AtomicU64,
+    pub failures: AtomicU64,
+    pub background_fetches: AtomicU64,
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+pub struct Loader {
+    pub store: Arc<Store>,
+    fetcher: Fetcher,
+    inflight: Mutex<HashMap<ChunkKey, Vec<ChunkWaiter>>>,
+    pool: crossbeam_channel::Sender<Job>,
+    foreground: AtomicUsize,
+    last_foreground: Mutex<Instant>,
+    pub stats: LoaderStats,
+    background: crossbeam_channel::Sender<Arc<RemoteLayer>>,
+    background_config: BackgroundConfig,
+}
+
+impl std::fmt::Debug for Loader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Loader")
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+thread_local! {
+    static READER: RefCell<ChunkReader> = RefCell::new(ChunkReader::new());
+}
+
+impl Loader {
+    pub fn new(
+        store: Arc<Store>,
+        fetcher: Fetcher,
+        workers: usize,
+        background_config: BackgroundConfig,
+    ) -> std::io::Result<Arc<Loader>> {
+        let (pool, jobs) = crossbeam_channel::unbounded::<Job>();
+        for i in 0..workers.max(1) {
+            let jobs = jobs.clone();
+            std::thread::Builder::new()
+                .name(format!("inflate-{i}"))
+                .spawn(move || {
+                    for job in jobs {
+                        job();
+                    }
+                })?;
+        }
+        let (background, layers) = crossbeam_channel::unbounded();
+        let loader = Arc::new(Loader {
+            store,
+            fetcher,
+            inflight: Mutex::new(HashMap::new()),
+            pool,
+            foreground: AtomicUsize::new(0),
+            last_foreground: Mutex::new(Instant::now()),
+            stats: LoaderStats::default(),
+            background,
+            background_config,
+        });
+        let weak = Arc::downgrade(&loader);
+        std::thread::Builder::new()
+            .name("background".into())
+            .spawn(move || {
+                for layer in layers {
+                    let Some(loader) = weak.upgrade() else { return };
+                    loader.background_layer(&layer);
+                }
+            })?;
+        Ok(loader)
+    }
+
+    fn key(layer: &RemoteLayer, node: NodeId, chunk: &StoreChunk) -> ChunkKey {
+        (layer.file_key(node), chunk.offset, chunk.len, chunk.digest)
+    }
+
+    /// Takes ownership of fetching `key` unless someone already fetches
+    /// it (then `waiter` joins them). Returns whether the caller fetches.
+    fn claim(&self, key: ChunkKey, waiter: Option<ChunkWaiter>) -> bool {
+        let mut map = self.inflight.lock().expect("inflight");
+        match map.get_mut(&key) {
+            Some(waiters) => {
+                waiters.extend(waiter);
+                self.stats.joined.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+            None => {
+                map.insert(key, waiter.into_iter().collect());
+                true
+            }
+        }
+    }
+
+    fn complete(&self, key: &ChunkKey, result: Result<Arc<Vec<u8>>, ChunkFailure>) {
+        let waiters = self
+            .inflight
+            .lock()
+            .expect("inflight")
+            .remove(key)
+            .unwrap_or_default();
+        for w in waiters {
+            w(result.clone());
+        }
+    }
+
+    /// Gets chunk `index` of regular file `node` into the store (a
+    /// foreground read waits for it): joins a fetch in flight, or fetches
+    /// the chunk's compressed range. `done` runs on a worker thread.
+    pub fn load(
+        self: &Arc<Self>,
+        layer: &Arc<RemoteLayer>,
+        node: NodeId,
+        index: usize,
+        done: ChunkWaiter,
+    ) {
+        let tree = layer.tree();
+        let Some(chunk) = tree.chunks(node).get(index).copied() else {
+            return done(Err(ChunkFailure(format!("no chunk {index}"))));
+        };
+        let Some(sc) = layer.store_chunk(node, &chunk) else {
+            return done(Err(ChunkFailure(format!(
+                "chunk at {} of {} bytes has no digest to verify it by, or is too big",
+                chunk.chunk_offset, chunk.size
+            ))));
+        };
+        let key = Self::key(layer, node, &sc);
+        if !self.claim(key, Some(done)) {
+            return;
+        }
+        self.foreground.fetch_add(1, Ordering::AcqRel);
+        self.stats.fetches.fetch_add(1, Ordering::Relaxed);
+        let me = self.clone();
+        let layer2 = layer.clone();
+        let global = tree.chunk_span(node).start + index;
+        self.fetcher.read_range_then(
+            &layer.location,
+            chunk.offset,
+            chunk.compressed_len(),
+            move |fetched| {
+                *me.last_foreground.lock().expect("clock") = Instant::now();
+                me.foreground.fetch_sub(1, Ordering::AcqRel);
+                let me2 = me.clone();
+                let job: Job = Box::new(move || {
+                    let result = match fetched {
+                        Ok(bytes) => {
+                            me2.stats
+                                .fetched_bytes
+                                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                            me2.inflate_and_store(&layer2, node, global, &sc, &bytes)
+                        }
+                        Err(e) => Err(ChunkFailure(format!("fetch: {e}"))),
+                    };
+                    if let Err(f) = &result {
+                        me2.stats.failures.fetch_add(1, Ordering::Relaxed);
+                        layer2.set_error(f.0.clone());
+                        tracing::warn!(layer = %layer2.digest, offset = chunk.offset, reason = %f.0, "chunk read failed; answering EIO");
+                    }
+                    me2.complete(&key, result);
+                });
+                if let Err(crossbeam_channel::SendError(job)) = me.pool.send(job) {
+                    job();
+                }
+            },
+        );
+    }
+
+    /// Inflates one chunk from its compressed bytes (starting at the
+    /// chunk's offset), checks its digest, stores it.
+    fn inflate_and_store(
+        &self,
+        layer: &RemoteLayer,
+        node: NodeId,
+        global: usize,
+        sc: &StoreChunk,
+        compressed: &[u8],
+    ) -> Result<Arc<Vec<u8>>, ChunkFailure> {
+        let chunk = layer.tree().all_chunks()[global];
+        let mut out = vec![0u8; sc.len as usize];
+        READER
+            .with(|r| {
+                r.borrow_mut().read(
+                    layer.layer.compression,
+                    &chunk,
+                    Some(sc.digest),
+                    compressed,
+                    &mut out,
+                )
+            })
+            .map_err(|e| ChunkFailure(format!("chunk at {}: {e}", chunk.chunk_offset)))?;
+        let key = layer.file_key(node);
+        let size = layer.tree().node(node).size();
+        match self.store.put(&key, size, sc, &out) {
+            Ok(()) => layer.mark_present(global),
+            // The bytes are verified: serve them even if they cannot be
+            // kept.
+            Err(e) => tracing::warn!(file = %key, error = %e, "could not store a chunk"),
+        }
+        Ok(Arc::new(out))
+    }
+
+    /// Whether a chunk is in the store already (marks it present).
+    fn stored(&self, layer: &RemoteLayer, node: NodeId, global: usize, sc: &StoreChunk) -> bool {
+        if layer.is_present(global) {
+            return true;
+        }
+        let size = layer.tree().node(node).size();
+        if self.store.has_chunk(&layer.file_key(node), size, sc) {
+            layer.mark_present(global);
+            return true;
+        }
+        false
+    }
+
+    /// Every chunk of regular files, as (node, global index, store view),
+    /// in blob order.
+    fn all_chunks(layer: &RemoteLayer) -> Vec<(NodeId, usize, StoreChunk)> {
+        let tree = layer.tree();
+        let mut out = Vec::new();
+        for node in layer.regular_files() {
+            let span = tree.chunk_span(node);
+            for (i, c) in tree.chunks(node).iter().enumerate() {
+                if let Some(sc) = layer.store_chunk(node, c) {
+                    out.push((node, span.start + i, sc));
+                }
+            }
+        }
+        let chunks = tree.all_chunks();
+        out.sort_by_key(|(_, g, _)| chunks[*g].offset);
+        out
+    }
+
+    /// Fetches `[0, landmark)` in one request and stores every chunk in
+    /// it; reads of those chunks meanwhile wait for this fetch instead of
+    /// starting their own. Marks the layer's prefetch done either way.
+    pub fn prefetch(self: &Arc<Self>, layer: &Arc<RemoteLayer>) {
+        let Some(end) = layer.tree().prefetch_range().filter(|&e| e > 0) else {
+            layer.finish_prefetch();
+            return;
+        };
+        let chunks = layer.tree().all_chunks();
+        let mine: Vec<(NodeId, usize, StoreChunk, ChunkKey)> = Self::all_chunks(layer)
+            .into_iter()
+            .filter(|(_, g, _)| chunks[*g].next_offset <= end)
+            .filter(|(n, g, sc)| !self.stored(layer, *n, *g, sc))
+            .filter_map(|(n, g, sc)| {
+                let key = Self::key(layer, n, &sc);
+                self.claim(key, None).then_some((n, g, sc, key))
+            })
+            .collect();
+        if mine.is_empty() {
+            layer.finish_prefetch();
+            return;
+        }
+        let started = Instant::now();
+        self.stats.fetches.fetch_add(1, Ordering::Relaxed);
+        self.foreground.fetch_add(1, Ordering::AcqRel);
+        let me = self.clone();
+        let layer2 = layer.clone();
+        self.fetcher
+            .read_range_then(&layer.location, 0, end, move |fetched| {
+                me.foreground.fetch_sub(1, Ordering::AcqRel);
+                let me2 = me.clone();
+                let job: Job = Box::new(move || {
+                    me2.finish_range(&layer2, &mine, 0, fetched);
+                    layer2.finish_prefetch();
+                    tracing::info!(layer = %layer2.digest, bytes = end, chunks = mine.len(), ms = started.elapsed().as_millis() as u64, "prefetched");
+                });
+                if let Err(crossbeam_channel::SendError(job)) = me.pool.send(job) {
+                    job();
+                }
+            });
+    }
+
+    /// Inflates and stores the claimed chunks from a fetched range that
+    /// starts at blob offset `base`, completing their waiters.
+    fn finish_range(
+        &self,
+        layer: &RemoteLayer,
+        claimed: &[(NodeId, usize, StoreChunk, ChunkKey)],
+        base: u64,
+        fetched: Result<Bytes, ringstar_fetcher::FetchError>,
+    ) {
+        let chunks = layer.tree().all_chunks();
+        match fetched {
+            Ok(bytes) => {
+                self.stats
+                    .fetched_bytes
+                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                for (node, global, sc, key) in claimed {
+                    let c = &chunks[*global];
+                    let (from, to) = ((c.offset - base) as usize, (c.next_offset - base) as usize);
+                    let result = match bytes.get(from..to) {
+                        Some(part) => self.inflate_and_store(layer, *node, *global, sc, part),
+                        None => Err(ChunkFailure("range shorter than its chunks".into())),
+                    };
+                    if let Err(f) = &result {
+                        self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(layer = %layer.digest, offset = c.offset, reason = %f.0, "chunk failed");
+                    }
+                    self.complete(key, result);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(layer = %layer.digest, error = %e, "range fetch failed");
+                layer.set_error(e.to_string());
+                for (.., key) in claimed {
+                    self.complete(key, Err(ChunkFailure(format!("fetch: {e}"))));
+                }
+            }
+        }
+    }
+
+    /// Queues the layer for background fetch (when enabled).
+    pub fn start_background(&self, layer: &Arc<RemoteLayer>) {
+        if self.background_config.enabled {
+            let _ = self.background.send(layer.clone());
+        }
+    }
+
+    /// Waits until no foreground fetch ran for the idle time.
+    fn wait_foreground_idle(&self) {
+        loop {
+            let quiet = self.last_foreground.lock().expect("clock").elapsed();
+            if self.foreground.load(Ordering::Acquire) == 0 && quiet >= self.background_config.idle
+            {
+                return;
+            }
+            std::thread::sleep(
+                self.background_config
+                    .idle
+                    .saturating_sub(quiet)
+                    .max(Duration::from_millis(20)),
+            );
+        }
+    }
+
+    /// Fetches every chunk the store lacks, in blob order, in windows of
+    /// contiguous chunks, one request at a time, each after the
+    /// foreground has been idle.
+    fn background_layer(&self, layer: &Arc<RemoteLayer>) {
+        let started = Instant::now();
+        let all = Self::all_chunks(layer);
+        let chunks = layer.tree().all_chunks();
+        let cfg = &self.background_config;
+        let mut i = 0;
+        let mut fetched = 0u64;
+        while i < all.len() {
+            if layer.is_removed() {
+                return;
+            }
+            // The next window: contiguous chunks not stored yet.
+            let (n, g, sc) = all[i];
+            if self.stored(layer, n, g, &sc) {
+                i += 1;
+                continue;
+            }
+            let start = chunks[g].offset;
+            let mut end = chunks[g].next_offset;
+            let mut j = i + 1;
+            while j < all.len() {
+                let c = &chunks[all[j].1];
+                if c.offset > end || c.next_offset - start > cfg.window {
+                    break;
+                }
+                end = end.max(c.next_offset);
+                j += 1;
+            }
+            self.wait_foreground_idle();
+            let claimed: Vec<_> = all[i..j]
+                .iter()
+                .filter(|(n, g, sc)| !self.stored(layer, *n, *g, sc))
+                .filter_map(|&(n, g, sc)| {
+                    let key = Self::key(layer, n, &sc);
+                    self.claim(key, None).then_some((n, g, sc, key))
+                })
+                .collect();
+            if !claimed.is_empty() {
+                let lo = claimed
+                    .iter()
+                    .map(|c| chunks[c.1].offset)
+                    .min()
+                    .unwrap_or(start);
+                let hi = claimed
+                    .iter()
+                    .map(|c| chunks[c.1].next_offset)
+                    .max()
+                    .unwrap_or(end);
+                self.stats
+                    .background_fetches
+                    .fetch_add(1, Ordering::Relaxed);
+                let t = Instant::now();
+                let result = self.fetcher.read_range(&layer.location, lo, hi - lo);
+                if result.is_err() {
+                    // Leave the rest for later reads; the registry is not
+                    // answering now.
+                    self.finish_range(layer, &claimed, lo, result);
+                    tracing::info!(layer = %layer.digest, "background fetch stopped after an error");
+                    return;
+                }
+                self.finish_range(layer, &claimed, lo, result);
+                fetched += hi - lo;
+                if cfg.bytes_per_sec > 0 {
+                    let should =
+                        Duration::from_secs_f64((hi - lo) as f64 / cfg.bytes_per_sec as f64);
+                    if let Some(rest) = should.checked_sub(t.elapsed()) {
+                        std::thread::sleep(rest);
+                    }
+                }
+            }
+            i = j;
+        }
+        tracing::info!(layer = %layer.digest, bytes = fetched, ms = started.elapsed().as_millis() as u64, "background fetch complete");
+    }
+}

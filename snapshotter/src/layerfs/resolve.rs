@@ -1,0 +1,106 @@
+//! Resolving a layer: where its blob is (mirrors, then the origin), its
+//! tail in one request (footer and TOC together when they fit), the TOC
+//! checked against the digest containerd passed, the tree built.
+
+use std::time::Instant;
+
+use ringstar_core::{Digest, Layer, OpenOptions};
+use ringstar_fetcher::{FetchError, Fetcher, Reference, RemoteBlob, ResolverConfig};
+
+use super::layer::RemoteLayer;
+
+/// What names a remote layer (the labels containerd sends).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerSource {
+    pub reference: Reference,
+    pub digest: Digest,
+    /// The blob size when known (from the manifest); checked.
+    pub size: Option<u64>,
+    /// The TOC digest to verify against; `None` skips verification.
+    pub toc_digest: Option<Digest>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("blob {digest} of {reference}: {source}")]
+    Fetch {
+        reference: String,
+        digest: Digest,
+        source: FetchError,
+    },
+    #[error("blob {digest}: the registry says {actual} bytes, the manifest {expected}")]
+    SizeMismatch {
+        digest: Digest,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("layer {digest}: {source}")]
+    Layer {
+        digest: Digest,
+        source: ringstar_core::Error,
+    },
+}
+
+impl ResolveError {
+    /// Not an eStargz layer at all: the caller falls back quietly.
+    pub fn is_not_estargz(&self) -> bool {
+        matches!(self, ResolveError::Layer { source, .. } if source.is_not_estargz())
+    }
+}
+
+/// Resolves `source` into a layer named `name`, ready to add to a
+/// [`super::LayerFs`]. Blocking (the control thread's work).
+pub fn resolve(
+    fetcher: &Fetcher,
+    resolver: &ResolverConfig,
+    source: &LayerSource,
+    name: String,
+    tail_bytes: u64,
+) -> Result<RemoteLayer, ResolveError> {
+    let started = Instant::now();
+    let digest = source.digest;
+    let fetch_err = |e| ResolveError::Fetch {
+        reference: source.reference.to_string(),
+        digest,
+        source: e,
+    };
+    let endpoints = resolver.endpoints(&source.reference.host);
+    let (location, size) = fetcher
+        .resolve_blob(
+            &endpoints,
+            &source.reference.repository,
+            &digest.to_string(),
+        )
+        .map_err(fetch_err)?;
+    if let Some(expected) = source.size
+        && expected != size
+    {
+        return Err(ResolveError::SizeMismatch {
+            digest,
+            expected,
+            actual: size,
+        });
+    }
+    let located = started.elapsed();
+    let blob = RemoteBlob {
+        fetcher: fetcher.clone(),
+        location: location.clone(),
+    };
+    let options = OpenOptions {
+        toc_digest: source.toc_digest,
+        tail_bytes,
+        ..OpenOptions::default()
+    };
+    let layer = Layer::open(&blob, size, &options)
+        .map_err(|e| ResolveError::Layer { digest, source: e })?;
+    tracing::info!(
+        layer = %digest,
+        reference = %source.reference,
+        entries = layer.tree.len(),
+        blob_bytes = size,
+        locate_ms = located.as_millis() as u64,
+        total_ms = started.elapsed().as_millis() as u64,
+        "layer resolved"
+    );
+    Ok(RemoteLayer::new(name, digest, size, location, layer))
+}

@@ -1,0 +1,8 @@
+//! ringstar-snapshotter: the daemon's pieces, as a library so tests and
+//! benchmarks drive them directly.
+//!
+//! - [`layerfs`]: the FUSE filesystem of remote layers, the loader that
+//!   fetches, verifies and stores their chunks, prefetch and background
+//!   fetch, layer resolution.
+
+pub mod layerfs;
