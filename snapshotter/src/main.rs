@@ -147,7 +147,7 @@ fn mount_cmd(args: &MountArgs) -> anyhow::Result<()> {
     use ringstar_fetcher::{DockerConfig, Fetcher, FetcherConfig, ResolverConfig};
     use ringstar_fusedev::{MountOptions, Session, TransportChoice};
     use ringstar_snapshotter::layerfs::resolve::{LayerSource, resolve};
-    use ringstar_snapshotter::layerfs::{BackgroundConfig, LayerFs, Loader};
+    use ringstar_snapshotter::layerfs::{BackgroundConfig, LayerFs, Loader, LoaderConfig};
 
     anyhow::ensure!(
         args.toc_digest.is_some() || args.no_verify,
@@ -173,9 +173,12 @@ fn mount_cmd(args: &MountArgs) -> anyhow::Result<()> {
         store,
         fetcher.clone(),
         workers,
-        BackgroundConfig {
-            enabled: !args.no_background_fetch,
-            ..BackgroundConfig::default()
+        LoaderConfig {
+            background: BackgroundConfig {
+                enabled: !args.no_background_fetch,
+                ..BackgroundConfig::default()
+            },
+            ..LoaderConfig::default()
         },
     )?;
     let source = LayerSource {

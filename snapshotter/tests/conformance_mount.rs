@@ -13,7 +13,7 @@ use std::path::Path;
 use base64::Engine as _;
 use ringstar_core::Digest;
 use ringstar_fetcher::testing::Registry;
-use ringstar_snapshotter::layerfs::{BackgroundConfig, STATE_DIR};
+use ringstar_snapshotter::layerfs::{BackgroundConfig, LoaderConfig, STATE_DIR};
 use serde_json::Value;
 
 use common::{Mounted, push_case, testdata};
@@ -221,9 +221,12 @@ fn every_case_mounts_as_its_json_says() {
     let m = Mounted::new(
         store.path(),
         1 << 30,
-        BackgroundConfig {
-            enabled: false,
-            ..BackgroundConfig::default()
+        LoaderConfig {
+            background: BackgroundConfig {
+                enabled: false,
+                ..BackgroundConfig::default()
+            },
+            ..LoaderConfig::default()
         },
     );
     let mut names: Vec<String> = std::fs::read_dir(testdata())

@@ -29,6 +29,9 @@ pub struct RemoteLayer {
     /// share spans), found through `canonical`.
     present: Vec<AtomicU64>,
     canonical: Vec<u32>,
+    /// The regular file each chunk of `all_chunks()` belongs to
+    /// (`u32::MAX`: a superseded entry's chunk, nobody's).
+    owners: Vec<u32>,
     /// Compressed bytes of chunks not yet known present.
     absent_bytes: AtomicU64,
     prefetch: Prefetch,
@@ -63,7 +66,14 @@ impl RemoteLayer {
             .filter(|(i, _)| canonical[*i] as usize == *i)
             .map(|(_, c)| c.compressed_len())
             .sum();
+        let mut owners = vec![u32::MAX; chunks.len()];
+        for id in 0..layer.tree.len() as u32 {
+            for g in layer.tree.chunk_span(NodeId(id)) {
+                owners[g] = id;
+            }
+        }
         RemoteLayer {
+            owners,
             name,
             digest,
             blob_size,
@@ -119,6 +129,14 @@ impl RemoteLayer {
             self.absent_bytes
                 .fetch_sub(c.compressed_len(), Ordering::AcqRel);
         }
+    }
+
+    /// The regular file chunk `global` belongs to.
+    pub fn owner(&self, global: usize) -> Option<NodeId> {
+        self.owners
+            .get(global)
+            .filter(|&&o| o != u32::MAX)
+            .map(|&o| NodeId(o))
     }
 
     pub fn is_present(&self, global: usize) -> bool {

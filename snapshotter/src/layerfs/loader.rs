@@ -31,6 +31,26 @@ pub type ChunkWaiter = Box<dyn FnOnce(Result<Arc<Vec<u8>>, ChunkFailure>) + Send
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChunkFailure(pub String);
 
+/// How the loader fetches.
+#[derive(Debug, Clone)]
+pub struct LoaderConfig {
+    /// A foreground miss also fetches the chunks that follow it in the
+    /// blob, up to this many compressed bytes in all, and stores them:
+    /// one request then serves a run of small neighbouring files (the
+    /// reference gets the same from its 50 000-byte blob chunks).
+    pub read_ahead: u64,
+    pub background: BackgroundConfig,
+}
+
+impl Default for LoaderConfig {
+    fn default() -> Self {
+        LoaderConfig {
+            read_ahead: 128 << 10,
+            background: BackgroundConfig::default(),
+        }
+    }
+}
+
 /// Background fetch settings.
 #[derive(Debug, Clone)]
 pub struct BackgroundConfig {
@@ -76,6 +96,7 @@ pub struct Loader {
     pub stats: LoaderStats,
     background: crossbeam_channel::Sender<Arc<RemoteLayer>>,
     background_config: BackgroundConfig,
+    read_ahead: u64,
 }
 
 impl std::fmt::Debug for Loader {
@@ -95,7 +116,7 @@ impl Loader {
         store: Arc<Store>,
         fetcher: Fetcher,
         workers: usize,
-        background_config: BackgroundConfig,
+        config: LoaderConfig,
     ) -> std::io::Result<Arc<Loader>> {
         let (pool, jobs) = crossbeam_channel::unbounded::<Job>();
         for i in 0..workers.max(1) {
@@ -118,7 +139,8 @@ impl Loader {
             last_foreground: Mutex::new(Instant::now()),
             stats: LoaderStats::default(),
             background,
-            background_config,
+            background_config: config.background,
+            read_ahead: config.read_ahead,
         });
         let weak = Arc::downgrade(&loader);
         std::thread::Builder::new()
@@ -189,35 +211,50 @@ impl Loader {
         if !self.claim(key, Some(done)) {
             return;
         }
+        let global = tree.chunk_span(node).start + index;
+        let mut claimed = vec![(node, global, sc, key)];
+        // Read ahead: the chunks right after it in the blob that nobody
+        // has or fetches, within the budget.
+        let chunks = tree.all_chunks();
+        let mut end = chunk.next_offset;
+        for (g, c) in chunks.iter().enumerate().skip(global + 1) {
+            if c.offset != end || c.next_offset - chunk.offset > self.read_ahead {
+                break;
+            }
+            end = c.next_offset;
+            let Some(owner) = layer.owner(g) else {
+                continue;
+            };
+            let Some(sc) = layer.store_chunk(owner, c) else {
+                continue;
+            };
+            if self.stored(layer, owner, g, &sc) {
+                continue;
+            }
+            let key = Self::key(layer, owner, &sc);
+            if self.claim(key, None) {
+                claimed.push((owner, g, sc, key));
+            }
+        }
+        let hi = claimed
+            .iter()
+            .map(|c| chunks[c.1].next_offset)
+            .max()
+            .unwrap_or(chunk.next_offset);
         self.foreground.fetch_add(1, Ordering::AcqRel);
         self.stats.fetches.fetch_add(1, Ordering::Relaxed);
         let me = self.clone();
         let layer2 = layer.clone();
-        let global = tree.chunk_span(node).start + index;
         self.fetcher.read_range_then(
             &layer.location,
             chunk.offset,
-            chunk.compressed_len(),
+            hi - chunk.offset,
             move |fetched| {
                 *me.last_foreground.lock().expect("clock") = Instant::now();
                 me.foreground.fetch_sub(1, Ordering::AcqRel);
                 let me2 = me.clone();
                 let job: Job = Box::new(move || {
-                    let result = match fetched {
-                        Ok(bytes) => {
-                            me2.stats
-                                .fetched_bytes
-                                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                            me2.inflate_and_store(&layer2, node, global, &sc, &bytes)
-                        }
-                        Err(e) => Err(ChunkFailure(format!("fetch: {e}"))),
-                    };
-                    if let Err(f) = &result {
-                        me2.stats.failures.fetch_add(1, Ordering::Relaxed);
-                        layer2.set_error(f.0.clone());
-                        tracing::warn!(layer = %layer2.digest, offset = chunk.offset, reason = %f.0, "chunk read failed; answering EIO");
-                    }
-                    me2.complete(&key, result);
+                    me2.finish_range(&layer2, &claimed, chunk.offset, fetched);
                 });
                 if let Err(crossbeam_channel::SendError(job)) = me.pool.send(job) {
                     job();
@@ -320,6 +357,7 @@ impl Loader {
         let layer2 = layer.clone();
         self.fetcher
             .read_range_then(&layer.location, 0, end, move |fetched| {
+                *me.last_foreground.lock().expect("clock") = Instant::now();
                 me.foreground.fetch_sub(1, Ordering::AcqRel);
                 let me2 = me.clone();
                 let job: Job = Box::new(move || {
@@ -357,7 +395,8 @@ impl Loader {
                     };
                     if let Err(f) = &result {
                         self.stats.failures.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(layer = %layer.digest, offset = c.offset, reason = %f.0, "chunk failed");
+                        layer.set_error(f.0.clone());
+                        tracing::warn!(layer = %layer.digest, offset = c.offset, reason = %f.0, "chunk read failed; answering EIO");
                     }
                     self.complete(key, result);
                 }

@@ -28,7 +28,7 @@ use ringstar_fusedev::{
 };
 
 pub use layer::RemoteLayer;
-pub use loader::{BackgroundConfig, Loader};
+pub use loader::{BackgroundConfig, Loader, LoaderConfig};
 
 /// The state directory at each layer's root (snapshotter-protocol.md §6).
 pub const STATE_DIR: &str = ".stargz-snapshotter";

@@ -14,7 +14,7 @@ use ringstar_fetcher::testing::Registry;
 use ringstar_fetcher::{Fetcher, FetcherConfig, Reference, ResolverConfig};
 use ringstar_fusedev::{MountOptions, Session, TransportChoice};
 use ringstar_snapshotter::layerfs::resolve::{LayerSource, ResolveError, resolve};
-use ringstar_snapshotter::layerfs::{BackgroundConfig, LayerFs, Loader, RemoteLayer};
+use ringstar_snapshotter::layerfs::{LayerFs, Loader, LoaderConfig, RemoteLayer};
 
 pub fn testdata() -> PathBuf {
     std::env::var_os("RINGSTAR_TESTDATA")
@@ -45,19 +45,19 @@ pub struct Mounted {
 }
 
 impl Mounted {
-    pub fn new(store_dir: &Path, capacity: u64, background: BackgroundConfig) -> Mounted {
-        Self::with_fetcher(store_dir, capacity, background, fetcher_config())
+    pub fn new(store_dir: &Path, capacity: u64, config: LoaderConfig) -> Mounted {
+        Self::with_fetcher(store_dir, capacity, config, fetcher_config())
     }
 
     pub fn with_fetcher(
         store_dir: &Path,
         capacity: u64,
-        background: BackgroundConfig,
+        loader_config: LoaderConfig,
         config: FetcherConfig,
     ) -> Mounted {
         let fetcher = Fetcher::new(config).unwrap();
         let store = Arc::new(Store::open(store_dir, capacity).unwrap());
-        let loader = Loader::new(store, fetcher.clone(), 2, background).unwrap();
+        let loader = Loader::new(store, fetcher.clone(), 2, loader_config).unwrap();
         let fs = Arc::new(LayerFs::new(loader.clone(), true));
         let dir = tempfile::tempdir().unwrap();
         let session = Session::mount(
