@@ -498,5 +498,114 @@ fn the_mount_command_serves_one_layer_until_interrupted() {
         !mounts.contains(mnt.path().to_str().unwrap()),
         "still mounted"
     );
-    let _ = Arc::new(());
+}
+
+#[test]
+fn concurrent_misses_of_one_chunk_make_one_request() {
+    let reg = Registry::start();
+    let proxy = FaultProxy::start(reg.addr.clone());
+    let data = content(1 << 20, 3);
+    let (blob, toc) = estargz(&tar_of(&[("big", &data)], &[]), &WriterOptions::default());
+    let digest = reg.push("c/img", &blob);
+    let store = tempfile::tempdir().unwrap();
+    let m = Mounted::new(store.path(), 1 << 30, no_background());
+    m.add(&proxy.addr, "c/img", "l", &digest, Some(&toc))
+        .unwrap();
+    let before = gets(&proxy);
+    let threads: Vec<_> = (0..8)
+        .map(|i| {
+            let path = m.path("l/big");
+            std::thread::spawn(move || {
+                use std::io::{Read, Seek, SeekFrom};
+                let mut f = std::fs::File::open(path).unwrap();
+                f.seek(SeekFrom::Start(i * 100_000)).unwrap();
+                let mut buf = vec![0u8; 4096];
+                f.read_exact(&mut buf).unwrap();
+                (i, buf)
+            })
+        })
+        .collect();
+    for t in threads {
+        let (i, buf) = t.join().unwrap();
+        let at = (i * 100_000) as usize;
+        assert_eq!(buf, data[at..at + 4096]);
+    }
+    assert_eq!(gets(&proxy) - before, 1, "one chunk, one request");
+}
+
+#[test]
+fn complete_files_are_read_through_passthrough() {
+    let reg = Registry::start();
+    let data = content(2 << 20, 4);
+    let (blob, toc) = estargz(
+        &tar_of(&[("lib.so", &data)], &[]),
+        &WriterOptions::default(),
+    );
+    let digest = reg.push("pt/img", &blob);
+    let store = tempfile::tempdir().unwrap();
+    let m = Mounted::new(store.path(), 1 << 30, no_background());
+    m.add(&reg.addr, "pt/img", "l", &digest, Some(&toc))
+        .unwrap();
+    assert_eq!(std::fs::read(m.path("l/lib.so")).unwrap(), data);
+    let served = m.fs.reads_served();
+    assert!(served > 0);
+    assert!(m.loader.store.is_complete(&Digest::of(&data)));
+    // Drop the page cache: a new open must get its bytes from somewhere.
+    std::fs::write("/proc/sys/vm/drop_caches", "1").unwrap();
+    assert_eq!(std::fs::read(m.path("l/lib.so")).unwrap(), data);
+    assert_eq!(
+        m.fs.reads_served(),
+        served,
+        "a complete file was read through the daemon, not passthrough"
+    );
+}
+
+#[test]
+fn layers_come_and_go_while_others_are_read() {
+    let reg = Registry::start();
+    let data = content(300_000, 5);
+    let (blob, toc) = estargz(
+        &tar_of(&[("f", &data)], &[]),
+        &WriterOptions {
+            chunk_size: 16 << 10,
+            ..WriterOptions::default()
+        },
+    );
+    let digest = reg.push("g/img", &blob);
+    let store = tempfile::tempdir().unwrap();
+    let m = Arc::new(Mounted::new(store.path(), 1 << 30, no_background()));
+    m.add(&reg.addr, "g/img", "steady", &digest, Some(&toc))
+        .unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (path, stop, data) = (m.path("steady/f"), stop.clone(), data.clone());
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                assert_eq!(std::fs::read(&path).unwrap(), data);
+                n += 1;
+            }
+            n
+        })
+    };
+    for i in 0..5 {
+        let name = format!("l{i}");
+        m.add(&reg.addr, "g/img", &name, &digest, Some(&toc))
+            .unwrap();
+        let listed: Vec<String> = std::fs::read_dir(m.dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(listed.contains(&name), "{listed:?}");
+        assert_eq!(std::fs::read(m.path(&format!("{name}/f"))).unwrap(), data);
+        m.remove(&name);
+        assert!(!m.path(&name).exists(), "{name} still visible");
+        let listed: Vec<String> = std::fs::read_dir(m.dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(listed, vec!["steady".to_string()]);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(reader.join().unwrap() > 0);
 }

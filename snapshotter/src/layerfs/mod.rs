@@ -82,6 +82,9 @@ pub struct LayerFs {
     next_fh: AtomicU64,
     passthrough: Mutex<Option<Passthrough>>,
     use_passthrough: bool,
+    /// READ requests of layer files answered (by the daemon; passthrough
+    /// reads never get here).
+    reads: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -127,6 +130,7 @@ impl LayerFs {
             next_fh: AtomicU64::new(1),
             passthrough: Mutex::new(None),
             use_passthrough: passthrough,
+            reads: AtomicU64::new(0),
         }
     }
 
@@ -144,6 +148,11 @@ impl LayerFs {
 
     pub fn loader(&self) -> &Arc<Loader> {
         &self.loader
+    }
+
+    /// READ requests for layer files the daemon answered so far.
+    pub fn reads_served(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
     }
 
     /// Adds a layer as directory `layer.name`. Refused when the name is
@@ -664,6 +673,7 @@ impl Filesystem for LayerFs {
         let Ok(layer) = self.slot_layer(slot) else {
             return ReadResult::Error(Errno::ENOENT);
         };
+        self.reads.fetch_add(1, Ordering::Relaxed);
         let Some(n) = layer.tree().get(node) else {
             return ReadResult::Error(Errno::ENOENT);
         };
@@ -700,6 +710,17 @@ impl Filesystem for LayerFs {
         {
             self.loader.store.unpin(&key);
         }
+    }
+
+    fn opendir(&self, _ctx: &Ctx, ino: Ino) -> Result<Opened, Errno> {
+        // The root's listing changes as layers come and go; a layer's
+        // never does.
+        let fixed = self.decode(ino)? != Inode::Root;
+        Ok(Opened {
+            keep_cache: fixed,
+            cache_dir: fixed,
+            ..Opened::default()
+        })
     }
 
     fn readdir(

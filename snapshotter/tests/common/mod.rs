@@ -107,10 +107,21 @@ impl Mounted {
             512 << 10,
         )?);
         self.fs.add_layer(layer.clone()).unwrap();
+        self.invalidate_root(name);
+        Ok(layer)
+    }
+
+    /// Removes layer `name` as the daemon will.
+    pub fn remove(&self, name: &str) {
+        self.fs.remove_layer(name).unwrap();
+        self.invalidate_root(name);
+    }
+
+    fn invalidate_root(&self, name: &str) {
         if let Some(s) = &self.session {
             let _ = s.invalidate_entry(ringstar_fusedev::Ino(1), std::ffi::OsStr::new(name));
+            let _ = s.invalidate_inode(ringstar_fusedev::Ino(1));
         }
-        Ok(layer)
     }
 }
 
