@@ -287,6 +287,7 @@ fn prefetch_takes_one_request_and_background_fetch_reaches_everything() {
         1 << 30,
         LoaderConfig {
             read_ahead: 0,
+            max_read_ahead: 0,
             background: BackgroundConfig {
                 enabled: true,
                 window: 64 << 10,
@@ -361,6 +362,7 @@ fn a_foreground_read_does_not_wait_for_the_background() {
         1 << 30,
         LoaderConfig {
             read_ahead: 0,
+            max_read_ahead: 0,
             background: BackgroundConfig {
                 enabled: true,
                 window: 1 << 20,
@@ -608,4 +610,43 @@ fn layers_come_and_go_while_others_are_read() {
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     assert!(reader.join().unwrap() > 0);
+}
+
+#[test]
+fn a_sequential_reader_is_followed_with_growing_windows() {
+    let reg = Registry::start();
+    let files: Vec<(String, Vec<u8>)> = (0..200)
+        .map(|i| (format!("seq/f{i:04}"), content(32 << 10, i)))
+        .collect();
+    let refs: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(n, d)| (n.as_str(), d.as_slice()))
+        .collect();
+    let (blob, toc) = estargz(&tar_of(&refs, &[]), &WriterOptions::default());
+    let digest = reg.push("s/img", &blob);
+    let proxy = FaultProxy::start(reg.addr.clone());
+    let store = tempfile::tempdir().unwrap();
+    let m = Mounted::new(store.path(), 1 << 30, no_background());
+    m.add(&proxy.addr, "s/img", "l", &digest, Some(&toc))
+        .unwrap();
+    let before = gets(&proxy);
+    for (name, data) in &files {
+        let got = std::fs::read(m.path("l").join(name)).unwrap();
+        assert!(got == *data, "{name} differs");
+    }
+    let requests = gets(&proxy) - before;
+    // Chunk by chunk would be 200 requests, the fixed 128 KiB read-ahead
+    // about 40; windows doubling up to 8 MiB take a handful.
+    let blob_mib = blob.len() >> 20;
+    assert!(
+        requests <= 10,
+        "{requests} requests for {blob_mib} MiB read in blob order"
+    );
+    assert_eq!(
+        m.loader
+            .stats
+            .failures
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
 }

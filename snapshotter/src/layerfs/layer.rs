@@ -37,6 +37,24 @@ pub struct RemoteLayer {
     prefetch: Prefetch,
     last_error: Mutex<Option<String>>,
     removed: AtomicBool,
+    /// Where the last foreground miss's fetch ended, and the read-ahead
+    /// it used: a miss starting there is a sequential reader's.
+    miss_end: AtomicU64,
+    read_ahead: AtomicU64,
+    seq: Mutex<Sequential>,
+}
+
+/// A sequential reader being followed: windows of `budget` compressed
+/// bytes are fetched up to `frontier` while it reads at `reader`, so the
+/// link is busy while it inflates and reads the last ones.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Sequential {
+    pub active: bool,
+    pub generation: u64,
+    pub reader: u64,
+    pub frontier: u64,
+    pub budget: u64,
+    pub in_flight: u32,
 }
 
 #[derive(Debug, Default)]
@@ -87,6 +105,9 @@ impl RemoteLayer {
             prefetch: Prefetch::default(),
             last_error: Mutex::new(None),
             removed: AtomicBool::new(false),
+            miss_end: AtomicU64::new(u64::MAX),
+            read_ahead: AtomicU64::new(0),
+            seq: Mutex::new(Sequential::default()),
         }
     }
 
@@ -156,6 +177,55 @@ impl RemoteLayer {
 
     pub fn fully_fetched(&self) -> bool {
         self.absent_bytes.load(Ordering::Acquire) == 0
+    }
+
+    /// The read-ahead budget for a miss at blob offset `offset`: doubled
+    /// (up to `max`) when it continues where the last miss's fetch ended,
+    /// `base` otherwise.
+    pub fn read_ahead(&self, offset: u64, base: u64, max: u64) -> u64 {
+        let sequential = self.miss_end.load(Ordering::Acquire) == offset;
+        let next = if sequential {
+            (self.read_ahead.load(Ordering::Acquire).max(base) * 2).min(max)
+        } else {
+            base
+        };
+        self.read_ahead.store(next, Ordering::Release);
+        next
+    }
+
+    /// A read that is not the sequential reader's next: stop following.
+    pub fn seq_stop(&self) {
+        let mut seq = self.seq.lock().expect("seq");
+        seq.active = false;
+        seq.generation += 1;
+    }
+
+    /// The sequential reader got to blob offset `offset` (a read joined a
+    /// window in flight): true if that moved it on.
+    pub fn seq_reader_at(&self, offset: u64) -> bool {
+        let mut seq = self.seq.lock().expect("seq");
+        if seq.active && (seq.reader..seq.frontier).contains(&offset) {
+            seq.reader = offset;
+            return true;
+        }
+        false
+    }
+
+    /// A window of stream `generation` arrived.
+    pub fn seq_arrived(&self, generation: u64) {
+        let mut seq = self.seq.lock().expect("seq");
+        if seq.generation == generation {
+            seq.in_flight = seq.in_flight.saturating_sub(1);
+        }
+    }
+
+    /// The sequential stream, locked, for the loader to issue windows.
+    pub fn seq(&self) -> std::sync::MutexGuard<'_, Sequential> {
+        self.seq.lock().expect("seq")
+    }
+
+    pub fn note_miss_end(&self, end: u64) {
+        self.miss_end.store(end, Ordering::Release);
     }
 
     pub fn set_error(&self, e: impl Into<String>) {

@@ -17,7 +17,7 @@ use ringstar_core::store::{Store, StoreChunk};
 use ringstar_core::{Digest, NodeId};
 use ringstar_fetcher::Fetcher;
 
-use super::layer::RemoteLayer;
+use super::layer::{RemoteLayer, Sequential};
 
 /// What a chunk's bytes must be: the file they belong to and the chunk's
 /// place and digest in it. Two layers wait on one fetch only when they
@@ -39,6 +39,9 @@ pub struct LoaderConfig {
     /// one request then serves a run of small neighbouring files (the
     /// reference gets the same from its 50 000-byte blob chunks).
     pub read_ahead: u64,
+    /// While misses follow each other through the blob (a sequential
+    /// reader), each doubles the read-ahead, up to this.
+    pub max_read_ahead: u64,
     pub background: BackgroundConfig,
 }
 
@@ -46,6 +49,7 @@ impl Default for LoaderConfig {
     fn default() -> Self {
         LoaderConfig {
             read_ahead: 128 << 10,
+            max_read_ahead: 8 << 20,
             background: BackgroundConfig::default(),
         }
     }
@@ -86,6 +90,14 @@ pub struct LoaderStats {
 
 type Job = Box<dyn FnOnce() + Send>;
 
+/// Bytes between two chunks that a window fetches rather than split in
+/// two requests (a round trip costs far more).
+const WINDOW_GAP: u64 = 64 << 10;
+
+/// A chunk a fetch has taken on: its file, blob-order index, store view
+/// and single-flight key.
+type Claimed = (NodeId, usize, StoreChunk, ChunkKey);
+
 pub struct Loader {
     pub store: Arc<Store>,
     fetcher: Fetcher,
@@ -97,6 +109,7 @@ pub struct Loader {
     background: crossbeam_channel::Sender<Arc<RemoteLayer>>,
     background_config: BackgroundConfig,
     read_ahead: u64,
+    max_read_ahead: u64,
 }
 
 impl std::fmt::Debug for Loader {
@@ -141,6 +154,7 @@ impl Loader {
             background,
             background_config: config.background,
             read_ahead: config.read_ahead,
+            max_read_ahead: config.max_read_ahead.max(config.read_ahead),
         });
         let weak = Arc::downgrade(&loader);
         std::thread::Builder::new()
@@ -209,19 +223,101 @@ impl Loader {
         };
         let key = Self::key(layer, node, &sc);
         if !self.claim(key, Some(done)) {
+            if layer.seq_reader_at(chunk.offset) {
+                self.advance(layer);
+            }
             return;
         }
         let global = tree.chunk_span(node).start + index;
-        let mut claimed = vec![(node, global, sc, key)];
-        // Read ahead: the chunks right after it in the blob that nobody
-        // has or fetches, within the budget.
-        let chunks = tree.all_chunks();
-        let mut end = chunk.next_offset;
-        for (g, c) in chunks.iter().enumerate().skip(global + 1) {
-            if c.offset != end || c.next_offset - chunk.offset > self.read_ahead {
+        let budget = layer.read_ahead(chunk.offset, self.read_ahead, self.max_read_ahead);
+        if budget > self.read_ahead {
+            // A sequential reader: follow it. The stream stays locked
+            // until its first window is out, so no arrival of an older
+            // window issues one beside it.
+            let end = {
+                let mut seq = layer.seq();
+                *seq = Sequential {
+                    active: true,
+                    generation: seq.generation + 1,
+                    reader: chunk.offset,
+                    frontier: chunk.offset,
+                    budget,
+                    in_flight: 0,
+                };
+                let (end, issued) = self.fetch_window(
+                    layer,
+                    global,
+                    vec![(node, global, sc, key)],
+                    budget,
+                    Some(seq.generation),
+                );
+                seq.frontier = end;
+                seq.in_flight = u32::from(issued);
+                end
+            };
+            layer.note_miss_end(end);
+            self.advance(layer);
+        } else {
+            layer.seq_stop();
+            let (end, _) =
+                self.fetch_window(layer, global, vec![(node, global, sc, key)], budget, None);
+            layer.note_miss_end(end);
+        }
+    }
+
+    /// Keeps up to two windows in flight ahead of a sequential reader, as
+    /// long as it is within three windows of the frontier, each twice the
+    /// last up to the maximum read-ahead.
+    fn advance(self: &Arc<Self>, layer: &Arc<RemoteLayer>) {
+        let chunks = layer.tree().all_chunks();
+        let mut seq = layer.seq();
+        while seq.active && seq.in_flight < 2 && seq.frontier - seq.reader < 3 * seq.budget {
+            let from = chunks.partition_point(|c| c.offset < seq.frontier);
+            if from >= chunks.len() {
+                seq.active = false;
+                break;
+            }
+            let (end, issued) =
+                self.fetch_window(layer, from, Vec::new(), seq.budget, Some(seq.generation));
+            seq.frontier = end;
+            seq.in_flight += u32::from(issued);
+            // Each window of a stream the reader keeps up with is bigger.
+            seq.budget = (seq.budget * 2).min(self.max_read_ahead);
+            layer.note_miss_end(end);
+        }
+    }
+
+    /// Claims the chunks from blob-order index `from` on that are
+    /// contiguous, within `budget` compressed bytes, and neither stored nor
+    /// fetched by anyone (besides those in `claimed` already), and fetches
+    /// them in one range. Returns where the window ends in the blob and
+    /// whether a fetch went out; its arrival moves sequential stream
+    /// `sequential` on.
+    fn fetch_window(
+        self: &Arc<Self>,
+        layer: &Arc<RemoteLayer>,
+        from: usize,
+        mut claimed: Vec<Claimed>,
+        budget: u64,
+        sequential: Option<u64>,
+    ) -> (u64, bool) {
+        let chunks = layer.tree().all_chunks();
+        let start = chunks[from].offset;
+        let first_claimed = !claimed.is_empty();
+        let mut end = start;
+        for (g, c) in chunks.iter().enumerate().skip(from) {
+            // Small gaps (headers of symlinks, directories, empty
+            // files) ride along rather than cut the window.
+            if c.offset < end
+                || c.offset - end > WINDOW_GAP
+                || (g > from && c.next_offset - start > budget)
+            {
                 break;
             }
             end = c.next_offset;
+            if g == from && first_claimed {
+                continue;
+            }
             let Some(owner) = layer.owner(g) else {
                 continue;
             };
@@ -236,31 +332,38 @@ impl Loader {
                 claimed.push((owner, g, sc, key));
             }
         }
-        let hi = claimed
-            .iter()
-            .map(|c| chunks[c.1].next_offset)
-            .max()
-            .unwrap_or(chunk.next_offset);
+        let (Some(lo), Some(hi)) = (
+            claimed.iter().map(|c| chunks[c.1].offset).min(),
+            claimed.iter().map(|c| chunks[c.1].next_offset).max(),
+        ) else {
+            return (end, false);
+        };
         self.foreground.fetch_add(1, Ordering::AcqRel);
         self.stats.fetches.fetch_add(1, Ordering::Relaxed);
         let me = self.clone();
-        let layer2 = layer.clone();
-        self.fetcher.read_range_then(
-            &layer.location,
-            chunk.offset,
-            hi - chunk.offset,
-            move |fetched| {
+        let layer = layer.clone();
+        self.fetcher
+            .read_range_then(&layer.location.clone(), lo, hi - lo, move |fetched| {
                 *me.last_foreground.lock().expect("clock") = Instant::now();
                 me.foreground.fetch_sub(1, Ordering::AcqRel);
-                let me2 = me.clone();
-                let job: Job = Box::new(move || {
-                    me2.finish_range(&layer2, &claimed, chunk.offset, fetched);
-                });
-                if let Err(crossbeam_channel::SendError(job)) = me.pool.send(job) {
-                    job();
+                me.count_fetched(&fetched);
+                if let Some(generation) = sequential {
+                    layer.seq_arrived(generation);
+                    me.advance(&layer);
                 }
-            },
-        );
+                // One job per chunk: both workers inflate, and the first
+                // chunk's reader is answered before the last is inflated.
+                for one in claimed {
+                    let (me2, layer2, fetched) = (me.clone(), layer.clone(), fetched.clone());
+                    let job: Job = Box::new(move || {
+                        me2.finish_range(&layer2, std::slice::from_ref(&one), lo, fetched);
+                    });
+                    if let Err(crossbeam_channel::SendError(job)) = me.pool.send(job) {
+                        job();
+                    }
+                }
+            });
+        (end, true)
     }
 
     /// Inflates one chunk from its compressed bytes (starting at the
@@ -337,7 +440,7 @@ impl Loader {
             return;
         };
         let chunks = layer.tree().all_chunks();
-        let mine: Vec<(NodeId, usize, StoreChunk, ChunkKey)> = Self::all_chunks(layer)
+        let mine: Vec<Claimed> = Self::all_chunks(layer)
             .into_iter()
             .filter(|(_, g, _)| chunks[*g].next_offset <= end)
             .filter(|(n, g, sc)| !self.stored(layer, *n, *g, sc))
@@ -359,6 +462,7 @@ impl Loader {
             .read_range_then(&layer.location, 0, end, move |fetched| {
                 *me.last_foreground.lock().expect("clock") = Instant::now();
                 me.foreground.fetch_sub(1, Ordering::AcqRel);
+                me.count_fetched(&fetched);
                 let me2 = me.clone();
                 let job: Job = Box::new(move || {
                     me2.finish_range(&layer2, &mine, 0, fetched);
@@ -371,21 +475,26 @@ impl Loader {
             });
     }
 
+    fn count_fetched(&self, fetched: &Result<Bytes, ringstar_fetcher::FetchError>) {
+        if let Ok(bytes) = fetched {
+            self.stats
+                .fetched_bytes
+                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        }
+    }
+
     /// Inflates and stores the claimed chunks from a fetched range that
     /// starts at blob offset `base`, completing their waiters.
     fn finish_range(
         &self,
         layer: &RemoteLayer,
-        claimed: &[(NodeId, usize, StoreChunk, ChunkKey)],
+        claimed: &[Claimed],
         base: u64,
         fetched: Result<Bytes, ringstar_fetcher::FetchError>,
     ) {
         let chunks = layer.tree().all_chunks();
         match fetched {
             Ok(bytes) => {
-                self.stats
-                    .fetched_bytes
-                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
                 for (node, global, sc, key) in claimed {
                     let c = &chunks[*global];
                     let (from, to) = ((c.offset - base) as usize, (c.next_offset - base) as usize);
@@ -460,7 +569,7 @@ impl Loader {
             let mut j = i + 1;
             while j < all.len() {
                 let c = &chunks[all[j].1];
-                if c.offset > end || c.next_offset - start > cfg.window {
+                if c.offset > end + WINDOW_GAP || c.next_offset - start > cfg.window {
                     break;
                 }
                 end = end.max(c.next_offset);
@@ -491,6 +600,7 @@ impl Loader {
                     .fetch_add(1, Ordering::Relaxed);
                 let t = Instant::now();
                 let result = self.fetcher.read_range(&layer.location, lo, hi - lo);
+                self.count_fetched(&result);
                 if result.is_err() {
                     // Leave the rest for later reads; the registry is not
                     // answering now.

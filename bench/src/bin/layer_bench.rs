@@ -1,0 +1,448 @@
+//! The lazy read path over a WAN: a layer of real files (this machine's
+//! /usr/lib, written as eStargz by our writer) in Debian's docker-registry
+//! behind a delay proxy (40 ms RTT, 200 Mbit/s shared link), mounted
+//! through the layer filesystem. Measured in one run, each against its
+//! baseline:
+//! - time to the first byte of a cold small file (after the layer is
+//!   resolved; resolve time reported beside it);
+//! - cold read of every file (resolve included), sequentially and with 8
+//!   readers, vs downloading the same files as a plain tar.gz through the
+//!   same proxy and extracting it with `tar` (what a non-lazy pull does);
+//! - warm (stored, page cache dropped) sequential read of the biggest file
+//!   through FUSE, with and without passthrough, vs the extracted copy on
+//!   local disk;
+//! - peak RSS of `ringstar mount` serving the layer after every file was
+//!   read.
+//!
+//! Needs root (FUSE mounts, drop_caches) and docker-registry.
+//!
+//!     cargo run --release -p ringstar-bench --bin layer-bench [ROUNDS] [MAX_MB]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ringstar_bench::report;
+use ringstar_core::store::Store;
+use ringstar_core::tar::{self, Entry, EntryType};
+use ringstar_core::writer::{WriterOptions, build_to_vec};
+use ringstar_core::{Digest, FileKind};
+use ringstar_fetcher::testing::{DelayProxy, Registry};
+use ringstar_fetcher::{Fetcher, FetcherConfig, ResolverConfig};
+use ringstar_fusedev::{MountOptions, Session};
+use ringstar_snapshotter::layerfs::resolve::{LayerSource, resolve};
+use ringstar_snapshotter::layerfs::{BackgroundConfig, LayerFs, Loader, LoaderConfig};
+
+/// "A few thousand real files".
+const MAX_FILES: usize = 4000;
+
+/// A tar of the regular files and symlinks under `root`, in sorted walk
+/// order, up to `max_bytes` of content and `MAX_FILES` files.
+fn tar_of_tree(root: &Path, max_bytes: u64) -> anyhow::Result<(Vec<u8>, usize, String)> {
+    let mut paths = Vec::new();
+    walk(root, &mut paths)?;
+    paths.sort();
+    let mut out = Vec::new();
+    let (mut total, mut files, mut biggest) = (0u64, 0usize, (0u64, String::new()));
+    for p in paths {
+        if files >= MAX_FILES {
+            break;
+        }
+        let meta = std::fs::symlink_metadata(&p)?;
+        let name = p.strip_prefix("/")?.to_string_lossy().into_owned();
+        let mut e = Entry {
+            name: name.clone(),
+            mode: 0o644,
+            mtime: 1_700_000_000,
+            ..Entry::default()
+        };
+        if meta.file_type().is_symlink() {
+            e.entry_type = Some(EntryType::Symlink);
+            e.link_name = std::fs::read_link(&p)?.to_string_lossy().into_owned();
+            out.extend_from_slice(&tar::encode_header(&e));
+            continue;
+        }
+        if !meta.is_file() || total + meta.len() > max_bytes {
+            continue;
+        }
+        let Ok(data) = std::fs::read(&p) else {
+            continue;
+        };
+        e.entry_type = Some(EntryType::Reg);
+        e.size = data.len() as u64;
+        out.extend_from_slice(&tar::encode_header(&e));
+        out.extend_from_slice(&data);
+        out.resize(out.len() + tar::padding(e.size), 0);
+        total += e.size;
+        files += 1;
+        if e.size > biggest.0 {
+            biggest = (e.size, name);
+        }
+    }
+    out.extend_from_slice(&[0u8; 1024]);
+    Ok((out, files, biggest.1))
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let t = e.file_type()?;
+        if t.is_dir() {
+            walk(&e.path(), out)?;
+        } else {
+            out.push(e.path());
+        }
+    }
+    Ok(())
+}
+
+/// Every regular file under `root`, in sorted walk order.
+fn files_under(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    walk(root, &mut out).expect("walk");
+    out.sort();
+    out.retain(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file()));
+    out
+}
+
+fn read_all(files: &[PathBuf], readers: usize) -> u64 {
+    let chunks: Vec<Vec<PathBuf>> = (0..readers)
+        .map(|r| files.iter().skip(r).step_by(readers).cloned().collect())
+        .collect();
+    let handles: Vec<_> = chunks
+        .into_iter()
+        .map(|list| {
+            std::thread::spawn(move || {
+                list.iter()
+                    .map(|p| std::fs::read(p).expect("read").len() as u64)
+                    .sum::<u64>()
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().expect("reader")).sum()
+}
+
+fn drop_caches() {
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// A lazily mounted layer: fresh store unless given.
+struct Lazy {
+    session: Option<Session>,
+    dir: tempfile::TempDir,
+    resolve_s: f64,
+    loader: Arc<Loader>,
+}
+
+impl Drop for Lazy {
+    fn drop(&mut self) {
+        if let Some(s) = self.session.take() {
+            let _ = s.unmount();
+        }
+    }
+}
+
+fn mount_lazy(
+    registry: &str,
+    digest: &str,
+    toc: &str,
+    store: &Path,
+    passthrough: bool,
+) -> anyhow::Result<Lazy> {
+    let fetcher = Fetcher::new(FetcherConfig::default())?;
+    let store = Arc::new(Store::open(store, 8 << 30)?);
+    let loader = Loader::new(
+        store,
+        fetcher.clone(),
+        2,
+        LoaderConfig {
+            background: BackgroundConfig {
+                enabled: false,
+                ..BackgroundConfig::default()
+            },
+            max_read_ahead: std::env::var("LAYER_BENCH_MAX_READ_AHEAD_KIB")
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .map_or(LoaderConfig::default().max_read_ahead, |k| k << 10),
+            ..LoaderConfig::default()
+        },
+    )?;
+    let t = Instant::now();
+    let layer = Arc::new(resolve(
+        &fetcher,
+        &ResolverConfig::default(),
+        &LayerSource {
+            reference: format!("{registry}/bench/usrlib:latest").parse()?,
+            digest: digest.parse()?,
+            size: None,
+            toc_digest: Some(toc.parse()?),
+        },
+        "l".into(),
+        512 << 10,
+    )?);
+    let resolve_s = t.elapsed().as_secs_f64();
+    let fs = Arc::new(LayerFs::single(loader.clone(), layer, passthrough));
+    let dir = tempfile::tempdir()?;
+    let session = Session::mount(
+        fs,
+        dir.path(),
+        &MountOptions {
+            passthrough,
+            ..MountOptions::default()
+        },
+    )?;
+    Ok(Lazy {
+        session: Some(session),
+        dir,
+        resolve_s,
+        loader,
+    })
+}
+
+/// GETs `path` from `addr` and streams the body into `tar -xz`.
+fn pull_and_extract(addr: &str, path: &str, into: &Path) -> anyhow::Result<()> {
+    let mut s = TcpStream::connect(addr)?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut r = BufReader::with_capacity(1 << 20, s);
+    let mut line = String::new();
+    let mut location = None;
+    r.read_line(&mut line)?;
+    anyhow::ensure!(line.contains(" 200 "), "GET {path}: {line}");
+    loop {
+        line.clear();
+        r.read_line(&mut line)?;
+        if line.trim().is_empty() {
+            break;
+        }
+        if line.to_ascii_lowercase().starts_with("location:") {
+            location = Some(line[9..].trim().to_string());
+        }
+    }
+    anyhow::ensure!(location.is_none(), "redirect not expected");
+    let mut tar = Command::new("tar")
+        .args(["-xzf", "-", "-C"])
+        .arg(into)
+        .stdin(Stdio::piped())
+        .spawn()?;
+    let mut stdin = tar.stdin.take().expect("stdin");
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        stdin.write_all(&buf[..n])?;
+    }
+    drop(stdin);
+    anyhow::ensure!(tar.wait()?.success(), "tar failed");
+    Ok(())
+}
+
+fn vm_hwm_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn main() -> anyhow::Result<()> {
+    let rounds: usize = std::env::args().nth(1).map_or(Ok(3), |s| s.parse())?;
+    let max_mb: u64 = std::env::args().nth(2).map_or(Ok(100), |s| s.parse())?;
+    let (tar, files, biggest) = tar_of_tree(Path::new("/usr/lib"), max_mb << 20)?;
+    let (esgz, built) = build_to_vec(&tar[..], &WriterOptions::default())?;
+    let gz = {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+        e.write_all(&tar)?;
+        e.finish()?
+    };
+    eprintln!(
+        "layer: {files} files, {} MiB of tar, {} MiB eStargz, {} MiB tar.gz; biggest {biggest}",
+        tar.len() >> 20,
+        esgz.len() >> 20,
+        gz.len() >> 20
+    );
+    let reg = Registry::start();
+    let digest = reg.push("bench/usrlib", &esgz);
+    let gz_digest = reg.push("bench/usrlib", &gz);
+    let toc = built.toc_digest.to_string();
+    let wan = DelayProxy::start(reg.addr.clone(), Duration::from_millis(40), 200_000_000);
+    // LAYER_BENCH_LINK=lo: straight to the registry, to see the CPU floor.
+    let wan_addr = if std::env::var("LAYER_BENCH_LINK").as_deref() == Ok("lo") {
+        reg.addr.clone()
+    } else {
+        wan.addr.clone()
+    };
+
+    let small = {
+        let layer = ringstar_core::Layer::open(&esgz[..], esgz.len() as u64, &Default::default())?;
+        let t = &layer.tree;
+        // A small file in the middle of the blob.
+        let mut smalls: Vec<(String, ringstar_core::NodeId)> = t
+            .walk()
+            .into_iter()
+            .filter(|(_, n)| {
+                let node = t.node(*n);
+                node.kind() == FileKind::Reg && node.size() > 0 && node.size() < 4096
+            })
+            .collect();
+        smalls.sort();
+        smalls[smalls.len() / 2].0.clone()
+    };
+
+    let (mut ttfb, mut resolve_s, mut lazy_seq, mut lazy_par, mut pull) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut warm_fuse, mut warm_pt, mut warm_disk) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        // Time to first byte of a cold small file.
+        let store = tempfile::tempdir()?;
+        let lazy = mount_lazy(&wan_addr, &digest, &toc, store.path(), false)?;
+        resolve_s.push(lazy.resolve_s);
+        let t = Instant::now();
+        let mut f = std::fs::File::open(lazy.dir.path().join(&small))?;
+        let mut b = [0u8; 1];
+        f.read_exact(&mut b)?;
+        ttfb.push(t.elapsed().as_secs_f64());
+        drop(lazy);
+
+        // Cold read of every file: resolve + reads.
+        for (readers, out) in [(1usize, &mut lazy_seq), (8, &mut lazy_par)] {
+            let store = tempfile::tempdir()?;
+            let t = Instant::now();
+            let lazy = mount_lazy(&wan_addr, &digest, &toc, store.path(), false)?;
+            let list = files_under(lazy.dir.path());
+            let bytes = read_all(&list, readers);
+            out.push(t.elapsed().as_secs_f64());
+            let stats = &lazy.loader.stats;
+            eprintln!(
+                "cold, {readers} reader(s): {:.3} s, {} fetches, {} MiB fetched, {} joined",
+                t.elapsed().as_secs_f64(),
+                stats.fetches.load(std::sync::atomic::Ordering::Relaxed),
+                stats
+                    .fetched_bytes
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    >> 20,
+                stats.joined.load(std::sync::atomic::Ordering::Relaxed),
+            );
+            anyhow::ensure!(list.len() == files, "{} files, want {files}", list.len());
+            let _ = bytes;
+        }
+
+        // The non-lazy baseline: pull the tar.gz through the same link and
+        // extract it.
+        let into = tempfile::tempdir()?;
+        let t = Instant::now();
+        pull_and_extract(
+            &wan_addr,
+            &format!("/v2/bench/usrlib/blobs/{gz_digest}"),
+            into.path(),
+        )?;
+        pull.push(t.elapsed().as_secs_f64());
+
+        // Warm: the biggest file stored; page caches dropped before each.
+        let store = tempfile::tempdir()?;
+        {
+            let lazy = mount_lazy(&wan_addr, &digest, &toc, store.path(), false)?;
+            let len = std::fs::read(lazy.dir.path().join(&biggest))?.len() as u64;
+            // The last chunk's store write makes the file complete (hash,
+            // rename) on a worker after the read returns: wait for it, or
+            // the next mount's store would see it half-renamed.
+            let partial = store.path().join("partial");
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_secs(20)
+                && std::fs::read_dir(&partial)?
+                    .any(|e| e.is_ok_and(|e| e.metadata().is_ok_and(|m| m.len() == len)))
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        for (pt, out) in [(false, &mut warm_fuse), (true, &mut warm_pt)] {
+            let lazy = mount_lazy(&wan_addr, &digest, &toc, store.path(), pt)?;
+            let path = lazy.dir.path().join(&biggest);
+            // Open once (passthrough decides at open), drop, then time.
+            drop_caches();
+            let t = Instant::now();
+            let n = std::fs::read(&path)?.len();
+            out.push(n as f64 / t.elapsed().as_secs_f64() / 1e6);
+        }
+        drop_caches();
+        let t = Instant::now();
+        let n = std::fs::read(into.path().join(&biggest))?.len();
+        warm_disk.push(n as f64 / t.elapsed().as_secs_f64() / 1e6);
+    }
+
+    // Peak RSS of the daemon serving the layer, every file read.
+    let store = tempfile::tempdir()?;
+    let mnt = tempfile::tempdir()?;
+    let exe = std::env::current_exe()?
+        .parent()
+        .map(|d| d.join("ringstar"))
+        .filter(|p| p.exists());
+    let rss_kib = match exe {
+        Some(exe) => {
+            let mut child = Command::new(exe)
+                .args(["mount", "--no-background-fetch", "--ref"])
+                .arg(format!("{}/bench/usrlib:latest", wan_addr))
+                .args(["--digest", &digest, "--toc-digest", &toc, "--store"])
+                .arg(store.path())
+                .arg(mnt.path())
+                .stdout(Stdio::piped())
+                .spawn()?;
+            let mut line = String::new();
+            BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line)?;
+            read_all(&files_under(mnt.path()), 8);
+            let hwm = vm_hwm_kib(child.id());
+            let _ = Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status();
+            child.wait()?;
+            Some(hwm)
+        }
+        None => {
+            eprintln!("build the ringstar binary (cargo build --release) for the RSS figure");
+            None
+        }
+    };
+
+    let (seq, par, base) = (median(lazy_seq), median(lazy_par), median(pull));
+    let (fuse, pt, disk) = (median(warm_fuse), median(warm_pt), median(warm_disk));
+    report(
+        "layer",
+        serde_json::json!({
+            "files": files,
+            "tar_mib": tar.len() >> 20,
+            "estargz_mib": esgz.len() >> 20,
+            "targz_mib": gz.len() >> 20,
+            "rtt_ms": 40, "link_mbit": 200, "rounds": rounds,
+            "resolve_s": (median(resolve_s) * 1000.0).round() / 1000.0,
+            "ttfb_small_file_ms": (median(ttfb) * 1e4).round() / 10.0,
+            "cold_all_sequential_s": (seq * 1000.0).round() / 1000.0,
+            "cold_all_8_readers_s": (par * 1000.0).round() / 1000.0,
+            "pull_and_extract_s": (base * 1000.0).round() / 1000.0,
+            "cold_all_sequential_vs_pull": (seq / base * 100.0).round() / 100.0,
+            "cold_all_8_readers_vs_pull": (par / base * 100.0).round() / 100.0,
+            "warm_biggest_fuse_mb_s": fuse.round(),
+            "warm_biggest_passthrough_mb_s": pt.round(),
+            "warm_biggest_local_disk_mb_s": disk.round(),
+            "warm_fuse_vs_disk": (fuse / disk * 100.0).round() / 100.0,
+            "warm_passthrough_vs_disk": (pt / disk * 100.0).round() / 100.0,
+            "daemon_peak_rss_mib": rss_kib.map(|k| k / 1024),
+            "digest_check": Digest::of(&esgz).to_string() == digest,
+        }),
+    );
+    Ok(())
+}
