@@ -12,7 +12,7 @@
 //!   through FUSE, with and without passthrough, vs the extracted copy on
 //!   local disk;
 //! - peak RSS of `ringstar mount` serving the layer after every file was
-//!   read.
+//!   read (which counts the store's mapped pages), and its anonymous RSS.
 //!
 //! Needs root (FUSE mounts, drop_caches) and docker-registry.
 //!
@@ -249,12 +249,13 @@ fn pull_and_extract(addr: &str, path: &str, into: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn vm_hwm_kib(pid: u32) -> u64 {
+/// A `/proc/PID/status` figure in KiB (`VmHWM`, `RssAnon`, …).
+fn status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))
                 .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0)
@@ -405,7 +406,12 @@ fn main() -> anyhow::Result<()> {
             let mut line = String::new();
             BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line)?;
             read_all(&files_under(mnt.path()), 8);
-            let hwm = vm_hwm_kib(child.id());
+            // VmHWM counts the store's mapped page-cache pages too;
+            // RssAnon is the daemon's own memory.
+            let hwm = (
+                status_kib(child.id(), "VmHWM"),
+                status_kib(child.id(), "RssAnon"),
+            );
             let _ = Command::new("kill")
                 .args(["-INT", &child.id().to_string()])
                 .status();
@@ -440,7 +446,8 @@ fn main() -> anyhow::Result<()> {
             "warm_biggest_local_disk_mb_s": disk.round(),
             "warm_fuse_vs_disk": (fuse / disk * 100.0).round() / 100.0,
             "warm_passthrough_vs_disk": (pt / disk * 100.0).round() / 100.0,
-            "daemon_peak_rss_mib": rss_kib.map(|k| k / 1024),
+            "daemon_peak_rss_mib": rss_kib.map(|k| k.0 / 1024),
+            "daemon_rss_anon_mib": rss_kib.map(|k| k.1 / 1024),
             "digest_check": Digest::of(&esgz).to_string() == digest,
         }),
     );
