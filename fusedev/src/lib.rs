@@ -23,7 +23,9 @@ mod uring;
 pub use fs::{ConnInfo, DeferredRead, DirOut, Filesystem, Opened, ReadOut, ReadResult};
 pub use passthrough::{BackingFile, BackingId, Passthrough};
 pub use request::Ctx;
-pub use session::{MountOptions, Session, Stats, Transport, TransportChoice, abort_connection};
+pub use session::{
+    MountOptions, Session, Stats, Transport, TransportChoice, abort_connection, detach_mount,
+};
 pub use types::{
     AttrReply, Entry, Errno, FileAttr, FileHandle, FileType, Ino, Statfs, Timestamp, Unique,
 };

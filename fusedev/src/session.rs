@@ -285,6 +285,13 @@ fn enable_uring() -> bool {
     }
 }
 
+/// Detaches whatever is mounted at `target` (`MNT_DETACH`): what a daemon
+/// does with a mount its dead predecessor left (a FUSE mount whose server
+/// is gone answers ENOTCONN to everything).
+pub fn detach_mount(target: &Path) -> io::Result<()> {
+    sys::umount(target, libc::MNT_DETACH)
+}
+
 /// A mounted filesystem and the threads serving it. Dropping it unmounts.
 pub struct Session {
     mountpoint: PathBuf,

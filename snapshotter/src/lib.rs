@@ -4,5 +4,9 @@
 //! - [`layerfs`]: the FUSE filesystem of remote layers, the loader that
 //!   fetches, verifies and stores their chunks, prefetch and background
 //!   fetch, layer resolution.
+//! - [`daemon`]: the containerd proxy snapshotter (gRPC, metadata,
+//!   overlayfs and remote snapshots, config).
 
+pub mod daemon;
+pub mod image;
 pub mod layerfs;

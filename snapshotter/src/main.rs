@@ -4,6 +4,8 @@
 //! - `convert IN OUT`: tar (plain, gzip or zstd) → eStargz.
 //! - `mount --ref REF --digest D --toc-digest T MOUNTPOINT`: one layer
 //!   from a registry, lazily, without containerd (until Ctrl-C).
+//! - `push REF LAYER.tar...`: an image of eStargz (or gzip) layers pushed
+//!   to a plain-HTTP registry.
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
@@ -62,6 +64,33 @@ enum Command {
     /// unmounts). Registries on localhost/127.x are spoken to in plain
     /// HTTP; credentials come from the docker config.
     Mount(MountArgs),
+    /// Build an image from layer tars (base first) and push it to a
+    /// plain-HTTP registry: eStargz by our writer (the TOC digest
+    /// annotation set), or plain gzip with --gzip. Prints the manifest
+    /// digest.
+    Push(PushArgs),
+}
+
+#[derive(clap::Args)]
+struct PushArgs {
+    /// REGISTRY/REPOSITORY:TAG, e.g. 127.0.0.1:5000/demo/app:esgz.
+    reference: ringstar_fetcher::Reference,
+    /// Layer tars, base first (plain, gzip or zstd).
+    #[arg(required = true)]
+    layers: Vec<PathBuf>,
+    /// Plain gzip layers instead of eStargz.
+    #[arg(long)]
+    gzip: bool,
+    /// The image's command (repeat for each argument).
+    #[arg(long = "cmd", allow_hyphen_values = true)]
+    cmd: Vec<String>,
+    /// Files each eStargz layer puts first, before .prefetch.landmark
+    /// (comma separated; missing ones are skipped).
+    #[arg(long, value_delimiter = ',')]
+    prioritized: Vec<String>,
+    /// Uncompressed bytes per eStargz chunk.
+    #[arg(long, default_value_t = 4 << 20)]
+    chunk_size: u64,
 }
 
 #[derive(clap::Args)]
@@ -236,6 +265,46 @@ fn mount_cmd(args: &MountArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn push_cmd(args: &PushArgs) -> anyhow::Result<()> {
+    use ringstar_snapshotter::image::{LayerFormat, RunConfig, build_image, push_plain_http};
+    let tars = args
+        .layers
+        .iter()
+        .map(|p| std::fs::read(p).with_context(|| format!("reading {}", p.display())))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let format = if args.gzip {
+        LayerFormat::Gzip
+    } else {
+        LayerFormat::Estargz(WriterOptions {
+            chunk_size: args.chunk_size,
+            prioritized: args.prioritized.clone(),
+            allow_missing_prioritized: true,
+            ..WriterOptions::default()
+        })
+    };
+    let run = RunConfig {
+        cmd: args.cmd.clone(),
+        ..RunConfig::default()
+    };
+    let image = build_image(&tars, &format, &run)?;
+    let r = &args.reference;
+    let tag = r.tag.as_deref().unwrap_or("latest");
+    push_plain_http(&r.host, &r.repository, tag, &image)?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "reference": format!("{}/{}:{tag}", r.host, r.repository),
+            "manifest_digest": image.manifest_digest().to_string(),
+            "layers": image.layers.iter().map(|l| serde_json::json!({
+                "digest": l.digest.to_string(),
+                "size": l.blob.len(),
+                "toc_digest": l.toc_digest.map(|d| d.to_string()),
+            })).collect::<Vec<_>>(),
+        })
+    );
+    Ok(())
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -262,6 +331,7 @@ fn main() -> ExitCode {
             },
         ),
         Command::Mount(args) => mount_cmd(args),
+        Command::Push(args) => push_cmd(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

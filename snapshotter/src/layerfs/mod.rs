@@ -67,7 +67,23 @@ enum Inode {
 #[derive(Debug)]
 struct OpenFile {
     key: Option<Digest>,
-    _backing: Option<BackingFile>,
+    ino: u64,
+    /// Served by passthrough (the inode's shared backing file).
+    passthrough: bool,
+}
+
+/// Open files, and each inode's io mode. The kernel fixes an inode's mode
+/// while it is open: a passthrough open of an inode open in cached mode
+/// fails with EIO, and so does a passthrough open with a backing file
+/// other than the one the inode already uses. So while one cached open
+/// lasts (a binary that started running before its file was complete,
+/// say) later opens of that inode are cached too, and all passthrough
+/// opens of an inode share one backing file.
+#[derive(Debug, Default)]
+struct OpenFiles {
+    by_fh: HashMap<u64, OpenFile>,
+    cached: HashMap<u64, u32>,
+    passthrough: HashMap<u64, (Arc<BackingFile>, u32)>,
 }
 
 /// The filesystem.
@@ -78,7 +94,7 @@ pub struct LayerFs {
     /// layer (`ringstar mount`).
     single: Option<u32>,
     next_slot: AtomicU32,
-    open: Mutex<HashMap<u64, OpenFile>>,
+    open: Mutex<OpenFiles>,
     next_fh: AtomicU64,
     passthrough: Mutex<Option<Passthrough>>,
     use_passthrough: bool,
@@ -126,7 +142,7 @@ impl LayerFs {
             layers: RwLock::default(),
             single: None,
             next_slot: AtomicU32::new(1),
-            open: Mutex::new(HashMap::new()),
+            open: Mutex::default(),
             next_fh: AtomicU64::new(1),
             passthrough: Mutex::new(None),
             use_passthrough: passthrough,
@@ -622,15 +638,31 @@ impl Filesystem for LayerFs {
                 }
                 let key = layer.file_key(node);
                 self.loader.store.pin(&key);
-                let backing = self.backing_for(&layer, node, &key);
-                let id = backing.as_ref().map(BackingFile::id);
-                self.open.lock().expect("open files").insert(
+                let mut open = self.open.lock().expect("open files");
+                let id = if open.cached.contains_key(&ino.0) {
+                    None
+                } else if let Some((b, n)) = open.passthrough.get_mut(&ino.0) {
+                    *n += 1;
+                    Some(b.id())
+                } else if let Some(b) = self.backing_for(&layer, node, &key) {
+                    let id = b.id();
+                    open.passthrough.insert(ino.0, (Arc::new(b), 1));
+                    Some(id)
+                } else {
+                    None
+                };
+                if id.is_none() {
+                    *open.cached.entry(ino.0).or_default() += 1;
+                }
+                open.by_fh.insert(
                     fh,
                     OpenFile {
                         key: Some(key),
-                        _backing: backing,
+                        ino: ino.0,
+                        passthrough: id.is_some(),
                     },
                 );
+                drop(open);
                 Ok(Opened {
                     fh,
                     keep_cache: id.is_none(),
@@ -705,9 +737,26 @@ impl Filesystem for LayerFs {
     }
 
     fn release(&self, _ctx: &Ctx, _ino: Ino, fh: FileHandle) {
-        if let Some(f) = self.open.lock().expect("open files").remove(&fh.0)
-            && let Some(key) = f.key
-        {
+        let mut open = self.open.lock().expect("open files");
+        let Some(f) = open.by_fh.remove(&fh.0) else {
+            return;
+        };
+        let counts = if f.passthrough {
+            open.passthrough.get_mut(&f.ino).map(|(_, n)| n)
+        } else {
+            open.cached.get_mut(&f.ino)
+        };
+        if let Some(n) = counts {
+            *n -= 1;
+            if *n == 0 {
+                open.cached.remove(&f.ino);
+                // The kernel holds its own reference to the backing file
+                // for as long as it needs it.
+                open.passthrough.remove(&f.ino);
+            }
+        }
+        drop(open);
+        if let Some(key) = f.key {
             self.loader.store.unpin(&key);
         }
     }

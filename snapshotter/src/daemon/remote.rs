@@ -1,0 +1,571 @@
+//! Remote layers for snapshots: which layer the labels of a Prepare name,
+//! resolving it (once per blob digest, however many snapshots and
+//! pre-resolves ask), verifying its TOC, showing it in the one FUSE
+//! mount, prefetch and background fetch, and dropping it when no snapshot
+//! uses it.
+//!
+//! A layer is a directory of the mount named by its digest, so a blob
+//! that two chains share (or a restore and a new pull) is served once.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use ringstar_core::Digest;
+use ringstar_fetcher::{Fetcher, Reference, ResolverConfig};
+use ringstar_fusedev::{Ino, Session};
+
+use crate::layerfs::resolve::{LayerSource, resolve};
+use crate::layerfs::{LayerFs, Loader, RemoteLayer};
+
+/// Labels containerd (unpacker, CRI) and ctr-remote send with a layer's
+/// Prepare (snapshotter-protocol.md §3).
+pub mod labels {
+    pub const TARGET: &str = "containerd.io/snapshot.ref";
+    pub const CRI_REF: &str = "containerd.io/snapshot/cri.image-ref";
+    pub const CRI_DIGEST: &str = "containerd.io/snapshot/cri.layer-digest";
+    pub const CRI_LAYERS: &str = "containerd.io/snapshot/cri.image-layers";
+    pub const STARGZ_REF: &str = "containerd.io/snapshot/remote/stargz.reference";
+    pub const STARGZ_DIGEST: &str = "containerd.io/snapshot/remote/stargz.digest";
+    pub const STARGZ_LAYERS: &str = "containerd.io/snapshot/remote/stargz.layers";
+    pub const TOC_DIGEST: &str = "containerd.io/snapshot/stargz/toc.digest";
+    pub const SKIP_VERIFY: &str = "containerd.io/snapshot/remote/stargz.skipverify";
+    /// Marks a committed remote snapshot (the reference's value).
+    pub const REMOTE: &str = "containerd.io/snapshot/remote";
+    pub const REMOTE_VALUE: &str = "remote snapshot";
+}
+
+/// What the remote side is told by the config.
+#[derive(Debug, Clone)]
+pub struct RemoteSettings {
+    pub tail_bytes: u64,
+    pub noprefetch: bool,
+    pub prefetch_timeout: Duration,
+    pub allow_no_verification: bool,
+    pub disable_verification: bool,
+    /// How long a resolve may take before Prepare falls back (the
+    /// reference: 30 s).
+    pub resolve_timeout: Duration,
+    /// How long a layer no snapshot uses is kept (pre-resolved for an
+    /// image, then not used).
+    pub unused_ttl: Duration,
+}
+
+impl Default for RemoteSettings {
+    fn default() -> Self {
+        RemoteSettings {
+            tail_bytes: 512 << 10,
+            noprefetch: false,
+            prefetch_timeout: Duration::from_secs(10),
+            allow_no_verification: false,
+            disable_verification: false,
+            resolve_timeout: Duration::from_secs(30),
+            unused_ttl: Duration::from_secs(120),
+        }
+    }
+}
+
+/// The layer a Prepare's labels name, and the image's other layers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wanted {
+    pub source: LayerSource,
+    /// Verify the TOC against `source.toc_digest` (absent only when
+    /// verification is off or skipped by label and config).
+    pub verify: bool,
+    pub others: Vec<LayerSource>,
+}
+
+/// Reads the labels of a remote Prepare. `Err`: why it cannot be remote.
+pub fn wanted(
+    labels: &BTreeMap<String, String>,
+    settings: &RemoteSettings,
+) -> Result<Wanted, String> {
+    let get = |a: &str, b: &str| labels.get(a).or_else(|| labels.get(b)).cloned();
+    let reference = get(labels::CRI_REF, labels::STARGZ_REF).ok_or("no image reference label")?;
+    let digest = get(labels::CRI_DIGEST, labels::STARGZ_DIGEST).ok_or("no layer digest label")?;
+    let reference: Reference = reference
+        .parse()
+        .map_err(|e| format!("image reference: {e}"))?;
+    let digest: Digest = digest
+        .parse()
+        .map_err(|e| format!("layer digest {digest:?}: {e}"))?;
+    let (toc_digest, verify) = if settings.disable_verification {
+        (None, false)
+    } else if let Some(t) = labels.get(labels::TOC_DIGEST) {
+        let d = t
+            .parse::<Digest>()
+            .map_err(|e| format!("TOC digest {t:?}: {e}"))?;
+        (Some(d), true)
+    } else if settings.allow_no_verification
+        && labels
+            .get(labels::SKIP_VERIFY)
+            .is_some_and(|v| v != "false")
+    {
+        tracing::warn!(layer = %digest, "mounting without TOC verification (skipverify label)");
+        (None, false)
+    } else {
+        return Err("digest of TOC JSON must be passed (no toc.digest label)".into());
+    };
+    let others = get(labels::CRI_LAYERS, labels::STARGZ_LAYERS)
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|d| d.trim().parse::<Digest>().ok())
+        .filter(|d| *d != digest)
+        .map(|d| LayerSource {
+            reference: reference.clone(),
+            digest: d,
+            size: None,
+            toc_digest: None,
+        })
+        .collect();
+    Ok(Wanted {
+        source: LayerSource {
+            reference,
+            digest,
+            size: None,
+            toc_digest,
+        },
+        verify,
+        others,
+    })
+}
+
+/// The directory name of a layer in the mount: short, so overlay's
+/// lowerdir option (one page) holds many layers; a clash of two digests'
+/// prefixes is refused by the filesystem and that Prepare falls back.
+pub fn layer_name(digest: &Digest) -> String {
+    let s = digest.to_string();
+    let hex = s.split_once(':').map_or(s.as_str(), |(_, h)| h);
+    hex.chars().take(24).collect()
+}
+
+#[derive(Debug)]
+enum State {
+    Resolving,
+    Ready(Arc<RemoteLayer>),
+    Failed(String),
+}
+
+#[derive(Debug)]
+struct Slot {
+    state: State,
+    /// Shown in the mount (a snapshot claimed it).
+    mounted: bool,
+    /// Prefetch and background fetch started.
+    started: bool,
+    /// Show it in the mount once resolved (a restored layer: snapshots
+    /// already use it).
+    show_when_ready: bool,
+    since: Instant,
+}
+
+/// The remote layers of the daemon and the FUSE mount showing them.
+#[derive(Debug)]
+pub struct Remote {
+    fs: Arc<LayerFs>,
+    loader: Arc<Loader>,
+    session: Mutex<Option<Session>>,
+    fetcher: Fetcher,
+    resolver: ResolverConfig,
+    settings: RemoteSettings,
+    mountpoint: PathBuf,
+    slots: Mutex<HashMap<Digest, Slot>>,
+    changed: Condvar,
+}
+
+impl Remote {
+    pub fn new(
+        fs: Arc<LayerFs>,
+        session: Session,
+        mountpoint: PathBuf,
+        fetcher: Fetcher,
+        resolver: ResolverConfig,
+        settings: RemoteSettings,
+    ) -> Arc<Remote> {
+        Arc::new(Remote {
+            loader: fs.loader().clone(),
+            fs,
+            session: Mutex::new(Some(session)),
+            fetcher,
+            resolver,
+            settings,
+            mountpoint,
+            slots: Mutex::new(HashMap::new()),
+            changed: Condvar::new(),
+        })
+    }
+
+    pub fn settings(&self) -> &RemoteSettings {
+        &self.settings
+    }
+
+    /// Where layer `name` is seen (an overlay lowerdir).
+    pub fn layer_dir(&self, name: &str) -> PathBuf {
+        self.mountpoint.join(name)
+    }
+
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// Starts resolving `source` unless it is known already.
+    pub fn preresolve(self: &Arc<Self>, source: LayerSource) {
+        self.start_resolve(source, false);
+    }
+
+    fn start_resolve(self: &Arc<Self>, source: LayerSource, show_when_ready: bool) {
+        let mut slots = self.slots.lock().expect("slots");
+        if let Some(slot) = slots.get_mut(&source.digest) {
+            slot.show_when_ready |= show_when_ready;
+            return;
+        }
+        slots.insert(
+            source.digest,
+            Slot {
+                state: State::Resolving,
+                mounted: false,
+                started: false,
+                show_when_ready,
+                since: Instant::now(),
+            },
+        );
+        drop(slots);
+        let me = self.clone();
+        std::thread::Builder::new()
+            .name("resolve".into())
+            .spawn(move || me.run_resolve(source))
+            .expect("spawn resolver");
+    }
+
+    fn run_resolve(self: Arc<Self>, source: LayerSource) {
+        let digest = source.digest;
+        // Resolved without the TOC digest: a pre-resolve does not know it
+        // (only the layer's own Prepare carries it), so `claim` checks the
+        // TOC's digest before anything is shown; a restore knows it and
+        // checks it here.
+        let want = source.toc_digest;
+        let unverified = LayerSource {
+            toc_digest: None,
+            ..source
+        };
+        let result = resolve(
+            &self.fetcher,
+            &self.resolver,
+            &unverified,
+            layer_name(&digest),
+            self.settings.tail_bytes,
+        )
+        .map_err(|e| e.to_string())
+        .and_then(|layer| match want {
+            Some(w) if layer.layer.toc_digest != w => Err(format!(
+                "TOC digest is {}, the label says {w}",
+                layer.layer.toc_digest
+            )),
+            _ => Ok(layer),
+        });
+        let mut slots = self.slots.lock().expect("slots");
+        if let Some(slot) = slots.get_mut(&digest) {
+            slot.since = Instant::now();
+            match result {
+                Ok(layer) => {
+                    let layer = Arc::new(layer);
+                    if slot.show_when_ready {
+                        if let Err(e) = self.fs.add_layer(layer.clone()) {
+                            tracing::warn!(layer = %digest, reason = %e, "cannot show the layer");
+                            slot.state = State::Failed(e);
+                            drop(slots);
+                            self.changed.notify_all();
+                            return;
+                        }
+                        slot.mounted = true;
+                        self.invalidate_root(&layer.name);
+                    }
+                    slot.state = State::Ready(layer.clone());
+                    slot.started = true;
+                    drop(slots);
+                    // Prefetch and background fetch start at once, so the
+                    // image's later layers are warm when their turn comes.
+                    if self.settings.noprefetch {
+                        layer.finish_prefetch();
+                    } else {
+                        self.loader.prefetch(&layer);
+                    }
+                    self.loader.start_background(&layer);
+                    slots = self.slots.lock().expect("slots");
+                }
+                Err(e) => {
+                    tracing::warn!(layer = %digest, reason = %e, "resolve failed");
+                    slot.state = State::Failed(e);
+                }
+            }
+        }
+        drop(slots);
+        self.changed.notify_all();
+    }
+
+    /// Waits for `digest`'s resolve (started if needed, or again after a
+    /// failure) until `deadline`.
+    fn ready(
+        self: &Arc<Self>,
+        source: &LayerSource,
+        deadline: Instant,
+    ) -> Result<Arc<RemoteLayer>, String> {
+        let mut retried = false;
+        loop {
+            let mut slots = self.slots.lock().expect("slots");
+            match slots.get(&source.digest).map(|s| &s.state) {
+                Some(State::Ready(l)) => return Ok(l.clone()),
+                Some(State::Failed(e)) if retried => return Err(e.clone()),
+                Some(State::Failed(_)) | None => {
+                    slots.remove(&source.digest);
+                    drop(slots);
+                    retried = true;
+                    self.preresolve(source.clone());
+                    continue;
+                }
+                Some(State::Resolving) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return Err(format!(
+                            "resolving took longer than {:?}",
+                            self.settings.resolve_timeout
+                        ));
+                    }
+                    let _ = self
+                        .changed
+                        .wait_timeout(slots, deadline - now)
+                        .expect("slots");
+                }
+            }
+        }
+    }
+
+    /// The layer a remote Prepare asked for, resolved, verified and shown
+    /// in the mount; its name there. Starts resolving the image's other
+    /// layers too.
+    pub fn claim(self: &Arc<Self>, wanted: &Wanted) -> Result<Arc<RemoteLayer>, String> {
+        for other in &wanted.others {
+            self.preresolve(other.clone());
+        }
+        let deadline = Instant::now() + self.settings.resolve_timeout;
+        let layer = self.ready(&wanted.source, deadline)?;
+        if wanted.verify
+            && let Some(want) = wanted.source.toc_digest
+            && layer.layer.toc_digest != want
+        {
+            self.forget(&wanted.source.digest);
+            return Err(format!(
+                "TOC digest is {}, the label says {want}",
+                layer.layer.toc_digest
+            ));
+        }
+        self.show(&wanted.source.digest, &layer)?;
+        Ok(layer)
+    }
+
+    fn show(&self, digest: &Digest, layer: &Arc<RemoteLayer>) -> Result<(), String> {
+        let mut slots = self.slots.lock().expect("slots");
+        let Some(slot) = slots.get_mut(digest) else {
+            return Err("layer was released meanwhile".into());
+        };
+        if !slot.mounted {
+            self.fs.add_layer(layer.clone())?;
+            slot.mounted = true;
+            self.invalidate_root(&layer.name);
+        }
+        if !slot.started {
+            slot.started = true;
+            drop(slots);
+            if self.settings.noprefetch {
+                layer.finish_prefetch();
+            } else {
+                self.loader.prefetch(layer);
+            }
+            self.loader.start_background(layer);
+        }
+        Ok(())
+    }
+
+    /// Waits until every layer of `layers` is served and (unless
+    /// `noprefetch`) prefetched, within the prefetch timeout; a layer that
+    /// cannot be served is an error (the snapshot is unavailable).
+    pub fn check(self: &Arc<Self>, layers: &[LayerSource]) -> Result<(), String> {
+        let deadline = Instant::now() + self.settings.resolve_timeout;
+        let mut ready = Vec::new();
+        for source in layers {
+            let layer = self
+                .ready(source, deadline)
+                .map_err(|e| format!("layer {}: {e}", source.digest))?;
+            if let Some(want) = source.toc_digest
+                && layer.layer.toc_digest != want
+            {
+                return Err(format!("layer {}: TOC digest changed", source.digest));
+            }
+            self.show(&source.digest, &layer)
+                .map_err(|e| format!("layer {}: {e}", source.digest))?;
+            ready.push(layer);
+        }
+        if !self.settings.noprefetch {
+            let until = Instant::now() + self.settings.prefetch_timeout;
+            for layer in &ready {
+                let left = until.saturating_duration_since(Instant::now());
+                if !layer.wait_prefetch(left) {
+                    tracing::info!(layer = %layer.digest, "prefetch not done within the timeout; going on");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts restoring a layer a stored snapshot uses (after a restart).
+    pub fn restore(self: &Arc<Self>, source: LayerSource) {
+        self.start_resolve(source, true);
+    }
+
+    /// Whether a restored layer could be resolved (waits for it).
+    pub fn restored(self: &Arc<Self>, source: &LayerSource) -> Result<(), String> {
+        let deadline = Instant::now() + self.settings.resolve_timeout;
+        let mut slots = self.slots.lock().expect("slots");
+        loop {
+            match slots.get(&source.digest).map(|s| &s.state) {
+                Some(State::Ready(_)) => return Ok(()),
+                Some(State::Failed(e)) => return Err(e.clone()),
+                None => return Err("not being restored".into()),
+                Some(State::Resolving) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return Err("restore timed out".into());
+                    }
+                    slots = self
+                        .changed
+                        .wait_timeout(slots, deadline - now)
+                        .expect("slots")
+                        .0;
+                }
+            }
+        }
+    }
+
+    /// Drops a layer no snapshot uses any more.
+    pub fn release(&self, digest: &Digest) {
+        self.forget(digest);
+    }
+
+    fn forget(&self, digest: &Digest) {
+        let slot = self.slots.lock().expect("slots").remove(digest);
+        if let Some(slot) = slot {
+            if let State::Ready(layer) = &slot.state {
+                layer.mark_removed();
+                if slot.mounted {
+                    self.fs.remove_layer(&layer.name);
+                    self.invalidate_root(&layer.name);
+                }
+            }
+            tracing::info!(layer = %digest, "layer released");
+        }
+        self.changed.notify_all();
+    }
+
+    /// Drops layers resolved for an image but used by no snapshot for
+    /// longer than the TTL; `used` are the digests snapshots use.
+    pub fn prune(&self, used: &[Digest]) {
+        let stale: Vec<Digest> = self
+            .slots
+            .lock()
+            .expect("slots")
+            .iter()
+            .filter(|(d, s)| {
+                !used.contains(d)
+                    && !matches!(s.state, State::Resolving)
+                    && s.since.elapsed() >= self.settings.unused_ttl
+            })
+            .map(|(d, _)| *d)
+            .collect();
+        for d in stale {
+            self.forget(&d);
+        }
+    }
+
+    fn invalidate_root(&self, name: &str) {
+        if let Some(s) = &*self.session.lock().expect("session") {
+            let _ = s.invalidate_entry(Ino(1), std::ffi::OsStr::new(name));
+            let _ = s.invalidate_inode(Ino(1));
+        }
+    }
+
+    /// Unmounts the layer filesystem (every layer goes with it).
+    pub fn shutdown(&self) {
+        if let Some(s) = self.session.lock().expect("session").take()
+            && let Err(e) = s.unmount()
+        {
+            tracing::warn!(error = %e, "unmounting the layer filesystem");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+    const D2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+    const T: &str = "sha256:3333333333333333333333333333333333333333333333333333333333333333";
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn cri_labels_win_and_others_are_listed() {
+        let l = labels(&[
+            (labels::CRI_REF, "127.0.0.1:5000/a/b:latest"),
+            (labels::CRI_DIGEST, D1),
+            (labels::STARGZ_REF, "other.example/x:1"),
+            (labels::CRI_LAYERS, &format!("{D1},{D2}")),
+            (labels::TOC_DIGEST, T),
+        ]);
+        let w = wanted(&l, &RemoteSettings::default()).unwrap();
+        assert_eq!(w.source.reference.host, "127.0.0.1:5000");
+        assert_eq!(w.source.digest.to_string(), D1);
+        assert_eq!(w.source.toc_digest.unwrap().to_string(), T);
+        assert!(w.verify);
+        assert_eq!(w.others.len(), 1);
+        assert_eq!(w.others[0].digest.to_string(), D2);
+    }
+
+    #[test]
+    fn verification_rules() {
+        let base = [
+            (labels::STARGZ_REF, "127.0.0.1:5000/a/b:latest"),
+            (labels::STARGZ_DIGEST, D1),
+        ];
+        let s = RemoteSettings::default();
+        assert!(wanted(&labels(&base), &s).unwrap_err().contains("TOC"));
+        let mut skip = base.to_vec();
+        skip.push((labels::SKIP_VERIFY, "true"));
+        assert!(wanted(&labels(&skip), &s).is_err());
+        let allow = RemoteSettings {
+            allow_no_verification: true,
+            ..RemoteSettings::default()
+        };
+        assert!(!wanted(&labels(&skip), &allow).unwrap().verify);
+        let off = RemoteSettings {
+            disable_verification: true,
+            ..RemoteSettings::default()
+        };
+        assert!(!wanted(&labels(&base), &off).unwrap().verify);
+        assert!(wanted(&labels(&[(labels::STARGZ_DIGEST, D1)]), &s).is_err());
+        let mut bad = base.to_vec();
+        bad.push((labels::TOC_DIGEST, "sha256:zz"));
+        assert!(wanted(&labels(&bad), &s).is_err());
+    }
+
+    #[test]
+    fn layer_names_are_short_digest_prefixes() {
+        assert_eq!(layer_name(&D1.parse().unwrap()), "111111111111111111111111");
+    }
+}
