@@ -31,14 +31,23 @@ if [ ! -x "$esgz" ]; then
 fi
 [ -x "$esgz" ] && ESGZ_CHECK=$(realpath "$esgz") && export ESGZ_CHECK
 
-# Debian's docker-registry, for the fetcher's tests against a real registry.
-if ! command -v docker-registry >/dev/null; then
-  step "installing docker-registry"
+# Debian's parts the tests run for real: docker-registry (fetcher, layer
+# filesystem), containerd + runc + ctr-remote (the snapshotter end to end),
+# busybox-static (the test images), protoc (containerd's snapshots API).
+need_pkgs=()
+command -v docker-registry >/dev/null || need_pkgs+=(docker-registry)
+command -v containerd >/dev/null || need_pkgs+=(containerd)
+command -v runc >/dev/null || need_pkgs+=(runc)
+command -v ctr-remote >/dev/null || need_pkgs+=(stargz-snapshotter)
+command -v protoc >/dev/null || need_pkgs+=(protobuf-compiler)
+dpkg -s busybox-static >/dev/null 2>&1 || need_pkgs+=(busybox-static)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  step "installing ${need_pkgs[*]}"
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     apt-get update -q >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker-registry >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need_pkgs[@]}" >/dev/null
   else
-    echo "not root or no apt-get: the fetcher's registry tests will fail" >&2
+    echo "not root or no apt-get: tests needing ${need_pkgs[*]} will fail" >&2
   fi
 fi
 

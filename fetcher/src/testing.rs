@@ -22,6 +22,8 @@ pub struct Registry {
     child: Child,
     pub addr: String,
     config: std::path::PathBuf,
+    /// Where its access log goes (one line per request), when kept.
+    pub access_log: Option<std::path::PathBuf>,
     /// Config dir, and the storage dir when the registry owns it.
     _dirs: Vec<tempfile::TempDir>,
 }
@@ -110,6 +112,35 @@ impl Registry {
         Self::start_configured(storage, tls, None)
     }
 
+    /// A plain-HTTP registry that logs every request to `access_log`
+    /// (combined log format: method, path, status, bytes).
+    pub fn start_logged(access_log: &Path) -> Registry {
+        let storage = tempfile::tempdir().unwrap();
+        let mut reg = Self::start_inner(storage.path(), None, None, Some(access_log));
+        reg._dirs.push(storage);
+        reg
+    }
+
+    /// The access log's request lines so far: (method, path, status).
+    pub fn requests(&self) -> Vec<(String, String, u16)> {
+        let Some(log) = &self.access_log else {
+            return Vec::new();
+        };
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| {
+                // 127.0.0.1 - - [date] "GET /v2/... HTTP/1.1" 206 2 "" "ua"
+                let (_, rest) = l.split_once(" \"")?;
+                let (req, rest) = rest.split_once('"')?;
+                let mut parts = req.split(' ');
+                let method = parts.next()?.to_string();
+                let path = parts.next()?.to_string();
+                let status = rest.trim_start().split(' ').next()?.parse().ok()?;
+                Some((method, path, status))
+            })
+            .collect()
+    }
+
     /// Serves `storage` (filled beforehand by an open registry: pushing
     /// through auth is not what these tests are about), asking clients to
     /// authenticate as `auth` says.
@@ -117,6 +148,15 @@ impl Registry {
         storage: &Path,
         tls: Option<(&Path, &Path)>,
         auth: Option<&RegistryAuth>,
+    ) -> Registry {
+        Self::start_inner(storage, tls, auth, None)
+    }
+
+    fn start_inner(
+        storage: &Path,
+        tls: Option<(&Path, &Path)>,
+        auth: Option<&RegistryAuth>,
+        access_log: Option<&Path>,
     ) -> Registry {
         let bin = "/usr/bin/docker-registry";
         assert!(
@@ -126,8 +166,13 @@ impl Registry {
         let dir = tempfile::tempdir().unwrap();
         let addr = format!("127.0.0.1:{}", free_port());
         let config = dir.path().join("config.yml");
+        let level = if access_log.is_some() {
+            "warn"
+        } else {
+            "error"
+        };
         let mut yaml = format!(
-            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+            "version: 0.1\nlog:\n  level: {level}\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
             storage.display()
         );
         if let Some((cert, key)) = tls {
@@ -154,17 +199,13 @@ impl Registry {
             None => {}
         }
         std::fs::write(&config, yaml).unwrap();
-        let child = Command::new(bin)
-            .arg("serve")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let access_log = access_log.map(Path::to_path_buf);
+        let child = spawn_registry(&config, access_log.as_deref());
         let reg = Registry {
             child,
             addr,
             config,
+            access_log,
             _dirs: vec![dir],
         };
         reg.wait_ready(tls.is_some());
@@ -195,13 +236,7 @@ impl Registry {
     /// Starts it again on the same address and storage (plain HTTP).
     pub fn restart(&mut self) {
         self.kill();
-        self.child = Command::new("/usr/bin/docker-registry")
-            .arg("serve")
-            .arg(&self.config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        self.child = spawn_registry(&self.config, self.access_log.as_deref());
         self.wait_ready(false);
     }
 
@@ -243,6 +278,26 @@ impl Registry {
             request_timeout: None,
         }
     }
+}
+
+fn spawn_registry(config: &Path, access_log: Option<&Path>) -> Child {
+    let out = |log: Option<&Path>| match log {
+        Some(p) => Stdio::from(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .unwrap(),
+        ),
+        None => Stdio::null(),
+    };
+    Command::new("/usr/bin/docker-registry")
+        .arg("serve")
+        .arg(config)
+        .stdout(out(access_log))
+        .stderr(out(access_log))
+        .spawn()
+        .unwrap()
 }
 
 fn openssl(dir: &Path, args: &[&str]) {

@@ -562,6 +562,42 @@ fn complete_files_are_read_through_passthrough() {
     );
 }
 
+/// The kernel fixes an inode's io mode while it is open: a second
+/// passthrough open with another backing file, or a passthrough open of an
+/// inode open in cached mode, is EIO. A binary running from a file (an
+/// open file, mapped) that its own process execs again is exactly that.
+#[test]
+fn opens_of_an_inode_in_use_share_its_io_mode() {
+    use std::io::Read;
+    let reg = Registry::start();
+    let data = content(3 << 20, 5);
+    let (blob, toc) = estargz(&tar_of(&[("bin", &data)], &[]), &WriterOptions::default());
+    let digest = reg.push("iomode/img", &blob);
+    let store = tempfile::tempdir().unwrap();
+    let m = Mounted::new(store.path(), 1 << 30, no_background());
+    m.add(&reg.addr, "iomode/img", "l", &digest, Some(&toc))
+        .unwrap();
+    // Opened while not yet fetched: cached mode.
+    let mut first = std::fs::File::open(m.path("l/bin")).unwrap();
+    let mut head = vec![0u8; 4096];
+    first.read_exact(&mut head).unwrap();
+    // Fetch the rest through another open, so the file completes while
+    // the first stays open.
+    assert_eq!(std::fs::read(m.path("l/bin")).unwrap(), data);
+    assert!(m.loader.store.is_complete(&Digest::of(&data)));
+    // A new open while the cached one lasts must stay cached.
+    assert_eq!(std::fs::read(m.path("l/bin")).unwrap(), data);
+    drop(first);
+    // Now two passthrough opens at once: one backing file for both.
+    let mut a = std::fs::File::open(m.path("l/bin")).unwrap();
+    let mut b = std::fs::File::open(m.path("l/bin")).unwrap();
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    a.read_to_end(&mut x).unwrap();
+    b.read_to_end(&mut y).unwrap();
+    assert_eq!(x, data);
+    assert_eq!(y, data);
+}
+
 #[test]
 fn layers_come_and_go_while_others_are_read() {
     let reg = Registry::start();

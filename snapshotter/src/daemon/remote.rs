@@ -354,7 +354,8 @@ impl Remote {
             && let Some(want) = wanted.source.toc_digest
             && layer.layer.toc_digest != want
         {
-            self.forget(&wanted.source.digest);
+            // A layer snapshots use stays; one only pre-resolved goes.
+            self.forget_unshown(&wanted.source.digest);
             return Err(format!(
                 "TOC digest is {}, the label says {want}",
                 layer.layer.toc_digest
@@ -450,6 +451,18 @@ impl Remote {
     /// Drops a layer no snapshot uses any more.
     pub fn release(&self, digest: &Digest) {
         self.forget(digest);
+    }
+
+    fn forget_unshown(&self, digest: &Digest) {
+        let shown = self
+            .slots
+            .lock()
+            .expect("slots")
+            .get(digest)
+            .is_some_and(|s| s.mounted);
+        if !shown {
+            self.forget(digest);
+        }
     }
 
     fn forget(&self, digest: &Digest) {
