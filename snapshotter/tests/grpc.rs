@@ -418,15 +418,67 @@ async fn local_snapshots_follow_containerd_semantics() {
 
 const TARGET: &str = "containerd.io/snapshot.ref";
 
+#[test]
+fn socket_mode_and_systemd_notifications() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let notify = dir.path().join("notify");
+    let listener = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    listener
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let socket = dir.path().join("run/r.sock");
+    let daemon = |config: &str| {
+        Command::new(env!("CARGO_BIN_EXE_ringstar-snapshotter"))
+            .arg("--root")
+            .arg(dir.path().join("root"))
+            .arg("--address")
+            .arg(&socket)
+            .arg("--config")
+            .arg(dir.path().join(config))
+            .env("NOTIFY_SOCKET", &notify)
+            .spawn()
+            .unwrap()
+    };
+    // A config path given but missing is an error (only the default may
+    // be absent): it fails before serving.
+    assert!(!daemon("absent.toml").wait().unwrap().success());
+    std::fs::write(dir.path().join("c.toml"), "noprefetch = true\n").unwrap();
+    let mut child = daemon("c.toml");
+    let mut buf = [0u8; 64];
+    let n = listener.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"READY=1");
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o660, "socket mode {mode:o}");
+    Command::new("kill")
+        .arg("-INT")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    let n = listener.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"STOPPING=1");
+    assert!(child.wait().unwrap().success());
+    assert!(!socket.exists(), "the socket is removed on exit");
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(
+        !mounts.contains(dir.path().to_str().unwrap()),
+        "left mounted"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remote_prepare_answers_already_exists_or_falls_back() {
-    let registry = Registry::start();
+    let log_dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start_logged(&log_dir.path().join("access.log"));
     let tar = TarBuilder::default()
         .dir("etc/")
         .file("etc/greeting", 0o644, b"hello, lazily\n")
         .finish();
+    let other = TarBuilder::default()
+        .file("other", 0o644, b"a later layer\n")
+        .finish();
     let image = build_image(
-        &[tar],
+        &[tar, other],
         &LayerFormat::Estargz(ringstar_core::writer::WriterOptions::default()),
         &RunConfig::default(),
     )
@@ -434,6 +486,8 @@ async fn remote_prepare_answers_already_exists_or_falls_back() {
     let layer = &image.layers[0];
     let digest = registry.push("grpc/remote", &layer.blob);
     assert_eq!(digest, layer.digest.to_string());
+    let later = registry.push("grpc/remote", &image.layers[1].blob);
+    let all_layers = format!("{digest},{later}");
     let d = Daemon::start();
     let mut c = d.client().await;
     let reference = format!("{}/grpc/remote:latest", registry.addr);
@@ -442,6 +496,7 @@ async fn remote_prepare_answers_already_exists_or_falls_back() {
             (TARGET, "chain-1"),
             ("containerd.io/snapshot/remote/stargz.reference", &reference),
             ("containerd.io/snapshot/remote/stargz.digest", layer_digest),
+            ("containerd.io/snapshot/remote/stargz.layers", &all_layers),
             ("containerd.io/snapshot/stargz/toc.digest", toc),
         ])
     };
@@ -473,6 +528,20 @@ async fn remote_prepare_answers_already_exists_or_falls_back() {
         code(stat(&mut c, "default/1/extract-1 chain-1").await),
         Code::NotFound
     );
+    // The image's later layer is resolved already (its tail fetched),
+    // though nobody prepared it yet.
+    let started = Instant::now();
+    while !registry
+        .requests()
+        .iter()
+        .any(|(m, p, s)| m == "GET" && p.ends_with(&later) && *s == 206)
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "later layer not pre-resolved"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // A container on top: its lowerdir is the layer in ringstar's mount.
     let m = view(&mut c, "ctr-view", "chain-1").await;
@@ -523,4 +592,77 @@ async fn remote_prepare_answers_already_exists_or_falls_back() {
     remove(&mut c, "chain-1").await.unwrap();
     assert_eq!(std::fs::read_dir(d.root().join("fuse")).unwrap().count(), 0);
     assert!(!Path::new(&lower).exists());
+}
+
+/// SIGKILL in the middle of a stream of Prepare/Commit/Remove: after a
+/// restart every stored snapshot has its directories, and Cleanup leaves
+/// no directory that no snapshot owns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_mid_call_leaves_metadata_and_dirs_consistent() {
+    let mut d = Daemon::start();
+    let mut c = d.client().await;
+    let writer = tokio::spawn(async move {
+        let mut parent = String::new();
+        for i in 0.. {
+            let key = format!("active-{i}");
+            if prepare(&mut c, &key, &parent, HashMap::new())
+                .await
+                .is_err()
+            {
+                break;
+            }
+            let name = format!("layer-{i}");
+            if commit(&mut c, &name, &key, HashMap::new()).await.is_err() {
+                break;
+            }
+            if i % 3 == 2 && remove(&mut c, &format!("view-{i}")).await.is_err() {
+                // (never existed: a NotFound round trip)
+            }
+            parent = name;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    d.stop("KILL");
+    let _ = writer.await;
+    d.spawn();
+    let mut c = d.client().await;
+    let names = list(&mut c, &[]).await;
+    assert!(names.len() > 2, "too few calls before the kill: {names:?}");
+    let snaps = d.root().join("snapshots");
+    for name in &names {
+        let info = stat(&mut c, name).await.unwrap();
+        if info.kind == Kind::Active as i32 {
+            let m = c
+                .mounts(MountsRequest {
+                    snapshotter: String::new(),
+                    key: name.clone(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .mounts;
+            let dir = option(&m[0], "upperdir=")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(&m[0].source));
+            assert!(dir.is_dir(), "{name}: {dir:?} missing");
+        } else {
+            let v = view(&mut c, &format!("check-{name}"), name).await;
+            let dirs: Vec<PathBuf> = match option(&v[0], "lowerdir=") {
+                Some(l) => l.split(':').map(PathBuf::from).collect(),
+                None => vec![PathBuf::from(&v[0].source)],
+            };
+            assert!(dirs.iter().all(|d| d.is_dir()), "{name}: {:?}", v[0]);
+            remove(&mut c, &format!("check-{name}")).await.unwrap();
+        }
+    }
+    c.cleanup(CleanupRequest {
+        snapshotter: String::new(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        std::fs::read_dir(&snaps).unwrap().count(),
+        names.len(),
+        "a directory per snapshot, no more"
+    );
 }

@@ -52,7 +52,6 @@ fn main() -> ExitCode {
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
             eprintln!("ringstar-snapshotter: {e:#}");
             ExitCode::FAILURE
         }

@@ -341,6 +341,13 @@ store_size = 1048576
     }
 
     #[test]
+    fn the_documented_example_is_all_applied() {
+        let loaded = Config::parse(include_str!("../../../docs/examples/config.toml")).unwrap();
+        assert_eq!(loaded.not_applied, Vec::<String>::new());
+        assert_eq!(loaded.config.ringstar.store_size, Some(10 << 30));
+    }
+
+    #[test]
     fn defaults_and_errors() {
         let c = Config::parse("").unwrap().config;
         assert_eq!(c.prefetch_timeout(), Duration::from_secs(10));

@@ -151,7 +151,14 @@ impl Metadata {
     }
 
     /// Adds an active or view snapshot; its parent must be committed.
-    pub fn create(&self, new: NewSnapshot<'_>) -> Result<Record, SnapError> {
+    /// `before_commit` runs inside the transaction with the new record
+    /// (the caller puts its directory in place): if it fails, nothing is
+    /// stored.
+    pub fn create(
+        &self,
+        new: NewSnapshot<'_>,
+        before_commit: impl FnOnce(&Record) -> Result<(), SnapError>,
+    ) -> Result<Record, SnapError> {
         if new.key.is_empty() {
             return Err(SnapError::InvalidArgument("empty snapshot key".into()));
         }
@@ -204,6 +211,7 @@ impl Metadata {
                 .map_err(db_err)?;
             record
         };
+        before_commit(&record)?;
         txn.commit().map_err(db_err)?;
         Ok(record)
     }
@@ -347,24 +355,24 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.redb");
         let m = Metadata::open(&path).unwrap();
-        let a = m.create(new("a", "")).unwrap();
+        let a = m.create(new("a", ""), |_| Ok(())).unwrap();
         assert!(matches!(
-            m.create(new("a", "")),
+            m.create(new("a", ""), |_| Ok(())),
             Err(SnapError::AlreadyExists(_))
         ));
         assert!(matches!(
-            m.create(new("b", "nope")),
+            m.create(new("b", "nope"), |_| Ok(())),
             Err(SnapError::NotFound(_))
         ));
         assert!(matches!(
-            m.create(new("b", "a")),
+            m.create(new("b", "a"), |_| Ok(())),
             Err(SnapError::InvalidArgument(_))
         ));
         let c = m.commit(commit("base", "a")).unwrap();
         assert_eq!(c.id, a.id);
         assert_eq!(c.kind, Kind::Committed);
         assert!(m.get("a").unwrap().is_none());
-        let b = m.create(new("b", "base")).unwrap();
+        let b = m.create(new("b", "base"), |_| Ok(())).unwrap();
         assert!(b.id > a.id);
         assert!(matches!(
             m.commit(commit("base", "b")),
@@ -390,7 +398,13 @@ mod tests {
         m.remove("b").unwrap();
         m.remove("base").unwrap();
         assert!(m.all().unwrap().is_empty());
+        // A failure before commit stores nothing.
+        assert!(
+            m.create(new("z", ""), |_| Err(SnapError::Internal("no".into())))
+                .is_err()
+        );
+        assert!(m.get("z").unwrap().is_none());
         // Ids are never reused.
-        assert!(m.create(new("c", "")).unwrap().id > b.id);
+        assert!(m.create(new("c", ""), |_| Ok(())).unwrap().id > b.id);
     }
 }

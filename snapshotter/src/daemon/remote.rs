@@ -395,17 +395,7 @@ impl Remote {
         let deadline = Instant::now() + self.settings.resolve_timeout;
         let mut ready = Vec::new();
         for source in layers {
-            let layer = self
-                .ready(source, deadline)
-                .map_err(|e| format!("layer {}: {e}", source.digest))?;
-            if let Some(want) = source.toc_digest
-                && layer.layer.toc_digest != want
-            {
-                return Err(format!("layer {}: TOC digest changed", source.digest));
-            }
-            self.show(&source.digest, &layer)
-                .map_err(|e| format!("layer {}: {e}", source.digest))?;
-            ready.push(layer);
+            ready.push(self.serve(source, deadline)?);
         }
         if !self.settings.noprefetch {
             let until = Instant::now() + self.settings.prefetch_timeout;
@@ -417,6 +407,33 @@ impl Remote {
             }
         }
         Ok(())
+    }
+
+    /// Waits (bounded) until one layer is served, without waiting for
+    /// its prefetch.
+    pub fn check_one(self: &Arc<Self>, source: &LayerSource) -> Result<(), String> {
+        let deadline = Instant::now() + self.settings.resolve_timeout;
+        self.serve(source, deadline).map(|_| ())
+    }
+
+    /// A stored snapshot's layer, resolved (again if need be), checked
+    /// against its TOC digest and shown.
+    fn serve(
+        self: &Arc<Self>,
+        source: &LayerSource,
+        deadline: Instant,
+    ) -> Result<Arc<RemoteLayer>, String> {
+        let layer = self
+            .ready(source, deadline)
+            .map_err(|e| format!("layer {}: {e}", source.digest))?;
+        if let Some(want) = source.toc_digest
+            && layer.layer.toc_digest != want
+        {
+            return Err(format!("layer {}: TOC digest changed", source.digest));
+        }
+        self.show(&source.digest, &layer)
+            .map_err(|e| format!("layer {}: {e}", source.digest))?;
+        Ok(layer)
     }
 
     /// Starts restoring a layer a stored snapshot uses (after a restart).

@@ -180,19 +180,45 @@ impl Snapshots {
         labels: BTreeMap<String, String>,
         kind: Kind,
     ) -> Result<Vec<MountSpec>, SnapError> {
-        let rec = self.meta.create(NewSnapshot {
-            key,
-            parent,
-            kind,
-            labels: labels.clone(),
-        })?;
-        if let Err(e) = self.make_dirs(&rec) {
-            let _ = self.meta.remove(key);
-            let _ = std::fs::remove_dir_all(self.dir(rec.id));
+        // The directories are made under a temporary name and renamed to
+        // the id inside the transaction: a crash leaves either no record
+        // and a stray directory (Cleanup removes it) or both.
+        let staging = self.root.join("snapshots").join(format!(
+            "new-{}-{}",
+            std::process::id(),
+            NEXT_STAGING.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let owner = self.parent_owner(parent);
+        if let Err(e) = make_dirs(&staging, kind, owner) {
+            let _ = std::fs::remove_dir_all(&staging);
             return Err(SnapError::Internal(format!(
                 "creating the directories of {key:?}: {e}"
             )));
         }
+        let created = self.meta.create(
+            NewSnapshot {
+                key,
+                parent,
+                kind,
+                labels: labels.clone(),
+            },
+            |rec| {
+                let dir = self.dir(rec.id);
+                // An id not committed before (a crash) may have left its
+                // directory: it is nobody's.
+                let _ = std::fs::remove_dir_all(&dir);
+                std::fs::rename(&staging, &dir).map_err(|e| {
+                    SnapError::Internal(format!("placing the directories of {key:?}: {e}"))
+                })
+            },
+        );
+        let rec = match created {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&staging);
+                return Err(e);
+            }
+        };
         if kind == Kind::Active
             && let Some(target) = labels.get(labels::TARGET)
             && let Some(done) = self.try_remote(key, target, &labels)?
@@ -202,26 +228,22 @@ impl Snapshots {
         self.mounts_of(key, &rec)
     }
 
-    fn make_dirs(&self, rec: &Record) -> std::io::Result<()> {
-        let dir = self.dir(rec.id);
-        std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
-        std::fs::DirBuilder::new()
-            .mode(0o755)
-            .create(dir.join("fs"))?;
-        if rec.kind == Kind::Active {
-            std::fs::DirBuilder::new()
-                .mode(0o711)
-                .create(dir.join("work"))?;
+    /// The owner of `parent`'s root: a new layer's root is owned alike,
+    /// as the overlayfs snapshotter does (a container's root may not be
+    /// 0:0).
+    fn parent_owner(&self, parent: &str) -> Option<(u32, u32)> {
+        if parent.is_empty() {
+            return None;
         }
-        // The new layer's root is owned like its parent's, as the
-        // overlayfs snapshotter does (a container's root may not be 0:0).
-        if !rec.parent.is_empty()
-            && let Ok(p) = self.meta.stat(&rec.parent)
+        let p = self.meta.get(parent).ok()??;
+        if p.remote.is_some()
+            && let Ok(source) = self.source_of(&p)
         {
-            let md = std::fs::metadata(self.fs_path(&p))?;
-            std::os::unix::fs::chown(dir.join("fs"), Some(md.uid()), Some(md.gid()))?;
+            // A restored layer may still be resolving.
+            let _ = self.remote.check_one(&source);
         }
-        Ok(())
+        let md = std::fs::metadata(self.fs_path(&p)).ok()?;
+        Some((md.uid(), md.gid()))
     }
 
     /// Tries to serve the layer the labels name remotely. `Some(error)`:
@@ -484,6 +506,24 @@ impl Snapshots {
         self.remote.prune(&used);
         Ok(())
     }
+}
+
+static NEXT_STAGING: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn make_dirs(dir: &Path, kind: Kind, owner: Option<(u32, u32)>) -> std::io::Result<()> {
+    std::fs::DirBuilder::new().mode(0o700).create(dir)?;
+    std::fs::DirBuilder::new()
+        .mode(0o755)
+        .create(dir.join("fs"))?;
+    if kind == Kind::Active {
+        std::fs::DirBuilder::new()
+            .mode(0o711)
+            .create(dir.join("work"))?;
+    }
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(dir.join("fs"), Some(uid), Some(gid))?;
+    }
+    Ok(())
 }
 
 /// Bytes (allocated blocks) and inodes under `dir`, each inode once, not

@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# The main job, end to end on this machine: a container started from an
+# image that is not on the node, its layers lazily pulled through ringstar.
+#
+#   sudo ./demo.sh            install what is missing, build, run, clean up
+#   KEEP=1 sudo ./demo.sh     leave the demo's dir (logs, registry) behind
+#
+# It installs Debian's docker-registry, containerd, runc, ctr-remote
+# (package stargz-snapshotter), busybox-static and protoc when missing;
+# builds ringstar; starts a registry, containerd and ringstar-snapshotter
+# of its own (nothing of the host's containerd is touched); pushes a
+# two-layer busybox image written as eStargz by ringstar's writer; pulls it
+# lazily with `ctr-remote image rpull`, creates and runs a container, prints
+# the pull/create/run times and how much of the image was fetched; then
+# stops everything it started.
+set -euo pipefail
+cd "$(dirname "$0")"
+[ "$(id -u)" = 0 ] || { echo "demo.sh: run as root (FUSE mounts, containerd)" >&2; exit 1; }
+
+say() { printf '\n== %s\n' "$*"; }
+now() { date +%s.%N; }
+secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f s", b - a }'; }
+
+pkgs=()
+command -v docker-registry >/dev/null || pkgs+=(docker-registry)
+command -v containerd >/dev/null || pkgs+=(containerd)
+command -v runc >/dev/null || pkgs+=(runc)
+command -v ctr-remote >/dev/null || pkgs+=(stargz-snapshotter)
+command -v protoc >/dev/null || pkgs+=(protobuf-compiler)
+dpkg -s busybox-static >/dev/null 2>&1 || pkgs+=(busybox-static)
+if [ ${#pkgs[@]} -gt 0 ]; then
+  say "installing ${pkgs[*]}"
+  apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${pkgs[@]}" >/dev/null
+fi
+
+say "building ringstar (release)"
+cargo build --release --locked -q --bin ringstar --bin ringstar-snapshotter
+bin=$(pwd)/target/release
+
+dir=$(mktemp -d /tmp/ringstar-demo.XXXXXX)
+port=5055
+while (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do port=$((port + 1)); done
+registry=127.0.0.1:$port
+image=$registry/demo/busybox:esgz
+ns=ringstar-demo
+pids=()
+
+cleanup() {
+  set +e
+  if [ -S "$dir/containerd.sock" ]; then
+    ctr -a "$dir/containerd.sock" -n $ns task kill -s SIGKILL demo >/dev/null 2>&1
+    ctr -a "$dir/containerd.sock" -n $ns task rm -f demo >/dev/null 2>&1
+    ctr -a "$dir/containerd.sock" -n $ns container rm demo >/dev/null 2>&1
+    ctr -a "$dir/containerd.sock" -n $ns image rm --sync "$image" >/dev/null 2>&1
+  fi
+  # ringstar first (SIGINT: unmount and clean up), then containerd, then
+  # the registry.
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+    sig=TERM
+    [ "${pids[$i]}" = "${ringstar_pid:-}" ] && sig=INT
+    kill -$sig "${pids[$i]}" 2>/dev/null
+    for _ in $(seq 50); do kill -0 "${pids[$i]}" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "${pids[$i]}" 2>/dev/null && wait "${pids[$i]}" 2>/dev/null
+  done
+  grep " $dir" /proc/self/mounts | awk '{print $2}' | sort -r | xargs -r -n1 umount -l
+  if [ "${KEEP:-0}" = 1 ]; then echo "left in $dir"; else rm -rf "$dir"; fi
+}
+trap cleanup EXIT
+
+say "starting a registry ($registry), containerd and ringstar-snapshotter in $dir"
+cat >"$dir/registry.yml" <<EOF
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: $dir/registry
+http:
+  addr: $registry
+EOF
+docker-registry serve "$dir/registry.yml" >"$dir/registry.log" 2>&1 &
+pids+=($!)
+cat >"$dir/containerd.toml" <<EOF
+version = 2
+root = "$dir/containerd/root"
+state = "$dir/containerd/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper"]
+[grpc]
+  address = "$dir/containerd.sock"
+[proxy_plugins.ringstar]
+  type = "snapshot"
+  address = "$dir/ringstar.sock"
+EOF
+containerd --config "$dir/containerd.toml" >"$dir/containerd.log" 2>&1 &
+pids+=($!)
+: >"$dir/ringstar.toml"
+"$bin/ringstar-snapshotter" --root "$dir/ringstar" --address "$dir/ringstar.sock" \
+  --config "$dir/ringstar.toml" >"$dir/ringstar.log" 2>&1 &
+ringstar_pid=$!
+pids+=($!)
+for _ in $(seq 100); do
+  [ -S "$dir/containerd.sock" ] && [ -S "$dir/ringstar.sock" ] && (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+  sleep 0.1
+done
+ctrx() { ctr -a "$dir/containerd.sock" -n $ns "$@"; }
+
+say "writing a two-layer busybox image as eStargz and pushing it to $image"
+mkdir -p "$dir/l1/bin" "$dir/l1/etc" "$dir/l2/etc"
+cp "$(command -v busybox)" "$dir/l1/bin/busybox"
+for a in sh cat echo ls; do ln -s busybox "$dir/l1/bin/$a"; done
+echo "you will not see this: the top layer deletes it" >"$dir/l1/etc/removed.txt"
+echo "hello from a lazily pulled container" >"$dir/l2/etc/hello.txt"
+: >"$dir/l2/etc/.wh.removed.txt"
+tar --numeric-owner --owner=0 --group=0 -C "$dir/l1" -cf "$dir/l1.tar" .
+tar --numeric-owner --owner=0 --group=0 -C "$dir/l2" -cf "$dir/l2.tar" .
+"$bin/ringstar" push "$image" "$dir/l1.tar" "$dir/l2.tar" \
+  --cmd sh --cmd -c --cmd 'cat /etc/hello.txt; ls /etc/removed.txt 2>/dev/null || echo "whiteout applied"; cat /.stargz-snapshotter/*.json' \
+  >"$dir/pushed.json"
+blob_bytes=$(grep -o '"size":[0-9]*' "$dir/pushed.json" | awk -F: '{s += $2} END {print s}')
+echo "pushed: $blob_bytes bytes of layers"
+
+say "lazy pull, create, run"
+t0=$(now)
+ctr-remote -a "$dir/containerd.sock" -n $ns image rpull --plain-http --snapshotter ringstar "$image" >"$dir/pull.log"
+t1=$(now)
+ctrx container create --snapshotter ringstar --net-host "$image" demo >/dev/null
+t2=$(now)
+ctrx task start demo | tee "$dir/run.out"
+t3=$(now)
+
+say "result"
+echo "pull   $(secs "$t0" "$t1")"
+echo "create $(secs "$t1" "$t2")"
+echo "run    $(secs "$t2" "$t3")"
+echo "total  $(secs "$t0" "$t3")"
+grep -q "hello from a lazily pulled container" "$dir/run.out" || { echo "demo.sh: the container did not print its greeting" >&2; exit 1; }
+fuse_layers=$(ls "$dir/ringstar/fuse" | wc -l)
+echo "layers served by ringstar's FUSE mount: $fuse_layers (of 2)"
+[ "$fuse_layers" = 2 ] || { echo "demo.sh: the layers were not mounted lazily" >&2; exit 1; }
+echo "ringstar log: $(grep -c 'remote snapshot prepared' "$dir/ringstar.log") remote snapshots prepared"
