@@ -33,7 +33,8 @@ fi
 
 # Debian's parts the tests run for real: docker-registry (fetcher, layer
 # filesystem), containerd + runc + ctr-remote (the snapshotter end to end),
-# busybox-static (the test images), protoc (containerd's snapshots API).
+# busybox-static (the test images), protoc (containerd's snapshots API),
+# valgrind (the performance gate counts instructions with callgrind).
 need_pkgs=()
 command -v docker-registry >/dev/null || need_pkgs+=(docker-registry)
 command -v containerd >/dev/null || need_pkgs+=(containerd)
@@ -41,6 +42,7 @@ command -v runc >/dev/null || need_pkgs+=(runc)
 command -v ctr-remote >/dev/null || need_pkgs+=(stargz-snapshotter)
 command -v protoc >/dev/null || need_pkgs+=(protobuf-compiler)
 dpkg -s busybox-static >/dev/null 2>&1 || need_pkgs+=(busybox-static)
+command -v valgrind >/dev/null || need_pkgs+=(valgrind)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   step "installing ${need_pkgs[*]}"
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
@@ -75,4 +77,12 @@ set -e
 # run that may well hold no test).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "\nsummary: %d passed, %d failed\n", p, f }' "$log"
-exit "$status"
+[ "$status" = 0 ] || exit "$status"
+
+# The performance gate: instruction counts of the hot paths against
+# bench/baseline.json (docs/benchmarks.md); PERF_GATE=0 skips it.
+if [ "${PERF_GATE:-1}" != 0 ]; then
+  step "performance gate (callgrind instruction counts vs bench/baseline.json)"
+  cargo build --release --locked -q -p ringstar-bench --bin perf-gate
+  target/release/perf-gate
+fi

@@ -12,6 +12,7 @@
 
 pub mod abi;
 pub mod fs;
+pub mod offline;
 pub mod passthrough;
 mod reply;
 pub mod request;

@@ -13,69 +13,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use peak_alloc::PeakAlloc;
-use ringstar_bench::{Rng, median_time, report, testdata, texty_bytes, toc_json_of};
+use ringstar_bench::{Rng, generated_toc, median_time, report, testdata, texty_bytes, toc_json_of};
 use ringstar_core::tar::{self, Entry, EntryType};
-use ringstar_core::toc::{self, Limits, TocDocument, TocEntry};
+use ringstar_core::toc::{self, Limits};
 use ringstar_core::writer::{self, WriterOptions};
-use ringstar_core::{Digest, Layer, OpenOptions};
+use ringstar_core::{Layer, OpenOptions};
 
 #[global_allocator]
 static HEAP: PeakAlloc = PeakAlloc;
-
-/// A TOC shaped like a real image's: directories of small files, a few
-/// symlinks, each file with its digest and chunk digest.
-fn generated_toc(entries: usize) -> Vec<u8> {
-    let mut rng = Rng::new(7);
-    let mut out = Vec::with_capacity(entries);
-    let mut offset = 100i64;
-    let mut dir = 0;
-    while out.len() < entries {
-        let dir_name = format!("./usr/lib/python3/dist-packages/pkg{dir:04}/");
-        out.push(TocEntry {
-            name: dir_name.clone().into(),
-            kind: "dir".into(),
-            mode: 0o755,
-            mod_time: Some("2024-01-02T03:04:05Z".into()),
-            ..TocEntry::default()
-        });
-        for f in 0..99 {
-            if out.len() >= entries {
-                break;
-            }
-            let name = format!("{dir_name}module_{f:03}_{}.py", rng.below(1000));
-            if f % 20 == 19 {
-                out.push(TocEntry {
-                    name: name.into(),
-                    kind: "symlink".into(),
-                    link_name: Some("module_000.py".into()),
-                    mode: 0o777,
-                    ..TocEntry::default()
-                });
-                continue;
-            }
-            let size = 200 + rng.below(20_000) as i64;
-            let digest = Digest::of(name.as_bytes()).to_string();
-            out.push(TocEntry {
-                name: name.into(),
-                kind: "reg".into(),
-                size,
-                mod_time: Some("2024-01-02T03:04:05Z".into()),
-                mode: 0o644,
-                offset,
-                digest: Some(digest.clone().into()),
-                chunk_digest: Some(digest.into()),
-                ..TocEntry::default()
-            });
-            offset += size / 3 + 100;
-        }
-        dir += 1;
-    }
-    TocDocument {
-        version: 1,
-        entries: out,
-    }
-    .to_json()
-}
 
 fn bench(label: &str, json: &[u8], runs: usize) {
     let data_end = u64::MAX / 2;
