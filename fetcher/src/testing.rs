@@ -152,6 +152,17 @@ impl Registry {
         Self::start_inner(storage, tls, auth, None)
     }
 
+    /// Serves `storage` (kept by the caller), logging every request to
+    /// `access_log` when given.
+    pub fn start_full(
+        storage: &Path,
+        tls: Option<(&Path, &Path)>,
+        auth: Option<&RegistryAuth>,
+        access_log: Option<&Path>,
+    ) -> Registry {
+        Self::start_inner(storage, tls, auth, access_log)
+    }
+
     fn start_inner(
         storage: &Path,
         tls: Option<(&Path, &Path)>,
@@ -431,6 +442,17 @@ pub struct DelayProxy {
 
 impl DelayProxy {
     pub fn start(upstream: String, rtt: Duration, bits_per_sec: u64) -> DelayProxy {
+        Self::start_wan(upstream, rtt, bits_per_sec, false)
+    }
+
+    /// With `handshake`, a new connection also costs one round trip
+    /// before its first byte moves (TCP's handshake; TLS would add more).
+    pub fn start_wan(
+        upstream: String,
+        rtt: Duration,
+        bits_per_sec: u64,
+        handshake: bool,
+    ) -> DelayProxy {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = l.local_addr().expect("addr").to_string();
         let connections = Arc::new(AtomicUsize::new(0));
@@ -447,18 +469,24 @@ impl DelayProxy {
             for conn in l.incoming() {
                 let Ok(client) = conn else { break };
                 c.fetch_add(1, Ordering::SeqCst);
-                let Ok(server) = TcpStream::connect(&upstream) else {
-                    continue;
-                };
-                let _ = client.set_nodelay(true);
-                let _ = server.set_nodelay(true);
-                let (c2, s2) = (
-                    client.try_clone().expect("clone"),
-                    server.try_clone().expect("clone"),
-                );
                 let (up, down) = (up.clone(), down.clone());
-                std::thread::spawn(move || pump(client, s2, up));
-                std::thread::spawn(move || pump(server, c2, down));
+                let upstream = upstream.clone();
+                std::thread::spawn(move || {
+                    if handshake {
+                        std::thread::sleep(rtt);
+                    }
+                    let Ok(server) = TcpStream::connect(&upstream) else {
+                        return;
+                    };
+                    let _ = client.set_nodelay(true);
+                    let _ = server.set_nodelay(true);
+                    let (c2, s2) = (
+                        client.try_clone().expect("clone"),
+                        server.try_clone().expect("clone"),
+                    );
+                    std::thread::spawn(move || pump(client, s2, up));
+                    pump(server, c2, down);
+                });
             }
         });
         DelayProxy { addr, connections }

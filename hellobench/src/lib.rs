@@ -1,1 +1,9 @@
-//! The HelloBench startup harness (issue #7: not built yet).
+//! The HelloBench startup harness: realistic images built offline from
+//! Debian packages ([`rootfs`], [`images`]), a world of registry, WAN
+//! proxy, containerd and snapshotters reset for every sample ([`world`]),
+//! and the report ([`report`]). The `hellobench` binary drives them.
+
+pub mod images;
+pub mod report;
+pub mod rootfs;
+pub mod world;

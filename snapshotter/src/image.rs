@@ -120,6 +120,11 @@ pub fn build_image(
         .enumerate()
         .map(|(i, t)| build_layer(i, t, format))
         .collect::<Result<Vec<_>, _>>()?;
+    Ok(assemble(layers, run))
+}
+
+/// An image of built layers (base first): its config and manifest.
+pub fn assemble(layers: Vec<BuiltLayer>, run: &RunConfig) -> Image {
     let env = if run.env.is_empty() {
         vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()]
     } else {
@@ -161,11 +166,11 @@ pub fn build_image(
             d
         }).collect::<Vec<_>>(),
     });
-    Ok(Image {
+    Image {
         layers,
         config,
         manifest: serde_json::to_vec(&manifest).expect("json"),
-    })
+    }
 }
 
 /// Pushes `image` as `repo:tag` to a plain-HTTP registry at `addr`

@@ -1,0 +1,313 @@
+//! `hellobench`: how long a container takes to start from an image that
+//! is not on the node, for overlayfs (a normal pull), ringstar and a peer
+//! lazy snapshotter, back to back in one run (see docs/hellobench.md).
+//!
+//! ```text
+//! hellobench [--quick] [--images minbase,python3,gcc,node]
+//!            [--variants org,esgz-noopt,esgz] [--networks lo,wan]
+//!            [--reps 3] [--peer /path/to/containerd-stargz-grpc]
+//!            [--out DIR] [--cache DIR] [--seed N]
+//! ```
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context as _, bail};
+use clap::Parser;
+use ringstar_hellobench::images::{self, VARIANTS};
+use ringstar_hellobench::report::{self, Sample};
+use ringstar_hellobench::world::{Net, Snap, World, which};
+
+#[derive(Parser)]
+#[command(
+    name = "hellobench",
+    about = "Container startup benchmark: ringstar vs a peer vs overlayfs"
+)]
+struct Args {
+    /// CI mode: one tiny image (busybox), loopback only, one repetition.
+    #[arg(long)]
+    quick: bool,
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "minbase,python3,gcc,node"
+    )]
+    images: Vec<String>,
+    #[arg(long, value_delimiter = ',', default_value = "org,esgz-noopt,esgz")]
+    variants: Vec<String>,
+    /// lo (loopback) and wan (40 ms RTT, 200 Mbit/s, one RTT per new
+    /// connection, through hellobench's delay proxy).
+    #[arg(long, value_delimiter = ',', default_value = "lo,wan")]
+    networks: Vec<String>,
+    #[arg(long, default_value_t = 3)]
+    reps: u32,
+    /// A peer lazy snapshotter with the reference daemon's command line
+    /// (--address --root --config --log-level; TOML with noprefetch).
+    #[arg(long)]
+    peer: Option<PathBuf>,
+    /// ringstar's daemon (default: ringstar-snapshotter beside hellobench).
+    #[arg(long)]
+    ringstar: Option<PathBuf>,
+    /// Where samples, the summary and the chart go.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Built root filesystems, registry storage and pushed images (kept
+    /// between runs).
+    #[arg(long, default_value = "/var/cache/ringstar-hellobench")]
+    cache: PathBuf,
+    /// Seed of the run order (default: the clock).
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hellobench: FAILED: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn now_s() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    secs.to_string()
+}
+
+fn run(mut args: Args) -> anyhow::Result<()> {
+    if args.quick {
+        args.images = vec!["busybox".into()];
+        args.networks = vec!["lo".into()];
+        args.reps = 1;
+    }
+    for v in &args.variants {
+        if !VARIANTS.contains(&v.as_str()) {
+            bail!("no variant {v:?} (org, esgz-noopt, esgz)");
+        }
+    }
+    let nets = args
+        .networks
+        .iter()
+        .map(|n| Net::parse(n))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let specs = args
+        .images
+        .iter()
+        .map(|i| images::spec(i))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if args.images.iter().any(|i| i != "busybox") {
+        for bin in ["debootstrap", "strace"] {
+            if !which(bin) {
+                bail!("{bin} is needed to build the images (apt-get install debootstrap strace)");
+            }
+        }
+    }
+    let ringstar = match args.ringstar.clone() {
+        Some(p) => p,
+        None => std::env::current_exe()?
+            .parent()
+            .context("no exe dir")?
+            .join("ringstar-snapshotter"),
+    };
+    anyhow::ensure!(
+        ringstar.exists(),
+        "{} missing (cargo build --release --bin ringstar-snapshotter)",
+        ringstar.display()
+    );
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("hellobench-results/{}", now_s())));
+    std::fs::create_dir_all(&out)?;
+    std::fs::create_dir_all(&args.cache)?;
+    let work = out.join("work");
+    let mut world = World::new(&work, &args.cache, ringstar, args.peer.clone())?;
+
+    // Images, built and pushed once (cached).
+    let mut pushed = Vec::new();
+    for spec in &specs {
+        let p = images::prepare(&args.cache, &world.registry.addr, spec, &args.variants)?;
+        pushed.push(p);
+    }
+
+    // The runs of one repetition: overlayfs on org, each lazy snapshotter
+    // on each eStargz variant, in random order.
+    let mut kinds: Vec<(Snap, String)> = Vec::new();
+    for v in &args.variants {
+        if v == "org" {
+            kinds.push((Snap::Legacy, v.clone()));
+        } else {
+            kinds.push((Snap::Ringstar, v.clone()));
+            if world.has_peer() {
+                kinds.push((Snap::Peer, v.clone()));
+            }
+        }
+    }
+    let mut rng = args.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+    }) | 1;
+    let mut shuffle = |v: &mut Vec<(Snap, String)>| {
+        for i in (1..v.len()).rev() {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            v.swap(i, (rng % (i as u64 + 1)) as usize);
+        }
+    };
+    let total_runs = nets.len() * specs.len() * args.reps as usize * kinds.len();
+    let mut samples = Vec::new();
+    let started = Instant::now();
+    for &net in &nets {
+        world.set_net(net);
+        for (spec, p) in specs.iter().zip(&pushed) {
+            for rep in 1..=args.reps {
+                let mut order = kinds.clone();
+                shuffle(&mut order);
+                for (snap, variant) in order {
+                    let s = sample(&mut world, net, spec, p, snap, &variant, rep)?;
+                    eprintln!(
+                        "[{}/{total_runs} {:>4.0}s] {:<16} {:<8} {:<10} {:<10} pull {:>6.2}  create {:>6.2}  run {:>6.2}  total {:>6.2}  ({} reqs, {:.1} MB)",
+                        samples.len() + 1,
+                        started.elapsed().as_secs_f64(),
+                        s.net,
+                        s.image,
+                        s.snapshotter,
+                        s.variant,
+                        s.pull_s,
+                        s.create_s,
+                        s.run_s,
+                        s.total_s,
+                        s.registry_requests,
+                        s.registry_mbytes
+                    );
+                    samples.push(s);
+                    report::write_samples(&out, &samples)?;
+                }
+            }
+        }
+    }
+    world.stop();
+    let summary = report::summary(&samples);
+    std::fs::write(out.join("summary.md"), &summary)?;
+    std::fs::write(out.join("chart.svg"), report::svg(&samples))?;
+    println!("{summary}");
+    println!(
+        "samples: {0}/samples.csv, {0}/samples.json; chart: {0}/chart.svg",
+        out.display()
+    );
+    Ok(())
+}
+
+fn sample(
+    world: &mut World,
+    net: Net,
+    spec: &images::Spec,
+    pushed: &images::Pushed,
+    snap: Snap,
+    variant: &str,
+    rep: u32,
+) -> anyhow::Result<Sample> {
+    let what = format!("{} {} {variant} ({})", spec.name, snap.label(), net.label());
+    // Upstream hello-bench: no prefetch for esgz-noopt, prefetch for esgz.
+    world.reset(snap, variant == "esgz-noopt")?;
+    let reference = format!("{}/bench/{}:{variant}", world.host(), spec.name);
+    let log_start = std::fs::metadata(world_log(world)).map_or(0, |m| m.len());
+    let id = format!("hb-{}-{rep}", spec.name);
+    let t0 = Instant::now();
+    match snap {
+        Snap::Legacy => world.ctr(&["image", "pull", "--plain-http", &reference]),
+        s => world.ctr_remote(&[
+            "image",
+            "rpull",
+            "--plain-http",
+            "--snapshotter",
+            if s == Snap::Ringstar {
+                "ringstar"
+            } else {
+                "stargz"
+            },
+            &reference,
+        ]),
+    }
+    .with_context(|| format!("{what}: pull"))?;
+    let pull = t0.elapsed().as_secs_f64();
+    let t1 = Instant::now();
+    let mut create = vec!["container", "create", "--net-host"];
+    let sn;
+    if snap != Snap::Legacy {
+        sn = format!(
+            "--snapshotter={}",
+            if snap == Snap::Ringstar {
+                "ringstar"
+            } else {
+                "stargz"
+            }
+        );
+        create.push(&sn);
+    }
+    create.extend([reference.as_str(), id.as_str()]);
+    world
+        .ctr(&create)
+        .with_context(|| format!("{what}: create"))?;
+    let create_s = t1.elapsed().as_secs_f64();
+    let t2 = Instant::now();
+    let output = world
+        .ctr(&["task", "start", &id])
+        .with_context(|| format!("{what}: run"))?;
+    let run_s = t2.elapsed().as_secs_f64();
+    if !output.contains(spec.expect) {
+        bail!(
+            "{what}: the workload printed {output:?}, not {:?}",
+            spec.expect
+        );
+    }
+    let (log, _) = world.registry_log(log_start);
+    let digests = pushed.digests.get(variant).cloned().unwrap_or_default();
+    let lazy = world.lazy_layers(snap);
+    if snap != Snap::Legacy {
+        // Lazy means: every layer served by the snapshotter, and no layer
+        // blob sent whole.
+        let whole: Vec<_> = log
+            .iter()
+            .filter(|(m, p, s, _)| {
+                m == "GET" && *s == 200 && digests.iter().any(|d| p.ends_with(d))
+            })
+            .collect();
+        if lazy < pushed.layers || !whole.is_empty() {
+            bail!(
+                "{what}: NOT LAZY: {lazy} of {} layers served by the snapshotter, {} layer blobs downloaded whole (a fallback to a normal pull?)",
+                pushed.layers,
+                whole.len()
+            );
+        }
+    }
+    let _ = world.ctr(&["task", "rm", "-f", &id]);
+    let _ = world.ctr(&["container", "rm", &id]);
+    Ok(Sample {
+        date: now_s(),
+        net: net.label().into(),
+        image: spec.name.into(),
+        variant: variant.into(),
+        snapshotter: snap.label().into(),
+        rep,
+        pull_s: pull,
+        create_s,
+        run_s,
+        total_s: pull + create_s + run_s,
+        registry_requests: log.len(),
+        registry_mbytes: log.iter().map(|r| r.3).sum::<u64>() as f64 / 1e6,
+        lazy_layers: lazy,
+        layers: pushed.layers,
+        image_mbytes: pushed.sizes.get(variant).copied().unwrap_or(0) as f64 / 1e6,
+    })
+}
+
+fn world_log(world: &World) -> PathBuf {
+    world.registry.access_log.clone().unwrap_or_default()
+}

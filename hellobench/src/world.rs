@@ -1,0 +1,375 @@
+//! The benchmark's world: Debian's docker-registry (storage kept in the
+//! cache, so pushed images survive between runs), an optional WAN delay
+//! proxy in front of it, and for each sample a fresh containerd and
+//! snapshotter with wiped state and dropped page caches.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use ringstar_fetcher::testing::{DelayProxy, Registry};
+
+use crate::rootfs::umount_below;
+
+/// Which snapshotter a sample uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Snap {
+    /// containerd's overlayfs snapshotter: a normal pull of `org`.
+    Legacy,
+    Ringstar,
+    Peer,
+}
+
+impl Snap {
+    pub fn label(self) -> &'static str {
+        match self {
+            Snap::Legacy => "overlayfs",
+            Snap::Ringstar => "ringstar",
+            Snap::Peer => "peer",
+        }
+    }
+
+    /// The proxy plugin name in containerd's config.
+    fn plugin(self) -> &'static str {
+        match self {
+            Snap::Legacy => "overlayfs",
+            Snap::Ringstar => "ringstar",
+            Snap::Peer => "stargz",
+        }
+    }
+}
+
+/// A network profile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Net {
+    Lo,
+    /// 40 ms RTT, 200 Mbit/s shared, one RTT per new connection.
+    Wan,
+}
+
+impl Net {
+    pub fn parse(s: &str) -> anyhow::Result<Net> {
+        match s {
+            "lo" => Ok(Net::Lo),
+            "wan" => Ok(Net::Wan),
+            o => bail!("no network profile {o:?} (lo, wan)"),
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Net::Lo => "lo",
+            Net::Wan => "wan-40ms-200mbit",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct World {
+    dir: PathBuf,
+    pub registry: Registry,
+    proxy: Option<DelayProxy>,
+    ringstar: PathBuf,
+    peer: Option<PathBuf>,
+    containerd: Option<Child>,
+    snapshotter: Option<(Snap, Child)>,
+    namespace: String,
+}
+
+impl World {
+    pub fn new(
+        dir: &Path,
+        cache: &Path,
+        ringstar: PathBuf,
+        peer: Option<PathBuf>,
+    ) -> anyhow::Result<World> {
+        for bin in ["containerd", "ctr", "ctr-remote", "runc", "docker-registry"] {
+            if !which(bin) {
+                bail!(
+                    "{bin} is needed (apt-get install containerd runc stargz-snapshotter docker-registry)"
+                );
+            }
+        }
+        std::fs::create_dir_all(dir)?;
+        let storage = cache.join("registry");
+        std::fs::create_dir_all(&storage)?;
+        let registry = Registry::start_full(&storage, None, None, Some(&dir.join("registry.log")));
+        Ok(World {
+            dir: dir.to_path_buf(),
+            registry,
+            proxy: None,
+            ringstar,
+            peer,
+            containerd: None,
+            snapshotter: None,
+            namespace: "hellobench".into(),
+        })
+    }
+
+    pub fn has_peer(&self) -> bool {
+        self.peer.is_some()
+    }
+
+    /// Puts the delay proxy in front of the registry (or takes it away).
+    pub fn set_net(&mut self, net: Net) {
+        self.proxy = match net {
+            Net::Lo => None,
+            Net::Wan => Some(DelayProxy::start_wan(
+                self.registry.addr.clone(),
+                Duration::from_millis(40),
+                200_000_000,
+                true,
+            )),
+        };
+    }
+
+    /// Where clients reach the registry.
+    pub fn host(&self) -> String {
+        match &self.proxy {
+            Some(p) => p.addr.clone(),
+            None => self.registry.addr.clone(),
+        }
+    }
+
+    fn sock(&self) -> PathBuf {
+        self.dir.join("containerd.sock")
+    }
+
+    fn snap_root(&self, s: Snap) -> PathBuf {
+        self.dir.join(format!("{}-root", s.plugin()))
+    }
+
+    fn snap_sock(&self, s: Snap) -> PathBuf {
+        self.dir.join(format!("{}.sock", s.plugin()))
+    }
+
+    /// Stops everything, wipes every state dir, drops the page cache and
+    /// starts `snap` (when lazy) and containerd afresh.
+    pub fn reset(&mut self, snap: Snap, noprefetch: bool) -> anyhow::Result<()> {
+        self.stop();
+        for d in ["containerd", "ringstar-root", "stargz-root"] {
+            let p = self.dir.join(d);
+            umount_below(&p);
+            let _ = std::fs::remove_dir_all(&p);
+        }
+        if snap != Snap::Legacy {
+            let bin = match snap {
+                Snap::Ringstar => self.ringstar.clone(),
+                _ => self
+                    .peer
+                    .clone()
+                    .context("no peer snapshotter given (--peer)")?,
+            };
+            let config = self.dir.join(format!("{}.toml", snap.plugin()));
+            std::fs::write(&config, format!("noprefetch = {noprefetch}\n"))?;
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.dir.join(format!("{}.log", snap.plugin())))?;
+            let child = Command::new(&bin)
+                .arg("--address")
+                .arg(self.snap_sock(snap))
+                .arg("--root")
+                .arg(self.snap_root(snap))
+                .arg("--config")
+                .arg(&config)
+                .arg("--log-level")
+                .arg("info")
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()
+                .with_context(|| format!("starting {}", bin.display()))?;
+            self.snapshotter = Some((snap, child));
+            wait_until(Duration::from_secs(30), || self.snap_sock(snap).exists())
+                .with_context(|| format!("{} did not open its socket", bin.display()))?;
+        }
+        let d = &self.dir;
+        std::fs::write(
+            d.join("containerd.toml"),
+            format!(
+                r#"version = 2
+root = "{root}"
+state = "{state}"
+disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper"]
+[grpc]
+  address = "{sock}"
+[proxy_plugins.ringstar]
+  type = "snapshot"
+  address = "{rs}"
+[proxy_plugins.stargz]
+  type = "snapshot"
+  address = "{sg}"
+"#,
+                root = d.join("containerd/root").display(),
+                state = d.join("containerd/state").display(),
+                sock = self.sock().display(),
+                rs = self.snap_sock(Snap::Ringstar).display(),
+                sg = self.snap_sock(Snap::Peer).display(),
+            ),
+        )?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(d.join("containerd.log"))?;
+        self.containerd = Some(
+            Command::new("containerd")
+                .arg("--config")
+                .arg(d.join("containerd.toml"))
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()?,
+        );
+        wait_until(Duration::from_secs(30), || {
+            self.sock().exists() && self.ctr(&["version"]).is_ok()
+        })
+        .context("containerd did not start")?;
+        let _ = Command::new("sync").status();
+        std::fs::write("/proc/sys/vm/drop_caches", "3")
+            .context("dropping the page cache (root?)")?;
+        Ok(())
+    }
+
+    /// Stops containerd (tasks first) and the snapshotter.
+    pub fn stop(&mut self) {
+        if self.containerd.is_some()
+            && let Ok(out) = self.ctr(&["task", "ls", "-q"])
+        {
+            for id in out.lines() {
+                let _ = self.ctr(&["task", "kill", "-s", "SIGKILL", id]);
+                let _ = self.ctr(&["task", "rm", "-f", id]);
+            }
+        }
+        if let Some(c) = self.containerd.take() {
+            stop_child(c, "TERM");
+        }
+        if let Some((_, c)) = self.snapshotter.take() {
+            stop_child(c, "INT");
+        }
+    }
+
+    fn ctr_cmd(&self, bin: &str) -> Command {
+        let mut c = Command::new(bin);
+        c.arg("--address")
+            .arg(self.sock())
+            .arg("--namespace")
+            .arg(&self.namespace)
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// `ctr ARGS`, its stdout; an error with its output when it fails.
+    pub fn ctr(&self, args: &[&str]) -> anyhow::Result<String> {
+        run(self.ctr_cmd("ctr").args(args))
+    }
+
+    pub fn ctr_remote(&self, args: &[&str]) -> anyhow::Result<String> {
+        run(self.ctr_cmd("ctr-remote").args(args))
+    }
+
+    /// How many layers the lazy snapshotter serves itself: ringstar's
+    /// layer directories, the peer's FUSE mounts.
+    pub fn lazy_layers(&self, snap: Snap) -> usize {
+        let root = self.snap_root(snap);
+        match snap {
+            Snap::Legacy => 0,
+            Snap::Ringstar => std::fs::read_dir(root.join("fuse")).map_or(0, |d| d.count()),
+            Snap::Peer => std::fs::read_to_string("/proc/self/mounts")
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| {
+                    let f: Vec<&str> = l.split(' ').collect();
+                    f.len() > 2
+                        && f[1].starts_with(root.to_str().unwrap_or("-"))
+                        && f[2].starts_with("fuse")
+                })
+                .count(),
+        }
+    }
+
+    /// The registry's access log from byte `from`: (method, path, status,
+    /// bytes) per request, and where the log ends now.
+    pub fn registry_log(&self, from: u64) -> (Vec<(String, String, u16, u64)>, u64) {
+        let path = self.dir.join("registry.log");
+        let mut text = String::new();
+        let end = match std::fs::File::open(&path) {
+            Ok(mut f) => {
+                let _ = f.seek(SeekFrom::Start(from));
+                let _ = f.read_to_string(&mut text);
+                from + text.len() as u64
+            }
+            Err(_) => from,
+        };
+        let reqs = text
+            .lines()
+            .filter_map(|l| {
+                let (_, rest) = l.split_once(" \"")?;
+                let (req, rest) = rest.split_once('"')?;
+                let mut parts = req.split(' ');
+                let method = parts.next()?.to_string();
+                let path = parts.next()?.to_string();
+                let mut nums = rest.split_whitespace();
+                let status = nums.next()?.parse().ok()?;
+                let bytes = nums.next().and_then(|b| b.parse().ok()).unwrap_or(0);
+                Some((method, path, status, bytes))
+            })
+            .collect();
+        (reqs, end)
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        self.stop();
+        umount_below(&self.dir);
+    }
+}
+
+fn stop_child(mut c: Child, sig: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(c.id().to_string())
+        .status();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(15) {
+        if let Ok(Some(_)) = c.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = c.kill();
+    let _ = c.wait();
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn wait_until(limit: Duration, mut ok: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let started = Instant::now();
+    while !ok() {
+        if started.elapsed() > limit {
+            bail!("timed out after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+pub fn which(bin: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
+        .unwrap_or(false)
+        || ["/usr/sbin", "/sbin"]
+            .iter()
+            .any(|d| Path::new(d).join(bin).is_file())
+}
