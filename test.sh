@@ -79,10 +79,17 @@ awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += 
      END { printf "\nsummary: %d passed, %d failed\n", p, f }' "$log"
 [ "$status" = 0 ] || exit "$status"
 
+step "release build (hellobench, the daemon, the performance gate)"
+cargo build --release --locked -q -p ringstar-hellobench -p ringstar-snapshotter -p ringstar-bench
+
+# The startup benchmark's quick mode: a busybox image through overlayfs and
+# ringstar (lazily, or it fails), cold, on loopback (docs/hellobench.md).
+step "hellobench --quick"
+target/release/hellobench --quick --out target/hellobench-quick --cache target/hellobench-cache
+
 # The performance gate: instruction counts of the hot paths against
 # bench/baseline.json (docs/benchmarks.md); PERF_GATE=0 skips it.
 if [ "${PERF_GATE:-1}" != 0 ]; then
   step "performance gate (callgrind instruction counts vs bench/baseline.json)"
-  cargo build --release --locked -q -p ringstar-bench --bin perf-gate
   target/release/perf-gate
 fi

@@ -252,7 +252,13 @@ pub fn prepare(
         let dirs = layer_dirs(cache, spec.name)?;
         eprintln!("hellobench: {}: recording the workload's files", spec.name);
         let prioritized = if variants.iter().any(|v| v == "esgz") {
-            record_prioritized(&dirs, spec, &cache.join(format!("record-{}", spec.name)))?
+            let p = record_prioritized(&dirs, spec, &cache.join(format!("record-{}", spec.name)))?;
+            eprintln!(
+                "hellobench: {}: the workload reads {:?} files per layer",
+                spec.name,
+                p.iter().map(Vec::len).collect::<Vec<_>>()
+            );
+            p
         } else {
             vec![Vec::new(); dirs.len()]
         };

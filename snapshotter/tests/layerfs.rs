@@ -662,7 +662,14 @@ fn a_sequential_reader_is_followed_with_growing_windows() {
     let digest = reg.push("s/img", &blob);
     let proxy = FaultProxy::start(reg.addr.clone());
     let store = tempfile::tempdir().unwrap();
-    let m = Mounted::new(store.path(), 1 << 30, no_background());
+    let m = Mounted::new(
+        store.path(),
+        1 << 30,
+        LoaderConfig {
+            max_read_ahead: 8 << 20,
+            ..no_background()
+        },
+    );
     m.add(&proxy.addr, "s/img", "l", &digest, Some(&toc))
         .unwrap();
     let before = gets(&proxy);

@@ -171,7 +171,7 @@ fn mount_lazy(
             max_read_ahead: std::env::var("LAYER_BENCH_MAX_READ_AHEAD_KIB")
                 .ok()
                 .and_then(|v| v.parse::<u64>().ok())
-                .map_or(LoaderConfig::default().max_read_ahead, |k| k << 10),
+                .map_or(8 << 20, |k| k << 10),
             ..LoaderConfig::default()
         },
     )?;

@@ -111,6 +111,9 @@ pub struct Ringstar {
     pub background_bytes_per_sec: Option<u64>,
     /// Extra CA certificates (PEM) to trust for registries.
     pub ca_file: Option<String>,
+    /// Read-ahead a stream of misses may grow to, in bytes (default
+    /// 128 KiB: no growth; see `LoaderConfig::max_read_ahead`).
+    pub max_read_ahead: Option<u64>,
 }
 
 /// Keys ringstar reads; every other key is accepted and logged.
@@ -135,6 +138,7 @@ const APPLIED: &[&str] = &[
     "ringstar.max_in_flight_per_host",
     "ringstar.background_bytes_per_sec",
     "ringstar.ca_file",
+    "ringstar.max_read_ahead",
 ];
 
 /// What a config file says, and which of its keys ringstar does not use.

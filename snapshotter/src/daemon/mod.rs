@@ -145,6 +145,9 @@ impl Daemon {
                     bytes_per_sec: r.background_bytes_per_sec.unwrap_or(0),
                     ..BackgroundConfig::default()
                 },
+                max_read_ahead: r
+                    .max_read_ahead
+                    .unwrap_or(LoaderConfig::default().max_read_ahead),
                 ..LoaderConfig::default()
             },
         )

@@ -1,7 +1,7 @@
 //! One remote layer as the filesystem serves it: the resolved core layer,
 //! where its blob is, and how much of it is fetched.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -9,6 +9,12 @@ use ringstar_core::store::StoreChunk;
 use ringstar_core::tree::Chunk;
 use ringstar_core::{Digest, FileKind, Layer, NodeId};
 use ringstar_fetcher::BlobLocation;
+
+/// The most a stream of misses across neighbouring files reads ahead.
+/// Measured with hellobench (gcc, esgz-noopt, loopback): letting such a
+/// stream grow to the 8 MiB a file read through gets fetched 67–86 MB
+/// for a 22 MB working set and ran 4–5 s instead of 1.1 s.
+pub const CROSS_FILE_READ_AHEAD: u64 = 512 << 10;
 
 /// Biggest chunk we inflate into memory; a TOC claiming more gets EIO
 /// for that read (bounded memory per read, whatever the TOC says).
@@ -40,6 +46,8 @@ pub struct RemoteLayer {
     /// Where the last foreground miss's fetch ended, and the read-ahead
     /// it used: a miss starting there is a sequential reader's.
     miss_end: AtomicU64,
+    /// The file of the last foreground miss.
+    miss_node: AtomicU32,
     read_ahead: AtomicU64,
     seq: Mutex<Sequential>,
 }
@@ -106,6 +114,7 @@ impl RemoteLayer {
             last_error: Mutex::new(None),
             removed: AtomicBool::new(false),
             miss_end: AtomicU64::new(u64::MAX),
+            miss_node: AtomicU32::new(u32::MAX),
             read_ahead: AtomicU64::new(0),
             seq: Mutex::new(Sequential::default()),
         }
@@ -179,13 +188,22 @@ impl RemoteLayer {
         self.absent_bytes.load(Ordering::Acquire) == 0
     }
 
-    /// The read-ahead budget for a miss at blob offset `offset`: doubled
-    /// (up to `max`) when it continues where the last miss's fetch ended,
-    /// `base` otherwise.
-    pub fn read_ahead(&self, offset: u64, base: u64, max: u64) -> u64 {
+    /// The read-ahead budget for a miss of file `node` at blob offset
+    /// `offset`: doubled when it continues where the last miss's fetch
+    /// ended — up to `max` within one file (a file read through), up to
+    /// [`CROSS_FILE_READ_AHEAD`] across files (a program opening files
+    /// that neighbour in the blob does not read the whole layer) — `base`
+    /// otherwise.
+    pub fn read_ahead(&self, node: NodeId, offset: u64, base: u64, max: u64) -> u64 {
+        let same_file = self.miss_node.swap(node.0, Ordering::AcqRel) == node.0;
         let sequential = self.miss_end.load(Ordering::Acquire) == offset;
+        let cap = if same_file {
+            max
+        } else {
+            max.min(CROSS_FILE_READ_AHEAD.max(base))
+        };
         let next = if sequential {
-            (self.read_ahead.load(Ordering::Acquire).max(base) * 2).min(max)
+            (self.read_ahead.load(Ordering::Acquire).max(base) * 2).min(cap)
         } else {
             base
         };
