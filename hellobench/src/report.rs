@@ -288,9 +288,10 @@ pub fn svg(samples: &[Sample]) -> String {
         }
         let _ = write!(
             out,
-            r#"<text x="{:.1}" y="{:.1}" font-weight="bold">{image} ({net})</text>"#,
+            r#"<text x="{:.1}" y="{:.1}" font-weight="bold">{image} ({})</text>"#,
             start,
-            top + height + 110.0
+            top + height + 110.0,
+            net.split('-').next().unwrap_or(net)
         );
         x += group_gap;
     }
