@@ -126,24 +126,12 @@ impl Registry {
         let Some(log) = &self.access_log else {
             return Vec::new();
         };
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        text.lines()
-            .filter_map(|l| {
-                // 127.0.0.1 - - [date] "GET /v2/... HTTP/1.1" 206 2 "" "ua"
-                let (_, rest) = l.split_once(" \"")?;
-                let (req, rest) = rest.split_once('"')?;
-                let mut parts = req.split(' ');
-                let method = parts.next()?.to_string();
-                let path = parts.next()?.to_string();
-                let status = rest.trim_start().split(' ').next()?.parse().ok()?;
-                Some((method, path, status))
-            })
+        access_log_entries(&std::fs::read_to_string(log).unwrap_or_default())
+            .into_iter()
+            .map(|e| (e.method, e.path, e.status))
             .collect()
     }
 
-    /// Serves `storage` (filled beforehand by an open registry: pushing
-    /// through auth is not what these tests are about), asking clients to
-    /// authenticate as `auth` says.
     pub fn start_configured(
         storage: &Path,
         tls: Option<(&Path, &Path)>,
@@ -289,6 +277,40 @@ impl Registry {
             request_timeout: None,
         }
     }
+}
+
+/// One request of docker-registry's access log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLogEntry {
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+    /// Body bytes sent.
+    pub bytes: u64,
+}
+
+/// The requests in access-log text (combined format:
+/// `127.0.0.1 - - [date] "GET /v2/... HTTP/1.1" 206 2 "" "agent"`); other
+/// lines are skipped.
+pub fn access_log_entries(text: &str) -> Vec<AccessLogEntry> {
+    text.lines()
+        .filter_map(|l| {
+            let (_, rest) = l.split_once(" \"")?;
+            let (req, rest) = rest.split_once('"')?;
+            let mut parts = req.split(' ');
+            let method = parts.next()?.to_string();
+            let path = parts.next()?.to_string();
+            let mut nums = rest.split_whitespace();
+            let status = nums.next()?.parse().ok()?;
+            let bytes = nums.next().and_then(|b| b.parse().ok()).unwrap_or(0);
+            Some(AccessLogEntry {
+                method,
+                path,
+                status,
+                bytes,
+            })
+        })
+        .collect()
 }
 
 fn spawn_registry(config: &Path, access_log: Option<&Path>) -> Child {

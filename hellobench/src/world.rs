@@ -188,25 +188,12 @@ impl World {
         let d = &self.dir;
         std::fs::write(
             d.join("containerd.toml"),
-            format!(
-                r#"version = 2
-root = "{root}"
-state = "{state}"
-disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper"]
-[grpc]
-  address = "{sock}"
-[proxy_plugins.ringstar]
-  type = "snapshot"
-  address = "{rs}"
-[proxy_plugins.stargz]
-  type = "snapshot"
-  address = "{sg}"
-"#,
-                root = d.join("containerd/root").display(),
-                state = d.join("containerd/state").display(),
-                sock = self.sock().display(),
-                rs = self.snap_sock(Snap::Ringstar).display(),
-                sg = self.snap_sock(Snap::Peer).display(),
+            ringstar_snapshotter::daemon::containerd_config(
+                d,
+                &[
+                    ("ringstar", &self.snap_sock(Snap::Ringstar)),
+                    ("stargz", &self.snap_sock(Snap::Peer)),
+                ],
             ),
         )?;
         let log = std::fs::OpenOptions::new()
@@ -301,19 +288,9 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.a
             }
             Err(_) => from,
         };
-        let reqs = text
-            .lines()
-            .filter_map(|l| {
-                let (_, rest) = l.split_once(" \"")?;
-                let (req, rest) = rest.split_once('"')?;
-                let mut parts = req.split(' ');
-                let method = parts.next()?.to_string();
-                let path = parts.next()?.to_string();
-                let mut nums = rest.split_whitespace();
-                let status = nums.next()?.parse().ok()?;
-                let bytes = nums.next().and_then(|b| b.parse().ok()).unwrap_or(0);
-                Some((method, path, status, bytes))
-            })
+        let reqs = ringstar_fetcher::testing::access_log_entries(&text)
+            .into_iter()
+            .map(|e| (e.method, e.path, e.status, e.bytes))
             .collect();
         (reqs, end)
     }

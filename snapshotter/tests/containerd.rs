@@ -136,21 +136,9 @@ impl World {
             .unwrap();
         let registry = Registry::start_logged(&dir.path().join("registry.log"));
         let d = dir.path();
-        let config = format!(
-            r#"version = 2
-root = "{root}"
-state = "{state}"
-disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper"]
-[grpc]
-  address = "{sock}"
-[proxy_plugins.ringstar]
-  type = "snapshot"
-  address = "{rsock}"
-"#,
-            root = d.join("containerd/root").display(),
-            state = d.join("containerd/state").display(),
-            sock = d.join("containerd.sock").display(),
-            rsock = d.join("ringstar.sock").display(),
+        let config = ringstar_snapshotter::daemon::containerd_config(
+            d,
+            &[("ringstar", &d.join("ringstar.sock"))],
         );
         std::fs::write(d.join("containerd.toml"), config).unwrap();
         let log = std::fs::File::create(d.join("containerd.log")).unwrap();

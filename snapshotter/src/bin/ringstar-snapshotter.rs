@@ -64,17 +64,25 @@ fn run(args: &Args) -> anyhow::Result<()> {
     for key in &loaded.not_applied {
         tracing::info!(key = %key, "config key accepted but not used by ringstar");
     }
-    let daemon = Daemon::start(&args.root, &loaded.config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("control")
         .enable_all()
         .build()?;
+    // The handlers go in before anything is mounted or announced: a
+    // signal in between would otherwise kill the daemon without cleanup
+    // (found by a test that stopped it right after READY).
+    let (mut int, mut term) = {
+        use tokio::signal::unix::{SignalKind, signal};
+        let _entered = runtime.enter();
+        (
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::terminate())?,
+        )
+    };
+    let daemon = Daemon::start(&args.root, &loaded.config)?;
     let how = runtime.block_on(async {
         let stop = async {
-            use tokio::signal::unix::{SignalKind, signal};
-            let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-            let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
             tokio::select! {
                 _ = int.recv() => Stop::Graceful,
                 _ = term.recv() => Stop::Terminate,
