@@ -103,7 +103,11 @@ impl<B: BlobRead> BlobRead for Counting<B> {
 
 #[test]
 fn a_layer_opens_from_the_registry_in_one_round_trip() {
-    let testdata = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata/estargz");
+    let testdata = std::env::var_os("RINGSTAR_TESTDATA")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata/estargz")
+        });
     let blob = std::fs::read(testdata.join("many-files.blob")).unwrap();
     let spec: serde_json::Value =
         serde_json::from_slice(&std::fs::read(testdata.join("many-files.json")).unwrap()).unwrap();

@@ -59,6 +59,10 @@ struct Args {
     /// Seed of the run order (default: the clock).
     #[arg(long)]
     seed: Option<u64>,
+    /// TOML appended to ringstar's config, e.g. '[ringstar]
+    /// prefetch_wait = false' (for experiments; top-level keys first).
+    #[arg(long, default_value = "")]
+    ringstar_toml: String,
 }
 
 fn main() -> ExitCode {
@@ -126,6 +130,7 @@ fn run(mut args: Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.cache)?;
     let work = out.join("work");
     let mut world = World::new(&work, &args.cache, ringstar, args.peer.clone())?;
+    world.ringstar_toml = args.ringstar_toml.replace("\\n", "\n");
 
     // Images, built and pushed once (cached).
     let mut pushed = Vec::new();

@@ -76,6 +76,8 @@ pub struct World {
     containerd: Option<Child>,
     snapshotter: Option<(Snap, Child)>,
     namespace: String,
+    /// Appended to ringstar's config (for experiments).
+    pub ringstar_toml: String,
 }
 
 impl World {
@@ -105,6 +107,7 @@ impl World {
             containerd: None,
             snapshotter: None,
             namespace: "hellobench".into(),
+            ringstar_toml: String::new(),
         })
     }
 
@@ -163,7 +166,12 @@ impl World {
                     .context("no peer snapshotter given (--peer)")?,
             };
             let config = self.dir.join(format!("{}.toml", snap.plugin()));
-            std::fs::write(&config, format!("noprefetch = {noprefetch}\n"))?;
+            let extra = if snap == Snap::Ringstar {
+                self.ringstar_toml.as_str()
+            } else {
+                ""
+            };
+            std::fs::write(&config, format!("noprefetch = {noprefetch}\n{extra}\n"))?;
             let log = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)

@@ -114,6 +114,10 @@ pub struct Ringstar {
     /// Read-ahead a stream of misses may grow to, in bytes (default
     /// 128 KiB: no growth; see `LoaderConfig::max_read_ahead`).
     pub max_read_ahead: Option<u64>,
+    /// Hold container creation until prefetch is in, as the reference
+    /// does (default false: containers start at once, their reads
+    /// joining the prefetch windows in flight).
+    pub prefetch_wait: Option<bool>,
 }
 
 /// Keys ringstar reads; every other key is accepted and logged.
@@ -139,6 +143,7 @@ const APPLIED: &[&str] = &[
     "ringstar.background_bytes_per_sec",
     "ringstar.ca_file",
     "ringstar.max_read_ahead",
+    "ringstar.prefetch_wait",
 ];
 
 /// What a config file says, and which of its keys ringstar does not use.

@@ -166,6 +166,7 @@ impl Daemon {
             RemoteSettings {
                 tail_bytes: r.tail_bytes.filter(|&t| t > 0).unwrap_or(512 << 10),
                 noprefetch: config.noprefetch,
+                prefetch_wait: r.prefetch_wait.unwrap_or(false),
                 prefetch_timeout: config.prefetch_timeout(),
                 allow_no_verification: config.allow_no_verification,
                 disable_verification: config.disable_verification,

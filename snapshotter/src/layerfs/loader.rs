@@ -100,6 +100,21 @@ type Job = Box<dyn FnOnce() + Send>;
 /// two requests (a round trip costs far more).
 const WINDOW_GAP: u64 = 64 << 10;
 
+/// Compressed bytes per prefetch request, and how many are in flight:
+/// enough to keep a WAN link busy (200 Mbit/s × 40 ms is 1 MB in flight)
+/// while arrived windows are inflated.
+const PREFETCH_WINDOW: u64 = 4 << 20;
+const PREFETCH_IN_FLIGHT: usize = 2;
+
+/// A prefetch under way: the windows not yet issued.
+struct PrefetchRun {
+    layer: Arc<RemoteLayer>,
+    started: Instant,
+    bytes: u64,
+    windows: Mutex<std::collections::VecDeque<(u64, u64, Vec<Claimed>)>>,
+    outstanding: AtomicUsize,
+}
+
 /// A chunk a fetch has taken on: its file, blob-order index, store view
 /// and single-flight key.
 type Claimed = (NodeId, usize, StoreChunk, ChunkKey);
@@ -437,9 +452,13 @@ impl Loader {
         out
     }
 
-    /// Fetches `[0, landmark)` in one request and stores every chunk in
-    /// it; reads of those chunks meanwhile wait for this fetch instead of
-    /// starting their own. Marks the layer's prefetch done either way.
+    /// Fetches `[0, landmark)` and stores every chunk in it, in windows
+    /// of about [`PREFETCH_WINDOW`] compressed bytes, in blob order, two
+    /// in flight: the link stays busy while arrived windows are inflated
+    /// on the pool (not one thread after the whole range), and the first
+    /// files are ready long before the last arrive. Reads of those chunks
+    /// meanwhile wait for their window instead of fetching their own.
+    /// Marks the layer's prefetch done when the last window is in.
     pub fn prefetch(self: &Arc<Self>, layer: &Arc<RemoteLayer>) {
         let Some(end) = layer.tree().prefetch_range().filter(|&e| e > 0) else {
             layer.finish_prefetch();
@@ -459,21 +478,58 @@ impl Loader {
             layer.finish_prefetch();
             return;
         }
-        let started = Instant::now();
+        // Windows of claimed chunks, each a range from its first chunk's
+        // start to its last one's end.
+        let mut windows: Vec<(u64, u64, Vec<Claimed>)> = Vec::new();
+        for c in mine {
+            let (lo, hi) = (chunks[c.1].offset, chunks[c.1].next_offset);
+            match windows.last_mut() {
+                Some(w) if hi - w.0 <= PREFETCH_WINDOW || w.2.is_empty() => {
+                    w.1 = w.1.max(hi);
+                    w.2.push(c);
+                }
+                _ => windows.push((lo, hi, vec![c])),
+            }
+        }
+        let run = Arc::new(PrefetchRun {
+            layer: layer.clone(),
+            started: Instant::now(),
+            bytes: end,
+            windows: Mutex::new(windows.into_iter().collect()),
+            outstanding: AtomicUsize::new(0),
+        });
+        for _ in 0..PREFETCH_IN_FLIGHT {
+            self.next_prefetch_window(&run);
+        }
+    }
+
+    /// Issues `run`'s next window, if any; finishes the prefetch when
+    /// none is left and none is out.
+    fn next_prefetch_window(self: &Arc<Self>, run: &Arc<PrefetchRun>) {
+        let Some((lo, hi, claimed)) = run.windows.lock().expect("windows").pop_front() else {
+            if run.outstanding.load(Ordering::Acquire) == 0 && !run.layer.prefetch_done() {
+                run.layer.finish_prefetch();
+                tracing::info!(layer = %run.layer.digest, bytes = run.bytes, ms = run.started.elapsed().as_millis() as u64, "prefetched");
+            }
+            return;
+        };
+        run.outstanding.fetch_add(1, Ordering::AcqRel);
         self.stats.fetches.fetch_add(1, Ordering::Relaxed);
         self.foreground.fetch_add(1, Ordering::AcqRel);
         let me = self.clone();
-        let layer2 = layer.clone();
+        let run2 = run.clone();
         self.fetcher
-            .read_range_then(&layer.location, 0, end, move |fetched| {
+            .read_range_then(&run.layer.location, lo, hi - lo, move |fetched| {
                 *me.last_foreground.lock().expect("clock") = Instant::now();
                 me.foreground.fetch_sub(1, Ordering::AcqRel);
                 me.count_fetched(&fetched);
+                // The next window goes out before this one is inflated.
                 let me2 = me.clone();
                 let job: Job = Box::new(move || {
-                    me2.finish_range(&layer2, &mine, 0, fetched);
-                    layer2.finish_prefetch();
-                    tracing::info!(layer = %layer2.digest, bytes = end, chunks = mine.len(), ms = started.elapsed().as_millis() as u64, "prefetched");
+                    me2.next_prefetch_window(&run2);
+                    me2.finish_range(&run2.layer, &claimed, lo, fetched);
+                    run2.outstanding.fetch_sub(1, Ordering::AcqRel);
+                    me2.next_prefetch_window(&run2);
                 });
                 if let Err(crossbeam_channel::SendError(job)) = me.pool.send(job) {
                     job();
