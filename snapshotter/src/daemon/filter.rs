@@ -278,4 +278,22 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn arbitrary_input_is_an_error_or_a_filter_never_a_panic() {
+        let alphabet = b"abkindlabels.=!~,\"/\\ :_0123456789(*";
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let len = (x % 24) as usize;
+            let s: String = (0..len)
+                .map(|i| alphabet[((x >> (i % 50)) as usize + i * 7) % alphabet.len()] as char)
+                .collect();
+            if let Ok(f) = Filters::parse(&[s]) {
+                let _ = f.matches(&snap());
+            }
+        }
+    }
 }
