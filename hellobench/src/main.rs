@@ -128,8 +128,14 @@ fn run(mut args: Args) -> anyhow::Result<()> {
         .unwrap_or_else(|| PathBuf::from(format!("hellobench-results/{}", now_s())));
     std::fs::create_dir_all(&out)?;
     std::fs::create_dir_all(&args.cache)?;
+    // containerd and the snapshotters get these paths in their configs:
+    // absolute, whatever the caller's working directory.
+    let out = std::fs::canonicalize(&out)?;
+    args.cache = std::fs::canonicalize(&args.cache)?;
+    let ringstar = std::fs::canonicalize(&ringstar)?;
+    let peer = args.peer.as_ref().map(std::fs::canonicalize).transpose()?;
     let work = out.join("work");
-    let mut world = World::new(&work, &args.cache, ringstar, args.peer.clone())?;
+    let mut world = World::new(&work, &args.cache, ringstar, peer)?;
     world.ringstar_toml = args.ringstar_toml.replace("\\n", "\n");
 
     // Images, built and pushed once (cached).
