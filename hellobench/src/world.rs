@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use ringstar_fetcher::testing::{DelayProxy, Registry};
 
-use crate::rootfs::umount_below;
+use crate::rootfs::{sh, umount_below};
 
 /// Which snapshotter a sample uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -256,11 +256,11 @@ impl World {
 
     /// `ctr ARGS`, its stdout; an error with its output when it fails.
     pub fn ctr(&self, args: &[&str]) -> anyhow::Result<String> {
-        run(self.ctr_cmd("ctr").args(args))
+        sh(self.ctr_cmd("ctr").args(args))
     }
 
     pub fn ctr_remote(&self, args: &[&str]) -> anyhow::Result<String> {
-        run(self.ctr_cmd("ctr-remote").args(args))
+        sh(self.ctr_cmd("ctr-remote").args(args))
     }
 
     /// How many layers the lazy snapshotter serves itself: ringstar's
@@ -325,18 +325,6 @@ fn stop_child(mut c: Child, sig: &str) {
     }
     let _ = c.kill();
     let _ = c.wait();
-}
-
-fn run(cmd: &mut Command) -> anyhow::Result<String> {
-    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn wait_until(limit: Duration, mut ok: impl FnMut() -> bool) -> anyhow::Result<()> {
