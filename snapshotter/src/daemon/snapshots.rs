@@ -494,9 +494,11 @@ impl Snapshots {
         let dir = self.root.join("snapshots");
         let entries = std::fs::read_dir(&dir)
             .map_err(|e| SnapError::Internal(format!("reading {}: {e}", dir.display())))?;
+        // This process's staging dirs belong to creates in flight.
+        let mine = format!("new-{}-", std::process::id());
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if ids.contains(&name) {
+            if ids.contains(&name) || name.starts_with(&mine) {
                 continue;
             }
             if let Err(e) = std::fs::remove_dir_all(entry.path()) {
