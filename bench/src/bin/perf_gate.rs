@@ -481,6 +481,30 @@ fn count(exe: &Path, name: &str) -> anyhow::Result<u64> {
     Ok(n)
 }
 
+/// CPU features that libdeflate and sha2 choose code paths by at run
+/// time: instruction counts of the workloads using them are comparable
+/// only between machines that have the same ones.
+fn cpu_features() -> Vec<String> {
+    const DISPATCHED: &[&str] = &["avx2", "bmi2", "pclmulqdq", "sha_ni", "vpclmulqdq"];
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let flags: std::collections::BTreeSet<&str> = info
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, f)| f.split_whitespace().collect())
+        .unwrap_or_default();
+    DISPATCHED
+        .iter()
+        .filter(|f| flags.contains(*f))
+        .map(|f| f.to_string())
+        .collect()
+}
+
+/// Workloads whose code depends on [`cpu_features`].
+fn cpu_dispatched(name: &str) -> bool {
+    name.starts_with("inflate_verify")
+}
+
 fn baseline_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("baseline.json")
 }
@@ -541,16 +565,32 @@ fn real_main() -> anyhow::Result<ExitCode> {
         counts.insert(name, r?);
     }
     let path = baseline_path();
-    let mut baseline: BTreeMap<String, u64> = match std::fs::read(&path) {
-        Ok(b) => serde_json::from_slice::<serde_json::Value>(&b)?
-            .get("instructions")
-            .cloned()
-            .map(serde_json::from_value)
-            .transpose()?
-            .unwrap_or_default(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+    let stored: serde_json::Value = match std::fs::read(&path) {
+        Ok(b) => serde_json::from_slice(&b)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => serde_json::json!({}),
         Err(e) => return Err(e.into()),
     };
+    let mut baseline: BTreeMap<String, u64> = stored
+        .get("instructions")
+        .cloned()
+        .map(serde_json::from_value)
+        .transpose()?
+        .unwrap_or_default();
+    let here = cpu_features();
+    let recorded: Option<Vec<String>> = stored
+        .get("cpu_features")
+        .cloned()
+        .map(serde_json::from_value)
+        .transpose()?;
+    let same_cpu = recorded.as_ref().is_none_or(|r| *r == here);
+    if !same_cpu {
+        println!(
+            "perf-gate: the baseline's CPU had {:?}, this one has {here:?}: \
+             the CPU-dispatched workloads are shown but not gated (update the \
+             baseline on this machine kind in a commit of its own)",
+            recorded.unwrap_or_default()
+        );
+    }
     println!(
         "{:<24} {:>16} {:>16} {:>8}  verdict",
         "workload", "baseline", "now", "ratio"
@@ -560,7 +600,9 @@ fn real_main() -> anyhow::Result<ExitCode> {
         let (old, ratio, verdict) = match baseline.get(name) {
             Some(&old) => {
                 let ratio = now as f64 / old as f64;
-                let verdict = if ratio > 1.0 + threshold / 100.0 {
+                let verdict = if !same_cpu && cpu_dispatched(name) {
+                    "not comparable (CPU)"
+                } else if ratio > 1.0 + threshold / 100.0 {
                     failed = true;
                     "REGRESSED"
                 } else if ratio < 1.0 - threshold / 100.0 {
@@ -583,6 +625,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
         }
         let json = serde_json::json!({
             "about": "instructions per workload (callgrind), see docs/benchmarks.md; update with perf-gate --update and say why in the commit",
+            "cpu_features": here,
             "instructions": baseline,
         });
         std::fs::write(&path, serde_json::to_string_pretty(&json)? + "\n")?;
