@@ -381,6 +381,44 @@ impl Fetcher {
         Err(last)
     }
 
+    /// Like [`Fetcher::resolve_blob`], with the blob's last `k` bytes
+    /// from the same request when the endpoint answers a suffix range
+    /// (one round trip to find the blob, its size, footer and TOC);
+    /// `None` for the tail when it does not.
+    pub fn resolve_blob_tail(
+        &self,
+        endpoints: &[crate::hosts::Endpoint],
+        repository: &str,
+        digest: &str,
+        k: u64,
+    ) -> Result<(BlobLocation, u64, Option<Bytes>), FetchError> {
+        let mut last = FetchError::Invalid("no endpoints".into());
+        for e in endpoints {
+            let loc = BlobLocation {
+                url: e.blob_url(repository, digest),
+                headers: e.headers.clone(),
+                request_timeout: e.request_timeout,
+            };
+            let found = self.block_on(move |inner| async move {
+                match inner.blob_tail(&loc, k).await? {
+                    Some((size, tail)) => Ok((loc, size, Some(tail))),
+                    None => {
+                        let size = inner.blob_size(&loc).await?;
+                        Ok((loc, size, None))
+                    }
+                }
+            });
+            match found {
+                Ok(found) => return Ok(found),
+                Err(err) => {
+                    tracing::info!(endpoint = %e.base, error = %err, "blob not available here, trying the next endpoint");
+                    last = err;
+                }
+            }
+        }
+        Err(last)
+    }
+
     /// The blob's size (HEAD, or a 2-byte range GET when HEAD is refused).
     pub fn blob_size(&self, loc: &BlobLocation) -> Result<u64, FetchError> {
         let loc = loc.clone();
@@ -404,6 +442,10 @@ impl Fetcher {
         })
     }
 }
+
+/// A range `(LAST_BYTES, n)` asks for the blob's last `n` bytes
+/// (`Range: bytes=-n`).
+const LAST_BYTES: u64 = u64::MAX;
 
 /// The rustls error behind a request failure, if TLS is what failed
 /// (tokio-rustls wraps it in an io::Error somewhere down the chain).
@@ -493,8 +535,10 @@ impl Inner {
             .method(method)
             .uri(uri)
             .header(ACCEPT_ENCODING, "identity");
-        if let Some((start, end)) = range {
-            req = req.header(RANGE, format!("bytes={start}-{end}"));
+        match range {
+            Some((LAST_BYTES, n)) => req = req.header(RANGE, format!("bytes=-{n}")),
+            Some((start, end)) => req = req.header(RANGE, format!("bytes={start}-{end}")),
+            None => {}
         }
         for (k, v) in headers {
             req = req.header(k.as_str(), v.as_str());
@@ -1141,6 +1185,74 @@ impl Inner {
 
     /// A 2-byte GET (what blob storage behind a redirect is signed for),
     /// falling back to HEAD when the answer carries no size.
+    /// The blob's size and its last `k` bytes in one request (a suffix
+    /// range); `Ok(None)` when the server does not answer one as asked
+    /// (the caller probes the size and reads the tail apart).
+    async fn blob_tail(
+        &self,
+        loc: &BlobLocation,
+        k: u64,
+    ) -> Result<Option<(u64, Bytes)>, FetchError> {
+        let timeout = self.timeout(loc);
+        let url = loc.url.clone();
+        let run = async {
+            let (head, mut body) = self
+                .send(loc, Some((LAST_BYTES, k.max(1))), http::Method::GET)
+                .await?;
+            match head.status {
+                StatusCode::PARTIAL_CONTENT => {}
+                StatusCode::NOT_FOUND => return Err(FetchError::NotFound { url: url.clone() }),
+                StatusCode::OK | StatusCode::RANGE_NOT_SATISFIABLE => return Ok(None),
+                s => {
+                    return Err(FetchError::Status {
+                        url: url.clone(),
+                        status: s.as_u16(),
+                    });
+                }
+            }
+            let Some((start, end, Some(total))) = head
+                .headers
+                .get(CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(content_range)
+            else {
+                return Ok(None);
+            };
+            // What a suffix range must be: the end of the blob, at most k.
+            if end + 1 != total || end < start || end - start + 1 > k.max(1) {
+                return Ok(None);
+            }
+            let want = end - start + 1;
+            let mut out = Vec::with_capacity(want as usize);
+            while (out.len() as u64) < want {
+                let Some(frame) = body.frame().await else {
+                    break;
+                };
+                let frame = frame.map_err(|e| FetchError::Transport {
+                    url: url.clone(),
+                    reason: format!("body: {e}"),
+                })?;
+                if let Ok(data) = frame.into_data() {
+                    let n = ((want - out.len() as u64) as usize).min(data.len());
+                    out.extend_from_slice(&data[..n]);
+                }
+            }
+            if (out.len() as u64) < want {
+                return Err(FetchError::Transport {
+                    url: url.clone(),
+                    reason: format!("body ended after {} of {want} bytes", out.len()),
+                });
+            }
+            Ok(Some((total, Bytes::from(out))))
+        };
+        tokio::time::timeout(timeout, run)
+            .await
+            .unwrap_or(Err(FetchError::Timeout {
+                url: loc.url.clone(),
+                after: timeout,
+            }))
+    }
+
     async fn blob_size(&self, loc: &BlobLocation) -> Result<u64, FetchError> {
         let timeout = self.timeout(loc);
         let url = loc.url.clone();

@@ -389,3 +389,61 @@ fn blobs_resolve_through_mirrors_in_order_and_follow_a_redirect() {
     assert_eq!(size, data.len() as u64);
     assert_eq!(&f.read_range(&loc, 7, 3).unwrap()[..], &data[7..10]);
 }
+
+/// Finding a blob, its size and its tail is one request when the
+/// registry answers a suffix range; a server that does not (a plain 200)
+/// still gives the size, and the tail comes apart.
+#[test]
+fn a_blob_is_found_with_its_tail_in_one_request() {
+    use ringstar_fetcher::ResolverConfig;
+    use ringstar_fetcher::testing::FaultProxy;
+    let reg = Registry::start();
+    let proxy = FaultProxy::start(reg.addr.clone());
+    let f = Fetcher::new(quick_config()).unwrap();
+    let endpoints = ResolverConfig::default().endpoints(&proxy.addr);
+    for len in [300_000usize, 700] {
+        let data = blob_bytes(len);
+        let digest = reg.push("test/tail", &data);
+        let before = proxy.sent().matches("GET /v2/").count();
+        let (loc, size, tail) = f
+            .resolve_blob_tail(&endpoints, "test/tail", &digest, 4096)
+            .unwrap();
+        assert_eq!(size, len as u64);
+        assert!(loc.url.ends_with(&digest));
+        let tail = tail.expect("the registry answers suffix ranges");
+        assert_eq!(&tail[..], &data[len.saturating_sub(4096)..]);
+        assert_eq!(
+            proxy.sent().matches("GET /v2/").count() - before,
+            1,
+            "one request for size and tail"
+        );
+    }
+    let missing = f.resolve_blob_tail(
+        &endpoints,
+        "test/tail",
+        "sha256:1111111111111111111111111111111111111111111111111111111111111111",
+        4096,
+    );
+    assert!(
+        matches!(missing, Err(FetchError::NotFound { .. })),
+        "{missing:?}"
+    );
+    // A server that ignores Range and sends the whole blob.
+    let data = blob_bytes(10_000);
+    let body = data.clone();
+    let (addr, _) = scripted_server(move |_| {
+        let mut out = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        out.extend_from_slice(&body);
+        Some(out)
+    });
+    let endpoints = ResolverConfig::default().endpoints(&addr);
+    let (_, size, tail) = f
+        .resolve_blob_tail(&endpoints, "x/y", "sha256:abc", 4096)
+        .unwrap();
+    assert_eq!(size, 10_000);
+    assert!(tail.is_none());
+}

@@ -9,6 +9,25 @@ use ringstar_fetcher::{FetchError, Fetcher, Reference, RemoteBlob, ResolverConfi
 
 use super::layer::RemoteLayer;
 
+/// A remote blob whose last bytes are at hand already: reads inside
+/// them cost no request.
+struct WithTail {
+    tail_start: u64,
+    tail: bytes::Bytes,
+    remote: RemoteBlob,
+}
+
+impl ringstar_core::BlobRead for WithTail {
+    fn read_at(&self, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+        let end = offset.saturating_add(len as u64);
+        if offset >= self.tail_start && end <= self.tail_start + self.tail.len() as u64 {
+            let from = (offset - self.tail_start) as usize;
+            return Ok(self.tail[from..from + len].to_vec());
+        }
+        self.remote.read_at(offset, len)
+    }
+}
+
 /// What names a remote layer (the labels containerd sends).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LayerSource {
@@ -65,11 +84,14 @@ pub fn resolve(
         source: e,
     };
     let endpoints = resolver.endpoints(&source.reference.host);
-    let (location, size) = fetcher
-        .resolve_blob(
+    // One round trip finds the blob, its size and its tail (footer and,
+    // usually, the TOC) when the registry answers a suffix range.
+    let (location, size, tail) = fetcher
+        .resolve_blob_tail(
             &endpoints,
             &source.reference.repository,
             &digest.to_string(),
+            tail_bytes,
         )
         .map_err(fetch_err)?;
     if let Some(expected) = source.size
@@ -82,9 +104,13 @@ pub fn resolve(
         });
     }
     let located = started.elapsed();
-    let blob = RemoteBlob {
-        fetcher: fetcher.clone(),
-        location: location.clone(),
+    let blob = WithTail {
+        tail_start: size - tail.as_ref().map_or(0, |t| t.len() as u64),
+        tail: tail.unwrap_or_default(),
+        remote: RemoteBlob {
+            fetcher: fetcher.clone(),
+            location: location.clone(),
+        },
     };
     let options = OpenOptions {
         toc_digest: source.toc_digest,
