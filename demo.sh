@@ -21,18 +21,8 @@ say() { printf '\n== %s\n' "$*"; }
 now() { date +%s.%N; }
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f s", b - a }'; }
 
-pkgs=()
-command -v docker-registry >/dev/null || pkgs+=(docker-registry)
-command -v containerd >/dev/null || pkgs+=(containerd)
-command -v runc >/dev/null || pkgs+=(runc)
-command -v ctr-remote >/dev/null || pkgs+=(stargz-snapshotter)
-command -v protoc >/dev/null || pkgs+=(protobuf-compiler)
-dpkg -s busybox-static >/dev/null 2>&1 || pkgs+=(busybox-static)
-if [ ${#pkgs[@]} -gt 0 ]; then
-  say "installing ${pkgs[*]}"
-  apt-get update -q >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${pkgs[@]}" >/dev/null
-fi
+. scripts/debian-packages.sh
+need_debian_packages "${RINGSTAR_RUNTIME_PACKAGES[@]}"
 
 say "building ringstar (release)"
 cargo build --release --locked -q --bin ringstar --bin ringstar-snapshotter

@@ -35,23 +35,10 @@ fi
 # filesystem), containerd + runc + ctr-remote (the snapshotter end to end),
 # busybox-static (the test images), protoc (containerd's snapshots API),
 # valgrind (the performance gate counts instructions with callgrind).
-need_pkgs=()
-command -v docker-registry >/dev/null || need_pkgs+=(docker-registry)
-command -v containerd >/dev/null || need_pkgs+=(containerd)
-command -v runc >/dev/null || need_pkgs+=(runc)
-command -v ctr-remote >/dev/null || need_pkgs+=(stargz-snapshotter)
-command -v protoc >/dev/null || need_pkgs+=(protobuf-compiler)
-dpkg -s busybox-static >/dev/null 2>&1 || need_pkgs+=(busybox-static)
-command -v valgrind >/dev/null || need_pkgs+=(valgrind)
-if [ ${#need_pkgs[@]} -gt 0 ]; then
-  step "installing ${need_pkgs[*]}"
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    apt-get update -q >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need_pkgs[@]}" >/dev/null
-  else
-    echo "not root or no apt-get: tests needing ${need_pkgs[*]} will fail" >&2
-  fi
-fi
+. scripts/debian-packages.sh
+step "Debian packages"
+need_debian_packages "${RINGSTAR_RUNTIME_PACKAGES[@]}" valgrind=valgrind ||
+  echo "tests needing them will fail" >&2
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

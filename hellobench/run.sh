@@ -17,16 +17,8 @@ cd "$(dirname "$0")/.."
 shared=$(realpath "${RINGSTAR_SHARED:-../shared}")
 bench_env=$shared/bench-env
 
-pkgs=()
-for p in containerd runc docker-registry debootstrap strace; do
-  command -v "$p" >/dev/null || pkgs+=("$p")
-done
-command -v ctr-remote >/dev/null || pkgs+=(stargz-snapshotter)
-command -v protoc >/dev/null || pkgs+=(protobuf-compiler)
-if [ ${#pkgs[@]} -gt 0 ]; then
-  apt-get update -q >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${pkgs[@]}" >/dev/null
-fi
+. scripts/debian-packages.sh
+need_debian_packages "${RINGSTAR_RUNTIME_PACKAGES[@]}" debootstrap=debootstrap strace=strace
 
 peer=${PEER:-/tmp/benchenv/bin/containerd-stargz-grpc}
 if [ ! -x "$peer" ]; then

@@ -359,26 +359,10 @@ impl Fetcher {
         repository: &str,
         digest: &str,
     ) -> Result<(BlobLocation, u64), FetchError> {
-        let mut last = FetchError::Invalid("no endpoints".into());
-        for e in endpoints {
-            let loc = BlobLocation {
-                url: e.blob_url(repository, digest),
-                headers: e.headers.clone(),
-                request_timeout: e.request_timeout,
-            };
-            let found = self.block_on(move |inner| async move {
-                let size = inner.blob_size(&loc).await?;
-                Ok((loc, size))
-            });
-            match found {
-                Ok(found) => return Ok(found),
-                Err(err) => {
-                    tracing::info!(endpoint = %e.base, error = %err, "blob not available here, trying the next endpoint");
-                    last = err;
-                }
-            }
-        }
-        Err(last)
+        self.first_endpoint(endpoints, repository, digest, |inner, loc| async move {
+            let size = inner.blob_size(&loc).await?;
+            Ok((loc, size))
+        })
     }
 
     /// Like [`Fetcher::resolve_blob`], with the blob's last `k` bytes
@@ -392,14 +376,11 @@ impl Fetcher {
         digest: &str,
         k: u64,
     ) -> Result<(BlobLocation, u64, Option<Bytes>), FetchError> {
-        let mut last = FetchError::Invalid("no endpoints".into());
-        for e in endpoints {
-            let loc = BlobLocation {
-                url: e.blob_url(repository, digest),
-                headers: e.headers.clone(),
-                request_timeout: e.request_timeout,
-            };
-            let found = self.block_on(move |inner| async move {
+        self.first_endpoint(
+            endpoints,
+            repository,
+            digest,
+            move |inner, loc| async move {
                 match inner.blob_tail(&loc, k).await? {
                     Some((size, tail)) => Ok((loc, size, Some(tail))),
                     None => {
@@ -407,8 +388,33 @@ impl Fetcher {
                         Ok((loc, size, None))
                     }
                 }
-            });
-            match found {
+            },
+        )
+    }
+
+    /// The first answer of `ask` over the endpoints in order; each failure
+    /// is logged and the next endpoint tried.
+    fn first_endpoint<T, F, Fut>(
+        &self,
+        endpoints: &[crate::hosts::Endpoint],
+        repository: &str,
+        digest: &str,
+        ask: F,
+    ) -> Result<T, FetchError>
+    where
+        T: Send + 'static,
+        F: Fn(Arc<Inner>, BlobLocation) -> Fut + Clone + Send + 'static,
+        Fut: std::future::Future<Output = Result<T, FetchError>> + Send + 'static,
+    {
+        let mut last = FetchError::Invalid("no endpoints".into());
+        for e in endpoints {
+            let loc = BlobLocation {
+                url: e.blob_url(repository, digest),
+                headers: e.headers.clone(),
+                request_timeout: e.request_timeout,
+            };
+            let ask = ask.clone();
+            match self.block_on(move |inner| ask(inner, loc)) {
                 Ok(found) => return Ok(found),
                 Err(err) => {
                     tracing::info!(endpoint = %e.base, error = %err, "blob not available here, trying the next endpoint");
@@ -441,6 +447,45 @@ impl Fetcher {
             Ok(head.version)
         })
     }
+}
+
+/// Bytes `[skip, skip + want)` of a response body; a body that ends
+/// sooner is a transport error (the connection broke).
+async fn read_body(
+    body: &mut hyper::body::Incoming,
+    url: &str,
+    skip: u64,
+    want: u64,
+) -> Result<Bytes, FetchError> {
+    let mut out = Vec::with_capacity(want.min(64 << 20) as usize);
+    let mut skipped = 0u64;
+    while (out.len() as u64) < want {
+        let Some(frame) = body.frame().await else {
+            break;
+        };
+        let frame = frame.map_err(|e| FetchError::Transport {
+            url: url.to_string(),
+            reason: format!("body: {e}"),
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let mut data: &[u8] = &data;
+        if skipped < skip {
+            let n = (skip - skipped).min(data.len() as u64) as usize;
+            skipped += n as u64;
+            data = &data[n..];
+        }
+        let n = ((want - out.len() as u64) as usize).min(data.len());
+        out.extend_from_slice(&data[..n]);
+    }
+    if (out.len() as u64) < want {
+        return Err(FetchError::Transport {
+            url: url.to_string(),
+            reason: format!("body ended after {} of {want} bytes", out.len()),
+        });
+    }
+    Ok(Bytes::from(out))
 }
 
 /// A range `(LAST_BYTES, n)` asks for the blob's last `n` bytes
@@ -954,43 +999,9 @@ impl Inner {
             }
         };
         let mut body = body;
-        let mut out = Vec::with_capacity(want.min(64 << 20) as usize);
-        let mut skipped = 0u64;
-        while (out.len() as u64) < want {
-            let Some(frame) = body.frame().await else {
-                break;
-            };
-            let frame = frame.map_err(|e| {
-                (
-                    FetchError::Transport {
-                        url: url.clone(),
-                        reason: format!("body: {e}"),
-                    },
-                    None,
-                )
-            })?;
-            let Ok(data) = frame.into_data() else {
-                continue;
-            };
-            let mut data: &[u8] = &data;
-            if skipped < skip {
-                let n = (skip - skipped).min(data.len() as u64) as usize;
-                skipped += n as u64;
-                data = &data[n..];
-            }
-            let n = ((want - out.len() as u64) as usize).min(data.len());
-            out.extend_from_slice(&data[..n]);
-        }
-        if (out.len() as u64) < want {
-            return Err((
-                FetchError::Transport {
-                    url: url.clone(),
-                    reason: format!("body ended after {} of {want} bytes", out.len()),
-                },
-                None,
-            ));
-        }
-        Ok(Bytes::from(out))
+        read_body(&mut body, url, skip, want)
+            .await
+            .map_err(|e| (e, None))
     }
 
     /// `[offset, offset+len)` through the scheduler: joins a running fetch
@@ -1222,28 +1233,8 @@ impl Inner {
             if end + 1 != total || end < start || end - start + 1 > k.max(1) {
                 return Ok(None);
             }
-            let want = end - start + 1;
-            let mut out = Vec::with_capacity(want as usize);
-            while (out.len() as u64) < want {
-                let Some(frame) = body.frame().await else {
-                    break;
-                };
-                let frame = frame.map_err(|e| FetchError::Transport {
-                    url: url.clone(),
-                    reason: format!("body: {e}"),
-                })?;
-                if let Ok(data) = frame.into_data() {
-                    let n = ((want - out.len() as u64) as usize).min(data.len());
-                    out.extend_from_slice(&data[..n]);
-                }
-            }
-            if (out.len() as u64) < want {
-                return Err(FetchError::Transport {
-                    url: url.clone(),
-                    reason: format!("body ended after {} of {want} bytes", out.len()),
-                });
-            }
-            Ok(Some((total, Bytes::from(out))))
+            let tail = read_body(&mut body, &url, 0, end - start + 1).await?;
+            Ok(Some((total, tail)))
         };
         tokio::time::timeout(timeout, run)
             .await

@@ -297,7 +297,7 @@ pub fn prepare(
                         &LayerFormat::Estargz(opts),
                     )?);
                 }
-                image_of_layers(layers, &run)?
+                ringstar_snapshotter::image::assemble(layers, &run)
             }
             other => anyhow::bail!("no variant {other:?} (org, esgz-noopt, esgz)"),
         };
@@ -326,12 +326,4 @@ pub fn prepare(
         }))?,
     )?;
     Ok(pushed)
-}
-
-/// An image from layers built one by one (per-layer writer options).
-fn image_of_layers(
-    layers: Vec<ringstar_snapshotter::image::BuiltLayer>,
-    run: &RunConfig,
-) -> anyhow::Result<Image> {
-    Ok(ringstar_snapshotter::image::assemble(layers, run))
 }

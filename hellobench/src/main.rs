@@ -228,7 +228,7 @@ fn sample(
     // Upstream hello-bench: no prefetch for esgz-noopt, prefetch for esgz.
     world.reset(snap, variant == "esgz-noopt")?;
     let reference = format!("{}/bench/{}:{variant}", world.host(), spec.name);
-    let log_start = std::fs::metadata(world_log(world)).map_or(0, |m| m.len());
+    let log_start = world.registry_log_end();
     let id = format!("hb-{}-{rep}", spec.name);
     let t0 = Instant::now();
     match snap {
@@ -278,7 +278,7 @@ fn sample(
             spec.expect
         );
     }
-    let (log, _) = world.registry_log(log_start);
+    let log = world.registry_log(log_start);
     let digests = pushed.digests.get(variant).cloned().unwrap_or_default();
     let lazy = world.lazy_layers(snap);
     if snap != Snap::Legacy {
@@ -286,8 +286,8 @@ fn sample(
         // blob sent whole.
         let whole: Vec<_> = log
             .iter()
-            .filter(|(m, p, s, _)| {
-                m == "GET" && *s == 200 && digests.iter().any(|d| p.ends_with(d))
+            .filter(|r| {
+                r.method == "GET" && r.status == 200 && digests.iter().any(|d| r.path.ends_with(d))
             })
             .collect();
         if lazy < pushed.layers || !whole.is_empty() {
@@ -312,13 +312,9 @@ fn sample(
         run_s,
         total_s: pull + create_s + run_s,
         registry_requests: log.len(),
-        registry_mbytes: log.iter().map(|r| r.3).sum::<u64>() as f64 / 1e6,
+        registry_mbytes: log.iter().map(|r| r.bytes).sum::<u64>() as f64 / 1e6,
         lazy_layers: lazy,
         layers: pushed.layers,
         image_mbytes: pushed.sizes.get(variant).copied().unwrap_or(0) as f64 / 1e6,
     })
-}
-
-fn world_log(world: &World) -> PathBuf {
-    world.registry.access_log.clone().unwrap_or_default()
 }

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use ringstar_fetcher::testing::{DelayProxy, Registry};
+use ringstar_fetcher::testing::{AccessLogEntry, DelayProxy, Registry, access_log_entries};
 
 use crate::rootfs::{sh, umount_below};
 
@@ -283,24 +283,21 @@ impl World {
         }
     }
 
-    /// The registry's access log from byte `from`: (method, path, status,
-    /// bytes) per request, and where the log ends now.
-    pub fn registry_log(&self, from: u64) -> (Vec<(String, String, u16, u64)>, u64) {
-        let path = self.dir.join("registry.log");
+    /// Where the registry's access log ends now (a sample's requests are
+    /// what comes after).
+    pub fn registry_log_end(&self) -> u64 {
+        std::fs::metadata(self.dir.join("registry.log")).map_or(0, |m| m.len())
+    }
+
+    /// The registry's requests logged after byte `from` of its access
+    /// log.
+    pub fn registry_log(&self, from: u64) -> Vec<AccessLogEntry> {
         let mut text = String::new();
-        let end = match std::fs::File::open(&path) {
-            Ok(mut f) => {
-                let _ = f.seek(SeekFrom::Start(from));
-                let _ = f.read_to_string(&mut text);
-                from + text.len() as u64
-            }
-            Err(_) => from,
-        };
-        let reqs = ringstar_fetcher::testing::access_log_entries(&text)
-            .into_iter()
-            .map(|e| (e.method, e.path, e.status, e.bytes))
-            .collect();
-        (reqs, end)
+        if let Ok(mut f) = std::fs::File::open(self.dir.join("registry.log")) {
+            let _ = f.seek(SeekFrom::Start(from));
+            let _ = f.read_to_string(&mut text);
+        }
+        access_log_entries(&text)
     }
 }
 

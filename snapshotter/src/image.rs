@@ -77,7 +77,6 @@ pub fn build_layer(
     tar: &[u8],
     format: &LayerFormat,
 ) -> Result<BuiltLayer, ImageError> {
-    let diff_of = |data: &[u8]| Digest::of(data);
     match format {
         LayerFormat::Estargz(opts) => {
             let (blob, built) = writer::build_to_vec(tar, opts)
@@ -100,7 +99,7 @@ pub fn build_layer(
             let blob = enc.finish()?;
             Ok(BuiltLayer {
                 digest: Digest::of(&blob),
-                diff_id: diff_of(tar),
+                diff_id: Digest::of(tar),
                 toc_digest: None,
                 uncompressed_size: tar.len() as u64,
                 blob,

@@ -204,9 +204,13 @@ impl Config {
         }
     }
 
-    /// The global per-request timeout (`None`: no timeout).
+    /// The global per-request timeout (`None`: no timeout); absent or 0
+    /// is the reference's 30 s.
     pub fn request_timeout(&self) -> Option<Duration> {
-        timeout_of(self.resolver.request_timeout_sec.unwrap_or(30), None)
+        match self.resolver.request_timeout_sec {
+            None | Some(0) => Some(Duration::from_secs(30)),
+            Some(s) => timeout_of(s),
+        }
     }
 
     pub fn resolver_config(&self) -> ResolverConfig {
@@ -218,9 +222,10 @@ impl Config {
                 .map(|m| MirrorConfig {
                     host: m.host.clone(),
                     insecure: m.insecure,
+                    // 0: the global timeout; negative: none.
                     request_timeout: match m.request_timeout_sec {
                         0 => None,
-                        s => Some(timeout_of(s, None).unwrap_or(NO_TIMEOUT)),
+                        s => Some(timeout_of(s).unwrap_or(NO_TIMEOUT)),
                     },
                     headers: m
                         .header
@@ -254,12 +259,9 @@ impl Config {
 /// "No timeout", as a duration the fetcher can add to an instant.
 pub const NO_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
 
-fn timeout_of(secs: i64, zero: Option<Duration>) -> Option<Duration> {
-    match secs {
-        s if s < 0 => None,
-        0 => zero,
-        s => Some(Duration::from_secs(s as u64)),
-    }
+/// A timeout in seconds; negative means none.
+fn timeout_of(secs: i64) -> Option<Duration> {
+    u64::try_from(secs).ok().map(Duration::from_secs)
 }
 
 fn collect_unapplied(table: &toml::Table, prefix: &str, out: &mut Vec<String>) {
@@ -361,6 +363,14 @@ store_size = 1048576
         let c = Config::parse("").unwrap().config;
         assert_eq!(c.prefetch_timeout(), Duration::from_secs(10));
         assert_eq!(c.request_timeout(), Some(Duration::from_secs(30)));
+        let zero = Config::parse("[resolver]\nrequest_timeout_sec = 0\n")
+            .unwrap()
+            .config;
+        assert_eq!(zero.request_timeout(), Some(Duration::from_secs(30)));
+        let none = Config::parse("[resolver]\nrequest_timeout_sec = -1\n")
+            .unwrap()
+            .config;
+        assert_eq!(none.request_timeout(), None);
         assert!(Config::parse("noprefetch = 3").is_err());
         assert!(Config::parse("[[[").is_err());
         let missing = Path::new("/nonexistent/ringstar.toml");

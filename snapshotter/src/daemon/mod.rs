@@ -86,7 +86,6 @@ fn start_err(what: impl Into<String>, reason: impl std::fmt::Display) -> StartEr
 /// restores under way. Serve it with [`Daemon::serve`].
 #[derive(Debug)]
 pub struct Daemon {
-    root: PathBuf,
     remote: Arc<Remote>,
     snapshots: Arc<Snapshots>,
 }
@@ -185,19 +184,7 @@ impl Daemon {
                 return Err(start_err("opening the snapshots", e));
             }
         };
-        Ok(Daemon {
-            root: root.to_path_buf(),
-            remote,
-            snapshots,
-        })
-    }
-
-    pub fn snapshots(&self) -> &Arc<Snapshots> {
-        &self.snapshots
-    }
-
-    pub fn root(&self) -> &Path {
-        &self.root
+        Ok(Daemon { remote, snapshots })
     }
 
     /// Serves the snapshots API on unix socket `address` (mode 0660)

@@ -8,7 +8,7 @@
 //! that two chains share (or a restore and a new pull) is served once.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,7 +17,7 @@ use ringstar_fetcher::{Fetcher, Reference, ResolverConfig};
 use ringstar_fusedev::{Ino, Session};
 
 use crate::layerfs::resolve::{LayerSource, resolve};
-use crate::layerfs::{LayerFs, Loader, RemoteLayer};
+use crate::layerfs::{LayerFs, RemoteLayer};
 
 /// Labels containerd (unpacker, CRI) and ctr-remote send with a layer's
 /// Prepare (snapshotter-protocol.md §3).
@@ -159,8 +159,6 @@ struct Slot {
     state: State,
     /// Shown in the mount (a snapshot claimed it).
     mounted: bool,
-    /// Prefetch and background fetch started.
-    started: bool,
     /// Show it in the mount once resolved (a restored layer: snapshots
     /// already use it).
     show_when_ready: bool,
@@ -171,7 +169,6 @@ struct Slot {
 #[derive(Debug)]
 pub struct Remote {
     fs: Arc<LayerFs>,
-    loader: Arc<Loader>,
     session: Mutex<Option<Session>>,
     fetcher: Fetcher,
     resolver: ResolverConfig,
@@ -191,7 +188,6 @@ impl Remote {
         settings: RemoteSettings,
     ) -> Arc<Remote> {
         Arc::new(Remote {
-            loader: fs.loader().clone(),
             fs,
             session: Mutex::new(Some(session)),
             fetcher,
@@ -212,10 +208,6 @@ impl Remote {
         self.mountpoint.join(name)
     }
 
-    pub fn mountpoint(&self) -> &Path {
-        &self.mountpoint
-    }
-
     /// Starts resolving `source` unless it is known already.
     pub fn preresolve(self: &Arc<Self>, source: LayerSource) {
         self.start_resolve(source, false);
@@ -232,7 +224,6 @@ impl Remote {
             Slot {
                 state: State::Resolving,
                 mounted: false,
-                started: false,
                 show_when_ready,
                 since: Instant::now(),
             },
@@ -289,16 +280,17 @@ impl Remote {
                         self.invalidate_root(&layer.name);
                     }
                     slot.state = State::Ready(layer.clone());
-                    slot.started = true;
                     drop(slots);
-                    // Prefetch and background fetch start at once, so the
-                    // image's later layers are warm when their turn comes.
+                    // Prefetch and background fetch start as soon as a
+                    // layer resolves, so an image's later layers are warm
+                    // when their turn comes.
+                    let loader = self.fs.loader();
                     if self.settings.noprefetch {
                         layer.finish_prefetch();
                     } else {
-                        self.loader.prefetch(&layer);
+                        loader.prefetch(&layer);
                     }
-                    self.loader.start_background(&layer);
+                    loader.start_background(&layer);
                     slots = self.slots.lock().expect("slots");
                 }
                 Err(e) => {
@@ -382,16 +374,6 @@ impl Remote {
             slot.mounted = true;
             self.invalidate_root(&layer.name);
         }
-        if !slot.started {
-            slot.started = true;
-            drop(slots);
-            if self.settings.noprefetch {
-                layer.finish_prefetch();
-            } else {
-                self.loader.prefetch(layer);
-            }
-            self.loader.start_background(layer);
-        }
         Ok(())
     }
 
@@ -472,11 +454,6 @@ impl Remote {
         }
     }
 
-    /// Drops a layer no snapshot uses any more.
-    pub fn release(&self, digest: &Digest) {
-        self.forget(digest);
-    }
-
     fn forget_unshown(&self, digest: &Digest) {
         let shown = self
             .slots
@@ -485,11 +462,12 @@ impl Remote {
             .get(digest)
             .is_some_and(|s| s.mounted);
         if !shown {
-            self.forget(digest);
+            self.release(digest);
         }
     }
 
-    fn forget(&self, digest: &Digest) {
+    /// Drops a layer no snapshot uses any more.
+    pub fn release(&self, digest: &Digest) {
         let slot = self.slots.lock().expect("slots").remove(digest);
         if let Some(slot) = slot {
             if let State::Ready(layer) = &slot.state {
@@ -520,7 +498,7 @@ impl Remote {
             .map(|(d, _)| *d)
             .collect();
         for d in stale {
-            self.forget(&d);
+            self.release(&d);
         }
     }
 

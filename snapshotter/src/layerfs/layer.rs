@@ -271,10 +271,6 @@ impl RemoteLayer {
         out
     }
 
-    pub fn prefetch_done(&self) -> bool {
-        *self.prefetch.done.lock().expect("prefetch")
-    }
-
     pub fn finish_prefetch(&self) {
         *self.prefetch.done.lock().expect("prefetch") = true;
         self.prefetch.cv.notify_all();

@@ -503,14 +503,9 @@ impl Loader {
         }
     }
 
-    /// Issues `run`'s next window, if any; finishes the prefetch when
-    /// none is left and none is out.
+    /// Issues `run`'s next window, if any is left.
     fn next_prefetch_window(self: &Arc<Self>, run: &Arc<PrefetchRun>) {
         let Some((lo, hi, claimed)) = run.windows.lock().expect("windows").pop_front() else {
-            if run.outstanding.load(Ordering::Acquire) == 0 && !run.layer.prefetch_done() {
-                run.layer.finish_prefetch();
-                tracing::info!(layer = %run.layer.digest, bytes = run.bytes, ms = run.started.elapsed().as_millis() as u64, "prefetched");
-            }
             return;
         };
         run.outstanding.fetch_add(1, Ordering::AcqRel);
@@ -523,13 +518,17 @@ impl Loader {
                 *me.last_foreground.lock().expect("clock") = Instant::now();
                 me.foreground.fetch_sub(1, Ordering::AcqRel);
                 me.count_fetched(&fetched);
-                // The next window goes out before this one is inflated.
+                // The next window goes out before this one is inflated, so
+                // two stay on the wire.
                 let me2 = me.clone();
                 let job: Job = Box::new(move || {
                     me2.next_prefetch_window(&run2);
                     me2.finish_range(&run2.layer, &claimed, lo, fetched);
-                    run2.outstanding.fetch_sub(1, Ordering::AcqRel);
-                    me2.next_prefetch_window(&run2);
+                    let left = run2.outstanding.fetch_sub(1, Ordering::AcqRel) - 1;
+                    if left == 0 && run2.windows.lock().expect("windows").is_empty() {
+                        run2.layer.finish_prefetch();
+                        tracing::info!(layer = %run2.layer.digest, bytes = run2.bytes, ms = run2.started.elapsed().as_millis() as u64, "prefetched");
+                    }
                 });
                 if let Err(crossbeam_channel::SendError(job)) = me.pool.send(job) {
                     job();
