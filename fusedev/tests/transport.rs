@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::{ReadMode, TestFs, mount, pattern};
+use common::{ReadMode, TestFs, mount, pattern, signalable_command};
 use ringstar_fusedev::{Transport, TransportChoice};
 use sha2::{Digest, Sha256};
 
@@ -319,7 +319,7 @@ fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
 
 /// Starts `cat PATH` and waits until its read reached the filesystem.
 fn spawn_reader(fs_: &TestFs, path: &Path) -> std::process::Child {
-    let child = Command::new("cat")
+    let child = signalable_command("cat")
         .arg(path)
         .stdout(Stdio::null())
         .spawn()
@@ -421,7 +421,7 @@ fn interrupt_answers_a_waiting_read(t: TransportChoice) {
     // A direct-I/O read waits in the reader's own context: SIGINT makes the
     // kernel send INTERRUPT and wait for the filesystem's answer, so the
     // reader can only exit if the session answers EINTR.
-    let mut child = Command::new("cat")
+    let mut child = signalable_command("cat")
         .arg(mnt.join("direct.bin"))
         .stdout(Stdio::null())
         .spawn()

@@ -364,3 +364,26 @@ pub fn mount(fs: Arc<TestFs>, dir: &Path, transport: TransportChoice) -> Session
     };
     Session::mount(fs, dir, &opts).expect("mount (tests run as root)")
 }
+
+/// A command for a child the test will signal: the signals it sends get
+/// their default disposition back in the child. A non-interactive shell
+/// starts background jobs with SIGINT and SIGQUIT ignored, and cargo,
+/// the test binary and every child inherit that, so a `kill -INT` would
+/// never reach the reader (and the kernel would never send INTERRUPT).
+pub fn signalable_command(program: &str) -> std::process::Command {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new(program);
+    // SAFETY: between fork and exec the closure calls only signal(2),
+    // which is async-signal-safe, and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            for sig in [libc::SIGINT, libc::SIGQUIT, libc::SIGTERM, libc::SIGHUP] {
+                if libc::signal(sig, libc::SIG_DFL) == libc::SIG_ERR {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
