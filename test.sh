@@ -17,6 +17,7 @@ shared=$(realpath "${RINGSTAR_SHARED:-../shared}")
 export RINGSTAR_TESTDATA="$shared/testdata/estargz"
 
 step() { echo; echo "== $*"; }
+failed=()
 
 # The reference eStargz reader (Go, from Debian's sources), so round-trip
 # tests prove our writer's layers open in the reference too.
@@ -58,7 +59,7 @@ if [ "$fuzz_seconds" -gt 0 ]; then
     cargo install cargo-fuzz --locked -q || echo "cargo-fuzz did not install" >&2
   fi
   step "fuzzing each target for ${fuzz_seconds}s"
-  bash fuzz/run.sh "$fuzz_seconds"
+  bash fuzz/run.sh "$fuzz_seconds" || failed+=("fuzz run")
 else
   step "fuzz run skipped (FUZZ_SECONDS=0)"
 fi
@@ -76,7 +77,6 @@ status=${PIPESTATUS[0]}
 step "FUSE transport tests with SIGINT ignored"
 (trap '' INT; cargo test -p ringstar-fusedev --locked --test transport) || status=1
 set -e
-failed=()
 [ "$status" = 0 ] || failed+=("cargo test")
 step "summary"
 # One closing line over every test binary of the workspace run (cargo's
