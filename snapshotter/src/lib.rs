@@ -8,5 +8,6 @@
 //!   overlayfs and remote snapshots, config).
 
 pub mod daemon;
+pub mod faults;
 pub mod image;
 pub mod layerfs;

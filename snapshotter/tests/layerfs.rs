@@ -155,10 +155,18 @@ fn the_store_fetches_shared_files_once_and_keeps_them_across_restarts() {
         assert_eq!(gets(&proxy), before, "a cached file was fetched again");
     }
     // A truncated cache file is absent: fetched again, right bytes.
-    let cached = store
-        .path()
-        .join("complete")
-        .join(Digest::of(&shared).hex());
+    // Named `<content hex>.<life>` (core/src/store.rs).
+    let prefix = format!("{}.", Digest::of(&shared).hex());
+    let cached = std::fs::read_dir(store.path().join("complete"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(&prefix)
+        })
+        .unwrap();
     std::fs::OpenOptions::new()
         .write(true)
         .open(&cached)

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context as _;
 use ringstar_bench::{Rng, generated_toc, testdata, texty_bytes, toc_json_of};
 use ringstar_core::inflate::ChunkReader;
-use ringstar_core::store::{Store, StoreChunk};
+use ringstar_core::store::{FileKey, Store, StoreChunk};
 use ringstar_core::toc::{self, Limits, TocDocument, TocEntry};
 use ringstar_core::writer::{WriterOptions, build_to_vec};
 use ringstar_core::{Digest, FileKind, Layer, LayerTree, NodeId, OpenOptions, tar};
@@ -264,8 +264,7 @@ fn workload_tree_lookup(tree: &LayerTree, paths: &[String]) -> u32 {
 
 struct StoreInput {
     store: Store,
-    key: Digest,
-    size: u64,
+    key: FileKey,
     chunks: Vec<StoreChunk>,
     offsets: Vec<u64>,
 }
@@ -277,7 +276,7 @@ fn workload_store_hit(input: &StoreInput) -> u64 {
     for &off in &input.offsets {
         input
             .store
-            .read(&input.key, input.size, &input.chunks, off, &mut buf)
+            .read(&input.key, &input.chunks, off, &mut buf)
             .expect("store hit");
         sum += buf[0] as u64;
     }
@@ -354,7 +353,6 @@ fn store_input(dir: &Path) -> StoreInput {
     let mut rng = Rng::new(5);
     let data = texty_bytes(4 << 20, &mut rng);
     let store = Store::open(dir, 1 << 30).expect("store opens");
-    let key = Digest::of(&data);
     let chunks: Vec<StoreChunk> = data
         .chunks(1 << 20)
         .enumerate()
@@ -364,9 +362,12 @@ fn store_input(dir: &Path) -> StoreInput {
             digest: Digest::of(c),
         })
         .collect();
+    let key = FileKey::new(Digest::of(&data), data.len() as u64, &chunks).expect("chunks tile");
     for c in &chunks {
         let part = &data[c.offset as usize..(c.offset + c.len) as usize];
-        store.put(&key, data.len() as u64, c, part).expect("put");
+        store
+            .put(&key, c.verify(part).expect("verified"))
+            .expect("put");
     }
     let offsets = (0..256)
         .map(|_| rng.below(data.len() as u64 - (64 << 10)))
@@ -374,7 +375,6 @@ fn store_input(dir: &Path) -> StoreInput {
     StoreInput {
         store,
         key,
-        size: data.len() as u64,
         chunks,
         offsets,
     }

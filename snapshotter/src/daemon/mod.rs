@@ -172,7 +172,8 @@ impl Daemon {
                 unused_ttl: config.unused_layer_ttl(),
                 ..RemoteSettings::default()
             },
-        );
+        )
+        .map_err(|e| start_err("starting the resolvers", e))?;
         let snapshots = match Snapshots::open(
             root,
             remote.clone(),

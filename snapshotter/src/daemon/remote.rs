@@ -1,11 +1,13 @@
 //! Remote layers for snapshots: which layer the labels of a Prepare name,
-//! resolving it (once per blob digest, however many snapshots and
-//! pre-resolves ask), verifying its TOC, showing it in the one FUSE
-//! mount, prefetch and background fetch, and dropping it when no snapshot
-//! uses it.
+//! resolving it (once per source, however many snapshots and pre-resolves
+//! ask; a few at a time), verifying its TOC, showing it in the one FUSE
+//! mount, prefetch and background fetch (only once its TOC is verified),
+//! and dropping it when no snapshot uses it.
 //!
-//! A layer is a directory of the mount named by its digest, so a blob
-//! that two chains share (or a restore and a new pull) is served once.
+//! A layer is a directory of the mount named by where its blob comes from
+//! and what it is ([`LayerSource::layer_name`]), so a blob that two chains
+//! of one repository share (or a restore and a new pull) is served once,
+//! and an image declaring another image's digest gets a layer of its own.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -138,14 +140,9 @@ pub fn wanted(
     })
 }
 
-/// The directory name of a layer in the mount: short, so overlay's
-/// lowerdir option (one page) holds many layers; a clash of two digests'
-/// prefixes is refused by the filesystem and that Prepare falls back.
-pub fn layer_name(digest: &Digest) -> String {
-    let s = digest.to_string();
-    let hex = s.split_once(':').map_or(s.as_str(), |(_, h)| h);
-    hex.chars().take(24).collect()
-}
+/// Resolves at once, at most: the labels of one Prepare name every layer
+/// of its image, and each resolve is a thread blocked on the registry.
+const RESOLVERS: usize = 4;
 
 #[derive(Debug)]
 enum State {
@@ -174,8 +171,11 @@ pub struct Remote {
     resolver: ResolverConfig,
     settings: RemoteSettings,
     mountpoint: PathBuf,
-    slots: Mutex<HashMap<Digest, Slot>>,
+    /// By layer name.
+    slots: Mutex<HashMap<String, Slot>>,
     changed: Condvar,
+    /// Sources to resolve, taken by [`RESOLVERS`] threads.
+    queue: crossbeam_channel::Sender<LayerSource>,
 }
 
 impl Remote {
@@ -186,8 +186,9 @@ impl Remote {
         fetcher: Fetcher,
         resolver: ResolverConfig,
         settings: RemoteSettings,
-    ) -> Arc<Remote> {
-        Arc::new(Remote {
+    ) -> std::io::Result<Arc<Remote>> {
+        let (queue, sources) = crossbeam_channel::unbounded::<LayerSource>();
+        let remote = Arc::new(Remote {
             fs,
             session: Mutex::new(Some(session)),
             fetcher,
@@ -196,7 +197,20 @@ impl Remote {
             mountpoint,
             slots: Mutex::new(HashMap::new()),
             changed: Condvar::new(),
-        })
+            queue,
+        });
+        for i in 0..RESOLVERS {
+            let (weak, sources) = (Arc::downgrade(&remote), sources.clone());
+            std::thread::Builder::new()
+                .name(format!("resolve-{i}"))
+                .spawn(move || {
+                    for source in sources {
+                        let Some(me) = weak.upgrade() else { return };
+                        me.run_resolve(source);
+                    }
+                })?;
+        }
+        Ok(remote)
     }
 
     pub fn settings(&self) -> &RemoteSettings {
@@ -214,13 +228,14 @@ impl Remote {
     }
 
     fn start_resolve(self: &Arc<Self>, source: LayerSource, show_when_ready: bool) {
+        let name = source.layer_name();
         let mut slots = self.slots.lock().expect("slots");
-        if let Some(slot) = slots.get_mut(&source.digest) {
+        if let Some(slot) = slots.get_mut(&name) {
             slot.show_when_ready |= show_when_ready;
             return;
         }
         slots.insert(
-            source.digest,
+            name,
             Slot {
                 state: State::Resolving,
                 mounted: false,
@@ -229,15 +244,13 @@ impl Remote {
             },
         );
         drop(slots);
-        let me = self.clone();
-        std::thread::Builder::new()
-            .name("resolve".into())
-            .spawn(move || me.run_resolve(source))
-            .expect("spawn resolver");
+        // The resolvers live as long as `self`: the send cannot fail.
+        let _ = self.queue.send(source);
     }
 
-    fn run_resolve(self: Arc<Self>, source: LayerSource) {
+    fn run_resolve(&self, source: LayerSource) {
         let digest = source.digest;
+        let name = source.layer_name();
         // Resolved without the TOC digest: a pre-resolve does not know it
         // (only the layer's own Prepare carries it), so `claim` checks the
         // TOC's digest before anything is shown; a restore knows it and
@@ -247,14 +260,19 @@ impl Remote {
             toc_digest: None,
             ..source
         };
-        let result = resolve(
-            &self.fetcher,
-            &self.resolver,
-            &unverified,
-            layer_name(&digest),
-            self.settings.tail_bytes,
-        )
-        .map_err(|e| e.to_string())
+        // A panic in resolving fails this layer (its Prepares fall back)
+        // and leaves the resolver serving.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            resolve(
+                &self.fetcher,
+                &self.resolver,
+                &unverified,
+                name.clone(),
+                self.settings.tail_bytes,
+            )
+            .map_err(|e| e.to_string())
+        }))
+        .unwrap_or_else(|p| Err(format!("resolve panicked: {}", crate::faults::message(&*p))))
         .and_then(|layer| match want {
             Some(w) if layer.layer.toc_digest != w => Err(format!(
                 "TOC digest is {}, the label says {w}",
@@ -263,7 +281,7 @@ impl Remote {
             _ => Ok(layer),
         });
         let mut slots = self.slots.lock().expect("slots");
-        if let Some(slot) = slots.get_mut(&digest) {
+        if let Some(slot) = slots.get_mut(&name) {
             slot.since = Instant::now();
             match result {
                 Ok(layer) => {
@@ -281,16 +299,13 @@ impl Remote {
                     }
                     slot.state = State::Ready(layer.clone());
                     drop(slots);
-                    // Prefetch and background fetch start as soon as a
-                    // layer resolves, so an image's later layers are warm
-                    // when their turn comes.
-                    let loader = self.fs.loader();
-                    if self.settings.noprefetch {
-                        layer.finish_prefetch();
-                    } else {
-                        loader.prefetch(&layer);
+                    // A restore knows the TOC digest and checked it: its
+                    // fetching starts now. A pre-resolve's TOC is checked
+                    // by the layer's own Prepare (`claim`), which starts
+                    // it: nothing is fetched for a TOC nobody vouched for.
+                    if want.is_some() {
+                        self.start_fetching(&layer);
                     }
-                    loader.start_background(&layer);
                     slots = self.slots.lock().expect("slots");
                 }
                 Err(e) => {
@@ -303,7 +318,22 @@ impl Remote {
         self.changed.notify_all();
     }
 
-    /// Waits for `digest`'s resolve (started if needed, or again after a
+    /// Prefetch and background fetch of a layer whose TOC is verified (or
+    /// whose verification the config turned off), once.
+    fn start_fetching(&self, layer: &Arc<RemoteLayer>) {
+        if !layer.begin_fetching() {
+            return;
+        }
+        let loader = self.fs.loader();
+        if self.settings.noprefetch {
+            layer.finish_prefetch();
+        } else {
+            loader.prefetch(layer);
+        }
+        loader.start_background(layer);
+    }
+
+    /// Waits for `source`'s resolve (started if needed, or again after a
     /// failure) until `deadline`.
     fn ready(
         self: &Arc<Self>,
@@ -311,13 +341,14 @@ impl Remote {
         deadline: Instant,
     ) -> Result<Arc<RemoteLayer>, String> {
         let mut retried = false;
+        let name = source.layer_name();
         loop {
             let mut slots = self.slots.lock().expect("slots");
-            match slots.get(&source.digest).map(|s| &s.state) {
+            match slots.get(&name).map(|s| &s.state) {
                 Some(State::Ready(l)) => return Ok(l.clone()),
                 Some(State::Failed(e)) if retried => return Err(e.clone()),
                 Some(State::Failed(_)) | None => {
-                    slots.remove(&source.digest);
+                    slots.remove(&name);
                     drop(slots);
                     retried = true;
                     self.preresolve(source.clone());
@@ -344,6 +375,8 @@ impl Remote {
     /// in the mount; its name there. Starts resolving the image's other
     /// layers too.
     pub fn claim(self: &Arc<Self>, wanted: &Wanted) -> Result<Arc<RemoteLayer>, String> {
+        // Its own layer first: the resolvers take the queue in order.
+        self.preresolve(wanted.source.clone());
         for other in &wanted.others {
             self.preresolve(other.clone());
         }
@@ -354,19 +387,20 @@ impl Remote {
             && layer.layer.toc_digest != want
         {
             // A layer snapshots use stays; one only pre-resolved goes.
-            self.forget_unshown(&wanted.source.digest);
+            self.forget_unshown(&layer.name);
             return Err(format!(
                 "TOC digest is {}, the label says {want}",
                 layer.layer.toc_digest
             ));
         }
-        self.show(&wanted.source.digest, &layer)?;
+        self.show(&layer)?;
+        self.start_fetching(&layer);
         Ok(layer)
     }
 
-    fn show(&self, digest: &Digest, layer: &Arc<RemoteLayer>) -> Result<(), String> {
+    fn show(&self, layer: &Arc<RemoteLayer>) -> Result<(), String> {
         let mut slots = self.slots.lock().expect("slots");
-        let Some(slot) = slots.get_mut(digest) else {
+        let Some(slot) = slots.get_mut(&layer.name) else {
             return Err("layer was released meanwhile".into());
         };
         if !slot.mounted {
@@ -420,8 +454,9 @@ impl Remote {
         {
             return Err(format!("layer {}: TOC digest changed", source.digest));
         }
-        self.show(&source.digest, &layer)
+        self.show(&layer)
             .map_err(|e| format!("layer {}: {e}", source.digest))?;
+        self.start_fetching(&layer);
         Ok(layer)
     }
 
@@ -433,9 +468,10 @@ impl Remote {
     /// Whether a restored layer could be resolved (waits for it).
     pub fn restored(self: &Arc<Self>, source: &LayerSource) -> Result<(), String> {
         let deadline = Instant::now() + self.settings.resolve_timeout;
+        let name = source.layer_name();
         let mut slots = self.slots.lock().expect("slots");
         loop {
-            match slots.get(&source.digest).map(|s| &s.state) {
+            match slots.get(&name).map(|s| &s.state) {
                 Some(State::Ready(_)) => return Ok(()),
                 Some(State::Failed(e)) => return Err(e.clone()),
                 None => return Err("not being restored".into()),
@@ -454,21 +490,21 @@ impl Remote {
         }
     }
 
-    fn forget_unshown(&self, digest: &Digest) {
+    fn forget_unshown(&self, name: &str) {
         let shown = self
             .slots
             .lock()
             .expect("slots")
-            .get(digest)
+            .get(name)
             .is_some_and(|s| s.mounted);
         if !shown {
-            self.release(digest);
+            self.release(name);
         }
     }
 
-    /// Drops a layer no snapshot uses any more.
-    pub fn release(&self, digest: &Digest) {
-        let slot = self.slots.lock().expect("slots").remove(digest);
+    /// Drops layer `name`, which no snapshot uses any more.
+    pub fn release(&self, name: &str) {
+        let slot = self.slots.lock().expect("slots").remove(name);
         if let Some(slot) = slot {
             if let State::Ready(layer) = &slot.state {
                 layer.mark_removed();
@@ -477,15 +513,15 @@ impl Remote {
                     self.invalidate_root(&layer.name);
                 }
             }
-            tracing::info!(layer = %digest, "layer released");
+            tracing::info!(layer = %name, "layer released");
         }
         self.changed.notify_all();
     }
 
     /// Drops layers resolved for an image but used by no snapshot for
-    /// longer than the TTL; `used` are the digests snapshots use.
-    pub fn prune(&self, used: &[Digest]) {
-        let stale: Vec<Digest> = self
+    /// longer than the TTL; `used` are the names snapshots use.
+    pub fn prune(&self, used: &[String]) {
+        let stale: Vec<String> = self
             .slots
             .lock()
             .expect("slots")
@@ -495,7 +531,7 @@ impl Remote {
                     && !matches!(s.state, State::Resolving)
                     && s.since.elapsed() >= self.settings.unused_ttl
             })
-            .map(|(d, _)| *d)
+            .map(|(d, _)| d.clone())
             .collect();
         for d in stale {
             self.release(&d);
@@ -579,8 +615,40 @@ mod tests {
         assert!(wanted(&labels(&bad), &s).is_err());
     }
 
+    /// A layer is known by where its bytes come from and what they are:
+    /// an image declaring a victim's layer digest (even its first 96
+    /// bits, or all of it) gets another layer, served from its own
+    /// registry. Before, the name was the digest's first 24 hex digits.
     #[test]
-    fn layer_names_are_short_digest_prefixes() {
-        assert_eq!(layer_name(&D1.parse().unwrap()), "111111111111111111111111");
+    fn layers_are_named_by_source_and_digest() {
+        let source = |r: &str, d: &str| LayerSource {
+            reference: r.parse().unwrap(),
+            digest: d.parse().unwrap(),
+            size: None,
+            toc_digest: None,
+        };
+        let victim = source("registry.example/team/app:v1", D1);
+        let name = victim.layer_name();
+        assert_eq!(name.len(), 32);
+        assert!(name.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(
+            source("registry.example/team/app:v2", D1).layer_name(),
+            name,
+            "tags share"
+        );
+        assert_ne!(source("evil.example/team/app:v1", D1).layer_name(), name);
+        assert_ne!(
+            source("registry.example/evil/app:v1", D1).layer_name(),
+            name
+        );
+        let near = format!("sha256:{}{}", &D1[7..31], "2".repeat(40));
+        assert_ne!(
+            source("registry.example/team/app:v1", &near).layer_name()[..24],
+            name[..24]
+        );
+        assert_ne!(
+            source("registry.example/team/app:v1", D2).layer_name(),
+            name
+        );
     }
 }

@@ -10,8 +10,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use ringstar_core::Digest;
-
 use super::SnapError;
 use super::filter::{Fields, Filters};
 use super::metadata::{CommitAs, Kind, Metadata, NewSnapshot, Record, RemoteRef};
@@ -135,6 +133,17 @@ impl Snapshots {
         remote::wanted(&rec.labels, self.remote.settings()).map(|w| w.source)
     }
 
+    /// The name of a remote snapshot's layer in the mount: made from its
+    /// labels (where its blob comes from and what it is), so it is the
+    /// same after a restart whatever an older version recorded.
+    fn layer_of(&self, rec: &Record) -> Option<String> {
+        let remote = rec.remote.as_ref()?;
+        Some(
+            self.source_of(rec)
+                .map_or_else(|_| remote.layer.clone(), |s| s.layer_name()),
+        )
+    }
+
     fn dir(&self, id: u64) -> PathBuf {
         self.root.join("snapshots").join(id.to_string())
     }
@@ -142,8 +151,8 @@ impl Snapshots {
     /// Where a snapshot's files are: its `fs` dir, or its layer's
     /// directory in the FUSE mount.
     fn fs_path(&self, rec: &Record) -> PathBuf {
-        match &rec.remote {
-            Some(r) => self.remote.layer_dir(&r.layer),
+        match self.layer_of(rec) {
+            Some(layer) => self.remote.layer_dir(&layer),
             None => self.dir(rec.id).join("fs"),
         }
     }
@@ -392,14 +401,15 @@ impl Snapshots {
     pub fn remove(&self, key: &str) -> Result<(), SnapError> {
         let rec = self.meta.remove(key)?;
         self.remove_dir(rec.id);
-        if let Some(r) = &rec.remote {
+        if rec.remote.is_some() {
+            let layer = self.layer_of(&rec);
             let still_used = self
                 .meta
                 .all()?
                 .iter()
-                .any(|(_, o)| o.remote.as_ref().is_some_and(|x| x.digest == r.digest));
-            if !still_used && let Ok(d) = r.digest.parse::<Digest>() {
-                self.remote.release(&d);
+                .any(|(_, o)| o.remote.is_some() && self.layer_of(o) == layer);
+            if !still_used && let Some(name) = layer {
+                self.remote.release(&name);
             }
         }
         Ok(())
@@ -487,10 +497,7 @@ impl Snapshots {
     pub fn cleanup(&self) -> Result<(), SnapError> {
         let all = self.meta.all()?;
         let ids: HashSet<String> = all.iter().map(|(_, r)| r.id.to_string()).collect();
-        let used: Vec<Digest> = all
-            .iter()
-            .filter_map(|(_, r)| r.remote.as_ref()?.digest.parse().ok())
-            .collect();
+        let used: Vec<String> = all.iter().filter_map(|(_, r)| self.layer_of(r)).collect();
         let dir = self.root.join("snapshots");
         let entries = std::fs::read_dir(&dir)
             .map_err(|e| SnapError::Internal(format!("reading {}: {e}", dir.display())))?;

@@ -2,10 +2,10 @@
 //! where its blob is, and how much of it is fetched.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use ringstar_core::store::StoreChunk;
+use ringstar_core::store::{FileKey, StoreChunk};
 use ringstar_core::tree::Chunk;
 use ringstar_core::{Digest, FileKind, Layer, NodeId};
 use ringstar_fetcher::BlobLocation;
@@ -23,6 +23,8 @@ pub const MAX_CHUNK: u64 = 256 << 20;
 /// A resolved remote layer.
 #[derive(Debug)]
 pub struct RemoteLayer {
+    /// Unique to this object in this process (single-flight keys).
+    pub id: u64,
     /// Its directory's name under the mount root.
     pub name: String,
     /// The blob's digest (`sha256:…`).
@@ -43,6 +45,9 @@ pub struct RemoteLayer {
     prefetch: Prefetch,
     last_error: Mutex<Option<String>>,
     removed: AtomicBool,
+    /// Prefetch and background fetch were started (once its TOC was
+    /// verified).
+    fetching: AtomicBool,
     /// Where the last foreground miss's fetch ended, and the read-ahead
     /// it used: a miss starting there is a sequential reader's.
     miss_end: AtomicU64,
@@ -50,6 +55,9 @@ pub struct RemoteLayer {
     miss_node: AtomicU32,
     read_ahead: AtomicU64,
     seq: Mutex<Sequential>,
+    /// Each node's store key, made on first use (`None`: a file the store
+    /// cannot hold, whose reads fail).
+    store_keys: Box<[OnceLock<Option<FileKey>>]>,
 }
 
 /// A sequential reader being followed: windows of `budget` compressed
@@ -98,7 +106,10 @@ impl RemoteLayer {
                 owners[g] = id;
             }
         }
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        let store_keys = (0..layer.tree.len()).map(|_| OnceLock::new()).collect();
         RemoteLayer {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             owners,
             name,
             digest,
@@ -113,10 +124,12 @@ impl RemoteLayer {
             prefetch: Prefetch::default(),
             last_error: Mutex::new(None),
             removed: AtomicBool::new(false),
+            fetching: AtomicBool::new(false),
             miss_end: AtomicU64::new(u64::MAX),
             miss_node: AtomicU32::new(u32::MAX),
             read_ahead: AtomicU64::new(0),
             seq: Mutex::new(Sequential::default()),
+            store_keys,
         }
     }
 
@@ -124,12 +137,31 @@ impl RemoteLayer {
         &self.layer.tree
     }
 
-    /// The store key of a regular file: its content digest, or (for TOCs
-    /// without one) a name private to this layer and entry, which can
-    /// never be promoted to a complete, shared file.
-    pub fn file_key(&self, node: NodeId) -> Digest {
+    /// The content digest of a regular file, or (for TOCs without one) a
+    /// name private to this layer and entry, which can never be promoted
+    /// to a complete, shared file.
+    pub fn content_key(&self, node: NodeId) -> Digest {
         self.tree().digest(node).unwrap_or_else(|| {
             Digest::of(format!("ringstar-undigested:{}:{}", self.digest, node.0).as_bytes())
+        })
+    }
+
+    /// The store's key of regular file `node`: its content and how this
+    /// layer's TOC chunks it. `None` when a chunk cannot be verified (no
+    /// digest, too big) or the chunks do not tile the file.
+    pub fn store_key(&self, node: NodeId) -> Option<FileKey> {
+        *self.store_keys.get(node.0 as usize)?.get_or_init(|| {
+            let chunks: Option<Vec<StoreChunk>> = self
+                .tree()
+                .chunks(node)
+                .iter()
+                .map(|c| self.store_chunk(node, c))
+                .collect();
+            FileKey::new(
+                self.content_key(node),
+                self.tree().node(node).size(),
+                &chunks?,
+            )
         })
     }
 
@@ -293,6 +325,12 @@ impl RemoteLayer {
                 .0;
         }
         true
+    }
+
+    /// True the first time: the caller starts prefetch and background
+    /// fetch.
+    pub fn begin_fetching(&self) -> bool {
+        !self.fetching.swap(true, Ordering::AcqRel)
     }
 
     pub fn mark_removed(&self) {

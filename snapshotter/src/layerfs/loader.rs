@@ -12,17 +12,21 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use ringstar_core::NodeId;
 use ringstar_core::inflate::ChunkReader;
 use ringstar_core::store::{Store, StoreChunk};
-use ringstar_core::{Digest, NodeId};
+
 use ringstar_fetcher::Fetcher;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use super::layer::{RemoteLayer, Sequential};
 
-/// What a chunk's bytes must be: the file they belong to and the chunk's
-/// place and digest in it. Two layers wait on one fetch only when they
-/// expect the same bytes.
-type ChunkKey = (Digest, u64, u64, Digest);
+/// One fetch of a chunk: the layer fetching it (its bytes come from that
+/// layer's registry and nobody else's), the file and the chunk's offset
+/// in it. Reads of one layer share a
+/// fetch; a layer never waits on another's, so a failing source fails
+/// only its own reads.
+type ChunkKey = (u64, NodeId, u64);
 
 /// Called with a chunk's verified bytes, or why there are none.
 pub type ChunkWaiter = Box<dyn FnOnce(Result<Arc<Vec<u8>>, ChunkFailure>) + Send>;
@@ -159,7 +163,15 @@ impl Loader {
                 .name(format!("inflate-{i}"))
                 .spawn(move || {
                     for job in jobs {
-                        job();
+                        // A job completes its own chunks' waiters even
+                        // when inflating one panics (finish_range); this
+                        // only keeps the worker alive for the next job.
+                        if let Err(p) = catch_unwind(AssertUnwindSafe(job)) {
+                            tracing::error!(
+                                panic = crate::faults::message(&*p),
+                                "an inflate job panicked"
+                            );
+                        }
                     }
                 })?;
         }
@@ -183,14 +195,20 @@ impl Loader {
             .spawn(move || {
                 for layer in layers {
                     let Some(loader) = weak.upgrade() else { return };
-                    loader.background_layer(&layer);
+                    // A panic ends this layer's background fetch (its
+                    // chunks are fetched on demand), not the thread.
+                    if let Err(p) =
+                        catch_unwind(AssertUnwindSafe(|| loader.background_layer(&layer)))
+                    {
+                        tracing::error!(layer = %layer.digest, panic = crate::faults::message(&*p), "background fetch panicked");
+                    }
                 }
             })?;
         Ok(loader)
     }
 
     fn key(layer: &RemoteLayer, node: NodeId, chunk: &StoreChunk) -> ChunkKey {
-        (layer.file_key(node), chunk.offset, chunk.len, chunk.digest)
+        (layer.id, node, chunk.offset)
     }
 
     /// Takes ownership of fetching `key` unless someone already fetches
@@ -236,7 +254,10 @@ impl Loader {
         let Some(chunk) = tree.chunks(node).get(index).copied() else {
             return done(Err(ChunkFailure(format!("no chunk {index}"))));
         };
-        let Some(sc) = layer.store_chunk(node, &chunk) else {
+        let Some(sc) = layer
+            .store_key(node)
+            .and_then(|_| layer.store_chunk(node, &chunk))
+        else {
             return done(Err(ChunkFailure(format!(
                 "chunk at {} of {} bytes has no digest to verify it by, or is too big",
                 chunk.chunk_offset, chunk.size
@@ -342,7 +363,10 @@ impl Loader {
             let Some(owner) = layer.owner(g) else {
                 continue;
             };
-            let Some(sc) = layer.store_chunk(owner, c) else {
+            let Some(sc) = layer
+                .store_key(owner)
+                .and_then(|_| layer.store_chunk(owner, c))
+            else {
                 continue;
             };
             if self.stored(layer, owner, g, &sc) {
@@ -397,26 +421,29 @@ impl Loader {
         sc: &StoreChunk,
         compressed: &[u8],
     ) -> Result<Arc<Vec<u8>>, ChunkFailure> {
+        crate::faults::point("inflate");
         let chunk = layer.tree().all_chunks()[global];
+        let file = layer
+            .store_key(node)
+            .ok_or_else(|| ChunkFailure("file cannot be verified".into()))?;
         let mut out = vec![0u8; sc.len as usize];
         READER
             .with(|r| {
-                r.borrow_mut().read(
-                    layer.layer.compression,
-                    &chunk,
-                    Some(sc.digest),
-                    compressed,
-                    &mut out,
-                )
+                r.borrow_mut()
+                    .inflate(layer.layer.compression, &chunk, compressed, &mut out)
             })
             .map_err(|e| ChunkFailure(format!("chunk at {}: {e}", chunk.chunk_offset)))?;
-        let key = layer.file_key(node);
-        let size = layer.tree().node(node).size();
-        match self.store.put(&key, size, sc, &out) {
+        let verified = sc.verify(&out).ok_or_else(|| {
+            ChunkFailure(format!(
+                "chunk at {}: content does not match its digest",
+                chunk.chunk_offset
+            ))
+        })?;
+        match self.store.put(&file, verified) {
             Ok(()) => layer.mark_present(global),
             // The bytes are verified: serve them even if they cannot be
             // kept.
-            Err(e) => tracing::warn!(file = %key, error = %e, "could not store a chunk"),
+            Err(e) => tracing::warn!(file = %file.content(), error = %e, "could not store a chunk"),
         }
         Ok(Arc::new(out))
     }
@@ -426,8 +453,10 @@ impl Loader {
         if layer.is_present(global) {
             return true;
         }
-        let size = layer.tree().node(node).size();
-        if self.store.has_chunk(&layer.file_key(node), size, sc) {
+        if layer
+            .store_key(node)
+            .is_some_and(|file| self.store.has_chunk(&file, sc))
+        {
             layer.mark_present(global);
             return true;
         }
@@ -441,6 +470,9 @@ impl Loader {
         let mut out = Vec::new();
         for node in layer.regular_files() {
             let span = tree.chunk_span(node);
+            if layer.store_key(node).is_none() {
+                continue;
+            }
             for (i, c) in tree.chunks(node).iter().enumerate() {
                 if let Some(sc) = layer.store_chunk(node, c) {
                     out.push((node, span.start + i, sc));
@@ -560,7 +592,18 @@ impl Loader {
                     let c = &chunks[*global];
                     let (from, to) = ((c.offset - base) as usize, (c.next_offset - base) as usize);
                     let result = match bytes.get(from..to) {
-                        Some(part) => self.inflate_and_store(layer, *node, *global, sc, part),
+                        // A panic in inflating or storing one chunk fails
+                        // that chunk's reads (EIO), and its waiters are
+                        // answered like any failure's.
+                        Some(part) => catch_unwind(AssertUnwindSafe(|| {
+                            self.inflate_and_store(layer, *node, *global, sc, part)
+                        }))
+                        .unwrap_or_else(|p| {
+                            Err(ChunkFailure(format!(
+                                "panicked: {}",
+                                crate::faults::message(&*p)
+                            )))
+                        }),
                         None => Err(ChunkFailure("range shorter than its chunks".into())),
                     };
                     if let Err(f) = &result {

@@ -394,12 +394,11 @@ impl LayerFs {
         offset: u64,
         buf: &mut [u8],
     ) -> Result<(), Vec<usize>> {
-        let tree = layer.tree();
-        let size = tree.node(node).size();
+        let file = layer.store_key(node).ok_or_else(|| vec![usize::MAX])?;
         let (first, chunks) = read_chunks(layer, node, offset, buf.len() as u64)?;
         loader
             .store
-            .read(&layer.file_key(node), size, &chunks, offset, buf)
+            .read(&file, &chunks, offset, buf)
             .map_err(|missing| missing.into_iter().map(|m| first + m).collect())
     }
 }
@@ -636,7 +635,7 @@ impl Filesystem for LayerFs {
                 if n.kind() != FileKind::Reg {
                     return Err(Errno::EINVAL);
                 }
-                let key = layer.file_key(node);
+                let key = layer.content_key(node);
                 self.loader.store.pin(&key);
                 let mut open = self.open.lock().expect("open files");
                 let id = if open.cached.contains_key(&ino.0) {

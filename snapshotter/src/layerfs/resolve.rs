@@ -39,6 +39,28 @@ pub struct LayerSource {
     pub toc_digest: Option<Digest>,
 }
 
+impl LayerSource {
+    /// The layer's directory name in the mount, and its identity in the
+    /// daemon: 32 hex digits (128 bits) of a digest of where the bytes
+    /// come from (registry host and repository) and what they are (the
+    /// blob digest). An image that declares another image's layer digest
+    /// gets a layer of its own, read from its own registry; and no
+    /// declared digest can be chosen to clash with another's name.
+    pub fn layer_name(&self) -> String {
+        let mut h = ringstar_core::digest::Hasher::new();
+        for part in [
+            b"ringstar layer v1".as_slice(),
+            self.reference.host.as_bytes(),
+            self.reference.repository.as_bytes(),
+            self.digest.to_string().as_bytes(),
+        ] {
+            h.update(&(part.len() as u64).to_le_bytes());
+            h.update(part);
+        }
+        h.finish().hex()[..32].to_string()
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
     #[error("blob {digest} of {reference}: {source}")]
@@ -76,6 +98,7 @@ pub fn resolve(
     name: String,
     tail_bytes: u64,
 ) -> Result<RemoteLayer, ResolveError> {
+    crate::faults::point("resolve");
     let started = Instant::now();
     let digest = source.digest;
     let fetch_err = |e| ResolveError::Fetch {
