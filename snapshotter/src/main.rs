@@ -109,8 +109,10 @@ struct MountArgs {
     /// Mount without verifying the TOC (when no TOC digest is known).
     #[arg(long, conflicts_with = "toc_digest")]
     no_verify: bool,
-    /// Where fetched content is kept.
-    #[arg(long, default_value = "/var/lib/ringstar/store")]
+    /// Where fetched content is kept: a store of its own, not the
+    /// daemon's (`--root`/store). A store is locked by the one process
+    /// using it; a second one is refused.
+    #[arg(long, default_value = "/var/lib/ringstar-mount/store")]
     store: PathBuf,
     /// Store bound in bytes.
     #[arg(long, default_value_t = 10 << 30)]
