@@ -18,8 +18,11 @@ pub enum ConfigError {
         path: String,
         source: std::io::Error,
     },
-    #[error("{path}: {message}")]
-    Parse { path: String, message: String },
+    #[error("{path}: {source}")]
+    Parse {
+        path: String,
+        source: toml::de::Error,
+    },
 }
 
 /// The whole file. Absent keys take the reference's effective defaults.
@@ -118,6 +121,22 @@ pub struct Ringstar {
     /// does (default false: containers start at once, their reads
     /// joining the prefetch windows in flight).
     pub prefetch_wait: Option<bool>,
+    /// FUSE-over-io_uring and the host-wide knob
+    /// `/sys/module/fuse/parameters/enable_uring`: `auto` (the ring when
+    /// the knob is already on; the knob is never written), `on` (turn the
+    /// knob on if needed, logged, and require the ring), `off` (classic
+    /// `/dev/fuse`).
+    pub fuse_uring: Option<FuseUring>,
+}
+
+/// `[ringstar] fuse_uring`.
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FuseUring {
+    #[default]
+    Auto,
+    On,
+    Off,
 }
 
 /// Keys ringstar reads; every other key is accepted and logged.
@@ -144,6 +163,7 @@ const APPLIED: &[&str] = &[
     "ringstar.ca_file",
     "ringstar.max_read_ahead",
     "ringstar.prefetch_wait",
+    "ringstar.fuse_uring",
 ];
 
 /// What a config file says, and which of its keys ringstar does not use.
@@ -169,17 +189,15 @@ impl Config {
                 });
             }
         };
-        Self::parse(&text).map_err(|message| ConfigError::Parse {
+        Self::parse(&text).map_err(|source| ConfigError::Parse {
             path: path.display().to_string(),
-            message,
+            source,
         })
     }
 
-    pub fn parse(text: &str) -> Result<Loaded, String> {
-        let table: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
-        let config: Config = toml::Value::Table(table.clone())
-            .try_into()
-            .map_err(|e: toml::de::Error| e.to_string())?;
+    pub fn parse(text: &str) -> Result<Loaded, toml::de::Error> {
+        let table: toml::Table = toml::from_str(text)?;
+        let config: Config = toml::Value::Table(table.clone()).try_into()?;
         let mut not_applied = Vec::new();
         collect_unapplied(&table, "", &mut not_applied);
         Ok(Loaded {
@@ -190,7 +208,7 @@ impl Config {
 
     pub fn prefetch_timeout(&self) -> Duration {
         match self.prefetch_timeout_sec {
-            Some(s) if s > 0 => Duration::from_secs(s as u64),
+            Some(s) if s > 0 => Duration::from_secs(s as u64).min(NO_TIMEOUT),
             _ => Duration::from_secs(10),
         }
     }
@@ -199,7 +217,7 @@ impl Config {
     /// kept.
     pub fn unused_layer_ttl(&self) -> Duration {
         match self.resolve_result_entry_ttl_sec {
-            Some(s) if s > 0 => Duration::from_secs(s as u64),
+            Some(s) if s > 0 => Duration::from_secs(s as u64).min(NO_TIMEOUT),
             _ => Duration::from_secs(120),
         }
     }
@@ -259,9 +277,12 @@ impl Config {
 /// "No timeout", as a duration the fetcher can add to an instant.
 pub const NO_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
 
-/// A timeout in seconds; negative means none.
+/// A timeout in seconds; negative means none. No timeout is longer than
+/// [`NO_TIMEOUT`], so an instant plus any of them cannot overflow.
 fn timeout_of(secs: i64) -> Option<Duration> {
-    u64::try_from(secs).ok().map(Duration::from_secs)
+    u64::try_from(secs)
+        .ok()
+        .map(|s| Duration::from_secs(s).min(NO_TIMEOUT))
 }
 
 fn collect_unapplied(table: &toml::Table, prefix: &str, out: &mut Vec<String>) {
@@ -373,6 +394,36 @@ store_size = 1048576
         assert_eq!(none.request_timeout(), None);
         assert!(Config::parse("noprefetch = 3").is_err());
         assert!(Config::parse("[[[").is_err());
+        // Absurd numbers are bounded: an instant plus any timeout the
+        // config gives cannot overflow (it panicked the fetch task).
+        let huge = Config::parse(&format!(
+            "prefetch_timeout_sec = {m}\nresolve_result_entry_ttl_sec = {m}\n\
+             [resolver]\nrequest_timeout_sec = {m}\n\
+             [[resolver.host.\"r.example\".mirrors]]\nhost = \"m.example\"\nrequest_timeout_sec = {m}\n",
+            m = i64::MAX
+        ))
+        .unwrap()
+        .config;
+        let now = std::time::Instant::now();
+        for d in [
+            huge.prefetch_timeout(),
+            huge.unused_layer_ttl(),
+            huge.request_timeout().unwrap(),
+            huge.resolver_config().mirrors["r.example"][0]
+                .request_timeout
+                .unwrap(),
+        ] {
+            assert!(now.checked_add(d).is_some() && d <= NO_TIMEOUT, "{d:?}");
+        }
+        assert_eq!(
+            Config::parse("[ringstar]\nfuse_uring = \"on\"\n")
+                .unwrap()
+                .config
+                .ringstar
+                .fuse_uring,
+            Some(FuseUring::On)
+        );
+        assert!(Config::parse("[ringstar]\nfuse_uring = \"maybe\"\n").is_err());
         let missing = Path::new("/nonexistent/ringstar.toml");
         assert!(Config::load(missing, true).is_ok());
         assert!(Config::load(missing, false).is_err());
