@@ -701,3 +701,81 @@ fn a_sequential_reader_is_followed_with_growing_windows() {
         0
     );
 }
+
+/// An image that declares another image's layer (same digest, same TOC)
+/// from a registry of its own that stalls: its reads fail, and the
+/// victim's reads of the very same chunks do not wait for, or fail with,
+/// the attacker's fetch (#14). Before, both waited on one fetch keyed by
+/// what the bytes are, and the victim got the attacker's EIO.
+#[test]
+fn a_failing_source_fails_only_its_own_reads() {
+    let reg = Registry::start();
+    let data = content(300_000, 77);
+    let (blob, toc) = estargz(
+        &tar_of(&[("lib/shared.so", &data)], &[]),
+        &WriterOptions::default(),
+    );
+    let victim_digest = reg.push("victim/app", &blob);
+    let evil_digest = reg.push("evil/app", &blob);
+    assert_eq!(victim_digest, evil_digest);
+    let evil = FaultProxy::start(reg.addr.clone());
+    let store = tempfile::tempdir().unwrap();
+    // The attacker's stalled fetch fails only after this timeout: long
+    // enough that the victim's read finishing first is no race.
+    let m = Mounted::with_fetcher(
+        store.path(),
+        1 << 30,
+        no_background(),
+        ringstar_fetcher::FetcherConfig {
+            request_timeout: Duration::from_secs(15),
+            max_retries: 0,
+            ..common::fetcher_config()
+        },
+    );
+    m.add(&evil.addr, "evil/app", "evil", &evil_digest, Some(&toc))
+        .unwrap();
+    m.add(
+        &reg.addr,
+        "victim/app",
+        "victim",
+        &victim_digest,
+        Some(&toc),
+    )
+    .unwrap();
+    // Every new connection to the attacker's registry hangs.
+    evil.plan(std::iter::repeat_n(
+        ringstar_fetcher::testing::Fault::Stall,
+        16,
+    ));
+    evil.cut_all();
+    let path = m.path("evil/lib/shared.so");
+    let attacker = std::thread::spawn(move || std::fs::read(path).map(|d| d.len()));
+    // The attacker's fetch of those chunks is in flight ...
+    let started = Instant::now();
+    while m
+        .loader
+        .stats
+        .fetches
+        .load(std::sync::atomic::Ordering::Relaxed)
+        == 0
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no fetch started"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // ... and the victim reads the same chunks from its own registry.
+    let got = std::fs::read(m.path("victim/lib/shared.so")).unwrap();
+    assert!(got == data, "the victim read wrong bytes");
+    assert!(
+        !attacker.is_finished(),
+        "the victim's read waited for the attacker's fetch"
+    );
+    // The attacker's read ends: EIO from its stalled fetch, or (the
+    // kernel retrying) the verified bytes the victim stored.
+    match attacker.join().unwrap() {
+        Ok(n) => assert_eq!(n, data.len()),
+        Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}"),
+    }
+}
