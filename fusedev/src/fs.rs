@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::passthrough::BackingId;
 use crate::request::Ctx;
@@ -40,7 +40,6 @@ pub enum ReadResult {
 pub struct ReadOut<'a> {
     pub(crate) buf: &'a mut [u8],
     pub(crate) seed: &'a DeferSeed,
-    pub(crate) deferred: &'a mut bool,
 }
 
 impl std::fmt::Debug for ReadOut<'_> {
@@ -61,7 +60,7 @@ impl ReadOut<'_> {
     /// Answer later: the returned handle completes the read from any
     /// thread; dropping it unanswered answers EIO.
     pub fn defer(self) -> DeferredRead {
-        *self.deferred = true;
+        self.seed.deferred.store(true, Ordering::Relaxed);
         let done = Arc::new(AtomicBool::new(false));
         self.seed.pending.insert(
             self.seed.unique,
@@ -96,6 +95,29 @@ pub(crate) struct DeferSeed {
     pub(crate) token: u64,
     pub(crate) unique: Unique,
     pub(crate) pending: Arc<PendingReplies>,
+    /// Set when the request being dispatched took a [`DeferredRead`]
+    /// (the dispatcher clears it first). Only the dispatching thread
+    /// touches it; atomic so that `ReadOut` stays `Send`.
+    pub(crate) deferred: AtomicBool,
+}
+
+impl DeferSeed {
+    pub(crate) fn new(sink: Arc<dyn ReplySink>, pending: Arc<PendingReplies>) -> DeferSeed {
+        DeferSeed {
+            sink,
+            token: 0,
+            unique: Unique(0),
+            pending,
+            deferred: AtomicBool::new(false),
+        }
+    }
+}
+
+/// Locks `m` even if a thread panicked while holding it: every map and
+/// queue behind these locks is left consistent by each single operation,
+/// so one panicking thread must not take the others down with it.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 pub(crate) struct PendingReply {
@@ -110,17 +132,28 @@ pub(crate) struct PendingReplies(Mutex<HashMap<u64, PendingReply>>);
 
 impl PendingReplies {
     fn insert(&self, unique: Unique, p: PendingReply) {
-        self.0.lock().expect("pending map").insert(unique.0, p);
+        lock(&self.0).insert(unique.0, p);
     }
 
     fn remove(&self, unique: Unique) {
-        self.0.lock().expect("pending map").remove(&unique.0);
+        lock(&self.0).remove(&unique.0);
+    }
+
+    /// Takes a deferred request back from its handle (which then answers
+    /// nothing and reports [`DeferredRead::is_cancelled`]). Returns whether
+    /// it was still unanswered: the caller must then answer it. False means
+    /// the handle's answer is already on its way through the sink.
+    pub(crate) fn take_over(&self, unique: Unique) -> bool {
+        let Some(p) = lock(&self.0).remove(&unique.0) else {
+            return false;
+        };
+        !p.done.swap(true, Ordering::AcqRel)
     }
 
     /// Answers a deferred request with EINTR, if it is still waiting.
     /// Returns whether it was.
     pub(crate) fn interrupt(&self, unique: Unique) -> bool {
-        let Some(p) = self.0.lock().expect("pending map").remove(&unique.0) else {
+        let Some(p) = lock(&self.0).remove(&unique.0) else {
             return false;
         };
         if p.done.swap(true, Ordering::AcqRel) {
@@ -131,7 +164,7 @@ impl PendingReplies {
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.0.lock().expect("pending map").len()
+        lock(&self.0).len()
     }
 }
 

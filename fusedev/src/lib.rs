@@ -25,7 +25,9 @@ pub use fs::{ConnInfo, DeferredRead, DirOut, Filesystem, Opened, ReadOut, ReadRe
 pub use passthrough::{BackingFile, BackingId, Passthrough};
 pub use request::Ctx;
 pub use session::{
-    MountOptions, Session, Stats, Transport, TransportChoice, abort_connection, detach_mount,
+    DEFAULT_RING_DEPTH, DEFAULT_RING_MAX_ENTRIES, ENABLE_URING_KNOB, FuseUring, MountOptions,
+    Session, Stats, Transport, TransportChoice, UnknownFuseUring, UringKnob, abort_connection,
+    detach_mount,
 };
 pub use types::{
     AttrReply, Entry, Errno, FileAttr, FileHandle, FileType, Ino, Statfs, Timestamp, Unique,

@@ -2,6 +2,8 @@
 //! dispatched to a [`Filesystem`] and its reply (header and payload)
 //! encoded into a buffer — the same path a core takes, minus the device.
 //! For the instruction-count gate and for tests of a filesystem's answers.
+//! A panic in the filesystem is not contained here (the sessions contain
+//! it): it reaches the caller, so fuzzing finds it.
 
 use std::sync::Arc;
 
@@ -39,12 +41,7 @@ impl<F: Filesystem> Offline<F> {
     pub fn new(fs: Arc<F>, max_payload: usize) -> Offline<F> {
         Offline {
             fs,
-            seed: DeferSeed {
-                sink: Arc::new(Discard),
-                token: 0,
-                unique: Unique(0),
-                pending: Arc::new(PendingReplies::default()),
-            },
+            seed: DeferSeed::new(Arc::new(Discard), Arc::new(PendingReplies::default())),
             payload: vec![0; max_payload],
             reply: Vec::with_capacity(max_payload + 16),
         }

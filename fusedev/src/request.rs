@@ -92,6 +92,36 @@ pub enum Operation<'a> {
     Unsupported,
 }
 
+impl Operation<'_> {
+    /// The operation's name, for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Operation::Init(_) => "INIT",
+            Operation::Lookup { .. } => "LOOKUP",
+            Operation::Forget { .. } => "FORGET",
+            Operation::BatchForget { .. } => "BATCH_FORGET",
+            Operation::Getattr { .. } => "GETATTR",
+            Operation::Readlink => "READLINK",
+            Operation::Open { .. } => "OPEN",
+            Operation::Read { .. } => "READ",
+            Operation::Release { .. } => "RELEASE",
+            Operation::Flush => "FLUSH",
+            Operation::Statfs => "STATFS",
+            Operation::Getxattr { .. } => "GETXATTR",
+            Operation::Listxattr { .. } => "LISTXATTR",
+            Operation::Access => "ACCESS",
+            Operation::Opendir { .. } => "OPENDIR",
+            Operation::Readdir { plus: false, .. } => "READDIR",
+            Operation::Readdir { plus: true, .. } => "READDIRPLUS",
+            Operation::Releasedir { .. } => "RELEASEDIR",
+            Operation::Interrupt { .. } => "INTERRUPT",
+            Operation::Destroy => "DESTROY",
+            Operation::Modify => "MODIFY",
+            Operation::Unsupported => "UNSUPPORTED",
+        }
+    }
+}
+
 /// A decoded request: who, on which inode, what.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request<'a> {

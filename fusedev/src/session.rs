@@ -5,16 +5,16 @@ use std::fs::File;
 use std::io::{self, IoSlice, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
 use crate::abi::{self, InitOut, init_flags as f};
-use crate::fs::{ConnInfo, DeferSeed, Filesystem, PendingReplies, ReplySink};
+use crate::fs::{ConnInfo, DeferSeed, Filesystem, PendingReplies, ReplySink, lock};
 use crate::passthrough::Passthrough;
-use crate::reply::{Outcome, dispatch};
+use crate::reply::{Outcome, dispatch_guarded};
 use crate::request::{self, Operation};
 use crate::sys;
 use crate::types::{Errno, Unique};
@@ -22,12 +22,76 @@ use crate::types::{Errno, Unique};
 /// Which transport serves requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TransportChoice {
-    /// FUSE-over-io_uring when the kernel offers it, classic otherwise.
+    /// FUSE-over-io_uring when the kernel offers it (see [`UringKnob`]),
+    /// classic otherwise.
     Auto,
     /// FUSE-over-io_uring or fail.
     Ring,
     /// read(2)/write(2) on cloned fds.
     Classic,
+}
+
+/// What a mount may do with the host-wide module parameter
+/// [`ENABLE_URING_KNOB`], which decides whether the kernel offers
+/// FUSE-over-io_uring to *every* FUSE mount on the host (it is `N` by
+/// default). The caller decides; fusedev never changes it on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UringKnob {
+    /// Read it, never write it: the ring is used only if the host already
+    /// enabled it.
+    #[default]
+    Leave,
+    /// Write `Y` when it is not (logged at info with the path). A write
+    /// that fails counts as "not available".
+    Enable,
+}
+
+/// The daemon's `fuse_uring` setting (`"auto" | "on" | "off"`), mapped to
+/// a transport and a knob policy by [`FuseUring::apply`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FuseUring {
+    /// The ring only if the host already set `enable_uring=Y`; never write
+    /// it; classic otherwise.
+    #[default]
+    Auto,
+    /// Write `enable_uring=Y` if needed and require the ring (the mount
+    /// fails without it).
+    On,
+    /// Classic; the knob is not touched.
+    Off,
+}
+
+/// A `fuse_uring` value that is none of `auto`, `on`, `off`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("fuse_uring = {0:?}: expected \"auto\", \"on\" or \"off\"")]
+pub struct UnknownFuseUring(pub String);
+
+impl std::str::FromStr for FuseUring {
+    type Err = UnknownFuseUring;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(FuseUring::Auto),
+            "on" => Ok(FuseUring::On),
+            "off" => Ok(FuseUring::Off),
+            other => Err(UnknownFuseUring(other.to_string())),
+        }
+    }
+}
+
+impl FuseUring {
+    /// The transport and knob policy this setting stands for.
+    pub fn transport(self) -> (TransportChoice, UringKnob) {
+        match self {
+            FuseUring::Auto => (TransportChoice::Auto, UringKnob::Leave),
+            FuseUring::On => (TransportChoice::Ring, UringKnob::Enable),
+            FuseUring::Off => (TransportChoice::Classic, UringKnob::Leave),
+        }
+    }
+
+    /// Sets `opts.transport` and `opts.uring_knob` from this setting.
+    pub fn apply(self, opts: &mut MountOptions) {
+        (opts.transport, opts.uring_knob) = self.transport();
+    }
 }
 
 /// The transport a session ended up with.
@@ -37,6 +101,24 @@ pub enum Transport {
     Classic,
 }
 
+/// The host-wide switch for FUSE-over-io_uring (fs/fuse/dev_uring.c
+/// `module_param(enable_uring, bool, 0644)`).
+pub const ENABLE_URING_KNOB: &str = "/sys/module/fuse/parameters/enable_uring";
+
+/// Ring entries each queue keeps free for new requests: libfuse's default
+/// queue depth, enough for the requests one CPU issues at once (most are
+/// answered, and their entry re-armed, within microseconds).
+pub const DEFAULT_RING_DEPTH: u16 = 8;
+
+/// The most ring entries one queue may grow to while deferred reads hold
+/// entries. Each entry owns a payload buffer of `max_write` bytes (1 MiB at
+/// the default 256 pages; allocated only when the entry is added, and its
+/// pages touched only as far as replies fill them), and the kernel has no
+/// way to unregister an entry before the connection ends, so this bounds a
+/// queue's memory at 64 MiB while allowing 56 slow reads per CPU at once
+/// without stalling that CPU's metadata.
+pub const DEFAULT_RING_MAX_ENTRIES: u16 = 64;
+
 /// Mount options.
 #[derive(Debug, Clone)]
 pub struct MountOptions {
@@ -45,10 +127,16 @@ pub struct MountOptions {
     /// The type is `fuse.<subtype>`.
     pub subtype: String,
     pub transport: TransportChoice,
+    /// Whether the mount may set the host-wide `enable_uring` knob.
+    /// Default: [`UringKnob::Leave`].
+    pub uring_knob: UringKnob,
     /// Pages per request (1 MiB at 256).
     pub max_pages: u16,
-    /// Ring entries per queue.
+    /// Ring entries each queue keeps free for new requests (registered at
+    /// mount; more are added while deferred reads hold entries).
     pub ring_depth: u16,
+    /// The cap on ring entries per queue (at least `ring_depth`).
+    pub ring_max_entries: u16,
     /// Negotiate passthrough (with `max_stack_depth = 1`, so overlayfs can
     /// stack on the mount).
     pub passthrough: bool,
@@ -62,8 +150,10 @@ impl Default for MountOptions {
             fsname: "ringstar".into(),
             subtype: "ringstar".into(),
             transport: TransportChoice::Auto,
+            uring_knob: UringKnob::Leave,
             max_pages: 256,
-            ring_depth: 8,
+            ring_depth: DEFAULT_RING_DEPTH,
+            ring_max_entries: DEFAULT_RING_MAX_ENTRIES,
             passthrough: true,
             pin_threads: true,
         }
@@ -184,6 +274,9 @@ pub struct Stats {
     pub ring: AtomicU64,
     /// Through read(2) on /dev/fuse (INIT, FORGET and INTERRUPT included).
     pub classic: AtomicU64,
+    /// Ring entries registered, all queues together: `ring_depth` per
+    /// queue at mount, more while deferred reads hold entries.
+    pub ring_entries: AtomicU64,
 }
 
 /// State every data-plane thread shares.
@@ -192,6 +285,38 @@ pub(crate) struct Shared<F: ?Sized> {
     pub(crate) pending: Arc<PendingReplies>,
     pub(crate) negotiated: Negotiated,
     pub(crate) stats: Arc<Stats>,
+    pub(crate) stop: Arc<Stop>,
+}
+
+/// Tells the ring threads the session is going down. A queue whose every
+/// entry is held by a deferred read has nothing in the kernel that the
+/// abort could complete, so without this poke its thread would wait in
+/// io_uring_enter forever and unmount would never finish.
+#[derive(Default)]
+pub(crate) struct Stop {
+    stopping: AtomicBool,
+    wakes: Mutex<Vec<Arc<File>>>,
+}
+
+impl Stop {
+    /// Registers a ring thread's wake eventfd. The thread must check
+    /// [`Stop::is_stopping`] after this and in every loop turn.
+    pub(crate) fn register(&self, wake: Arc<File>) {
+        lock(&self.wakes).push(wake);
+    }
+
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+        for wake in lock(&self.wakes).iter() {
+            if let Err(e) = (&**wake).write_all(&1u64.to_ne_bytes()) {
+                tracing::warn!(error = %e, "waking a FUSE ring for shutdown");
+            }
+        }
+    }
 }
 
 /// Serves one channel with read(2)/write(2) until the connection ends.
@@ -202,12 +327,7 @@ pub(crate) fn serve_classic<F: Filesystem + ?Sized>(chan: Arc<File>, shared: &Sh
     let mut buf = vec![0u8; bufsize];
     let mut out = vec![0u8; shared.negotiated.max_write];
     let sink: Arc<dyn ReplySink> = Arc::new(ClassicSink(chan.clone()));
-    let mut seed = DeferSeed {
-        sink,
-        token: 0,
-        unique: Unique(0),
-        pending: shared.pending.clone(),
-    };
+    let mut seed = DeferSeed::new(sink, shared.pending.clone());
     loop {
         let n = match (&*chan).read(&mut buf) {
             Ok(n) => n,
@@ -236,7 +356,7 @@ pub(crate) fn serve_classic<F: Filesystem + ?Sized>(chan: Arc<File>, shared: &Sh
             continue;
         }
         seed.unique = req.ctx.unique;
-        match dispatch(&*shared.fs, &req, &mut out, &seed) {
+        match dispatch_guarded(&*shared.fs, &req, &mut out, &seed) {
             Outcome::Reply(len) => write_reply(&chan, req.ctx.unique, Ok(&out[..len])),
             Outcome::Error(e) => write_reply(&chan, req.ctx.unique, Err(e)),
             Outcome::NoReply | Outcome::Deferred => {}
@@ -267,22 +387,67 @@ pub fn abort_connection(id: u32) -> io::Result<()> {
     std::fs::write(dir.join(id.to_string()).join("abort"), b"1")
 }
 
-fn enable_uring() -> bool {
-    const KNOB: &str = "/sys/module/fuse/parameters/enable_uring";
-    match std::fs::read_to_string(KNOB) {
-        Ok(s) if s.trim() == "Y" => true,
-        Ok(_) => match std::fs::write(KNOB, b"Y") {
-            Ok(()) => {
-                tracing::info!("enabled FUSE-over-io_uring ({KNOB} = Y)");
-                true
-            }
-            Err(e) => {
-                tracing::info!(error = %e, "cannot enable FUSE-over-io_uring");
+/// Whether to ask for FUSE-over-io_uring, reading (and, with
+/// [`UringKnob::Enable`], setting) the module parameter at `knob`. Logs
+/// what it found and did. Errors only when the ring is required and
+/// cannot be had.
+fn want_ring(choice: TransportChoice, policy: UringKnob, knob: &Path) -> io::Result<bool> {
+    if choice == TransportChoice::Classic {
+        tracing::info!("FUSE transport: classic, as asked");
+        return Ok(false);
+    }
+    let available = match std::fs::read_to_string(knob) {
+        Ok(s) if s.trim() == "Y" => {
+            tracing::info!(knob = %knob.display(), "FUSE-over-io_uring is enabled on this host");
+            true
+        }
+        Ok(s) => match policy {
+            UringKnob::Leave => {
+                tracing::info!(
+                    knob = %knob.display(),
+                    value = s.trim(),
+                    "FUSE-over-io_uring is off on this host; left as it is (uring knob: leave)"
+                );
                 false
             }
+            UringKnob::Enable => match std::fs::write(knob, b"Y") {
+                Ok(()) => {
+                    tracing::info!(
+                        knob = %knob.display(),
+                        was = s.trim(),
+                        "enabled FUSE-over-io_uring host-wide: wrote Y (uring knob: enable)"
+                    );
+                    true
+                }
+                Err(e) => {
+                    tracing::info!(knob = %knob.display(), error = %e, "cannot enable FUSE-over-io_uring");
+                    false
+                }
+            },
         },
-        Err(_) => false,
+        Err(e) => {
+            tracing::info!(knob = %knob.display(), error = %e, "this kernel has no FUSE-over-io_uring");
+            false
+        }
+    };
+    if !available && choice == TransportChoice::Ring {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!(
+                "FUSE-over-io_uring is required but not available ({} is not Y{})",
+                knob.display(),
+                if policy == UringKnob::Leave {
+                    " and this mount may not set it"
+                } else {
+                    ""
+                }
+            ),
+        ));
     }
+    if !available {
+        tracing::info!("FUSE transport: classic (the ring is not available)");
+    }
+    Ok(available)
 }
 
 /// Detaches whatever is mounted at `target` (`MNT_DETACH`): what a daemon
@@ -302,6 +467,7 @@ pub struct Session {
     threads: Vec<JoinHandle<()>>,
     pending: Arc<PendingReplies>,
     stats: Arc<Stats>,
+    stop: Arc<Stop>,
     mounted: bool,
 }
 
@@ -322,13 +488,11 @@ impl Session {
         mountpoint: &Path,
         opts: &MountOptions,
     ) -> io::Result<Session> {
-        let want_ring = opts.transport != TransportChoice::Classic && enable_uring();
-        if opts.transport == TransportChoice::Ring && !want_ring {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "FUSE-over-io_uring is not available",
-            ));
-        }
+        let want_ring = want_ring(
+            opts.transport,
+            opts.uring_knob,
+            Path::new(ENABLE_URING_KNOB),
+        )?;
         let mut opts = opts.clone();
         if !want_ring {
             opts.transport = TransportChoice::Classic;
@@ -354,19 +518,40 @@ impl Session {
                 return Err(e);
             }
         };
-        fs.init(&ConnInfo {
+        let info = ConnInfo {
             passthrough: negotiated
                 .passthrough()
                 .then(|| Passthrough { fuse: main.clone() }),
             max_read: negotiated.max_write,
-        });
+        };
+        // A panic here would leave a mount nobody serves: unmount instead.
+        if let Err(payload) =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fs.init(&info)))
+        {
+            let msg = payload
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("(not a string)")
+                .to_string();
+            tracing::error!(op = "INIT", panic = %msg, "the filesystem's init panicked; unmounting");
+            if let Some(id) = conn_id {
+                let _ = abort_connection(id);
+            }
+            let _ = sys::umount(mountpoint, libc::MNT_DETACH);
+            return Err(io::Error::other(format!(
+                "the filesystem's init panicked: {msg}"
+            )));
+        }
         let pending = Arc::new(PendingReplies::default());
         let stats = Arc::new(Stats::default());
+        let stop = Arc::new(Stop::default());
         let shared = Arc::new(Shared {
             fs,
             pending: pending.clone(),
             negotiated,
             stats: stats.clone(),
+            stop: stop.clone(),
         });
         let transport = if negotiated.ring() {
             Transport::Ring
@@ -381,6 +566,7 @@ impl Session {
             threads: Vec::new(),
             pending,
             stats,
+            stop,
             mounted: true,
         };
         let cpus = sys::possible_cpus();
@@ -411,12 +597,13 @@ impl Session {
                 }
                 Transport::Ring => {
                     let fd = session.main.clone();
-                    let depth = opts.ring_depth;
+                    let depth = opts.ring_depth.max(1);
+                    let max = opts.ring_max_entries.max(depth);
                     session.spawn(&format!("fuse-ring{cpu}"), move || {
                         if pin && let Err(e) = sys::pin_to_cpu(cpu) {
                             tracing::debug!(cpu, error = %e, "pinning");
                         }
-                        if let Err(e) = crate::uring::serve_queue(fd, cpu as u16, depth, &s) {
+                        if let Err(e) = crate::uring::serve_queue(fd, cpu as u16, depth, max, &s) {
                             tracing::error!(cpu, error = %e, "FUSE ring queue stopped");
                         }
                     })?;
@@ -541,6 +728,7 @@ impl Session {
             tracing::debug!(id, error = %e, "aborting the FUSE connection");
         }
         let r = sys::umount(&self.mountpoint, libc::MNT_DETACH);
+        self.stop.stop();
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
@@ -554,5 +742,81 @@ impl Drop for Session {
         if let Err(e) = self.shutdown() {
             tracing::warn!(error = %e, "unmounting");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stand-in for the module parameter: a file holding `value`, or no
+    /// file at all (a kernel without FUSE-over-io_uring).
+    fn knob(dir: &Path, value: Option<&str>) -> PathBuf {
+        let p = dir.join("enable_uring");
+        let _ = std::fs::remove_file(&p);
+        if let Some(v) = value {
+            std::fs::write(&p, format!("{v}\n")).unwrap();
+        }
+        p
+    }
+
+    fn value(p: &Path) -> Option<String> {
+        std::fs::read_to_string(p)
+            .ok()
+            .map(|s| s.trim().to_string())
+    }
+
+    #[test]
+    fn the_knob_is_written_only_when_the_caller_allows_it() {
+        use TransportChoice::*;
+        use UringKnob::*;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+
+        // Leave: never written; the ring only if already on.
+        let p = knob(d, Some("N"));
+        assert!(!want_ring(Auto, Leave, &p).unwrap());
+        assert_eq!(value(&p).as_deref(), Some("N"));
+        let e = want_ring(Ring, Leave, &p).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::Unsupported);
+        assert_eq!(value(&p).as_deref(), Some("N"));
+        let p = knob(d, Some("Y"));
+        assert!(want_ring(Auto, Leave, &p).unwrap());
+        assert!(want_ring(Ring, Leave, &p).unwrap());
+
+        // Enable: written when off.
+        let p = knob(d, Some("N"));
+        assert!(want_ring(Auto, Enable, &p).unwrap());
+        assert_eq!(value(&p).as_deref(), Some("Y"));
+        let p = knob(d, Some("N"));
+        assert!(want_ring(Ring, Enable, &p).unwrap());
+        assert_eq!(value(&p).as_deref(), Some("Y"));
+
+        // Classic never reads or writes it.
+        let p = knob(d, Some("N"));
+        assert!(!want_ring(Classic, Enable, &p).unwrap());
+        assert_eq!(value(&p).as_deref(), Some("N"));
+
+        // No knob (no FUSE-over-io_uring in this kernel): classic, or an
+        // error when the ring is required; nothing is created.
+        let p = knob(d, None);
+        assert!(!want_ring(Auto, Enable, &p).unwrap());
+        assert!(want_ring(Ring, Enable, &p).is_err());
+        assert_eq!(value(&p), None);
+    }
+
+    #[test]
+    fn fuse_uring_settings() {
+        use TransportChoice::*;
+        use UringKnob::*;
+        let parse = |s: &str| s.parse::<FuseUring>();
+        assert_eq!(parse("auto").unwrap().transport(), (Auto, Leave));
+        assert_eq!(parse("on").unwrap().transport(), (Ring, Enable));
+        assert_eq!(parse("off").unwrap().transport(), (Classic, Leave));
+        assert_eq!(parse("yes"), Err(UnknownFuseUring("yes".into())));
+        let mut opts = MountOptions::default();
+        assert_eq!((opts.transport, opts.uring_knob), (Auto, Leave));
+        FuseUring::On.apply(&mut opts);
+        assert_eq!((opts.transport, opts.uring_knob), (Ring, Enable));
     }
 }

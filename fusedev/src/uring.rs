@@ -3,19 +3,26 @@
 //! the commit-and-fetch loop (fuse-io-uring.md §3). A deferred read keeps
 //! its entry in userspace; its answer arrives through the core's mailbox
 //! and an eventfd read that is always armed on the same ring.
+//!
+//! Entries held by deferred reads are lost to the queue until answered, and
+//! the kernel routes a request only to its CPU's queue; so that slow reads
+//! never starve that CPU's metadata, the queue registers more entries
+//! (REGISTER works on a live queue, see docs/fusedev.md) whenever fewer
+//! than `depth` entries are free, up to `max` entries.
 
 use std::fs::File;
 use std::io::{self, Write};
 use std::mem::size_of;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use io_uring::{IoUring, cqueue, opcode, squeue::Entry128, types};
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
 use crate::abi::{InHeader, OutHeader, UringCmdReq, UringReqHeader, uring_cmd};
-use crate::fs::{DeferSeed, Filesystem, ReplySink};
-use crate::reply::{Outcome, dispatch};
+use crate::fs::{DeferSeed, Filesystem, ReplySink, lock};
+use crate::reply::{Outcome, dispatch_guarded};
 use crate::request::{self, Operation};
 use crate::session::Shared;
 use crate::sys;
@@ -30,17 +37,13 @@ type Answer = (u32, Unique, Result<Vec<u8>, Errno>);
 /// Deferred answers waiting for their core.
 struct Mailbox {
     queue: Mutex<Vec<Answer>>,
-    wake: File,
+    wake: Arc<File>,
 }
 
 impl ReplySink for Mailbox {
     fn send(&self, token: u64, unique: Unique, result: Result<&[u8], Errno>) {
-        self.queue.lock().expect("mailbox").push((
-            token as u32,
-            unique,
-            result.map(<[u8]>::to_vec),
-        ));
-        if let Err(e) = (&self.wake).write_all(&1u64.to_ne_bytes()) {
+        lock(&self.queue).push((token as u32, unique, result.map(<[u8]>::to_vec)));
+        if let Err(e) = (&*self.wake).write_all(&1u64.to_ne_bytes()) {
             tracing::warn!(error = %e, "waking a FUSE ring");
         }
     }
@@ -57,12 +60,36 @@ enum Slot {
 }
 
 /// One ring entry: the buffers the kernel copies requests into and replies
-/// out of. Boxed so their addresses never move while registered.
+/// out of. Boxed so their addresses never move while registered (the
+/// entry itself may move when the queue's Vec grows).
 struct RingEntry {
     header: Box<UringReqHeader>,
     payload: Box<[u8]>,
     iov: Box<[libc::iovec; 2]>,
     slot: Slot,
+}
+
+impl RingEntry {
+    fn new(payload_len: usize) -> RingEntry {
+        let mut header = Box::new(UringReqHeader::new_zeroed());
+        let mut payload = vec![0u8; payload_len].into_boxed_slice();
+        let iov = Box::new([
+            libc::iovec {
+                iov_base: (&mut *header as *mut UringReqHeader).cast(),
+                iov_len: size_of::<UringReqHeader>(),
+            },
+            libc::iovec {
+                iov_base: payload.as_mut_ptr().cast(),
+                iov_len: payload.len(),
+            },
+        ]);
+        RingEntry {
+            header,
+            payload,
+            iov,
+            slot: Slot::InKernel,
+        }
+    }
 }
 
 /// Sets `sqe->len` (byte 24), which the io-uring crate's UringCmd80 has no
@@ -147,63 +174,48 @@ fn fill_reply(entry: &mut RingEntry, unique: Unique, result: Result<usize, Errno
     entry.header.ring_ent_in_out.payload_sz = len as u32;
 }
 
-/// Serves kernel queue `qid` until the connection ends.
+/// Serves kernel queue `qid` until the connection ends: `depth` entries
+/// registered up front, growing to at most `max` while deferred reads hold
+/// entries.
 pub(crate) fn serve_queue<F: Filesystem + ?Sized>(
     fuse: Arc<File>,
     qid: u16,
     depth: u16,
+    max: u16,
     shared: &Shared<F>,
 ) -> io::Result<()> {
     let payload_len = shared.negotiated.max_write.max(8192);
+    let (depth, max) = (
+        usize::from(depth.max(1)),
+        usize::from(max.max(depth.max(1))),
+    );
     // Buffers first: they must outlive the ring (locals drop in reverse).
-    let mut entries: Vec<RingEntry> = (0..depth.max(1))
-        .map(|_| {
-            let mut header = Box::new(UringReqHeader::new_zeroed());
-            let mut payload = vec![0u8; payload_len].into_boxed_slice();
-            let iov = Box::new([
-                libc::iovec {
-                    iov_base: (&mut *header as *mut UringReqHeader).cast(),
-                    iov_len: size_of::<UringReqHeader>(),
-                },
-                libc::iovec {
-                    iov_base: payload.as_mut_ptr().cast(),
-                    iov_len: payload.len(),
-                },
-            ]);
-            RingEntry {
-                header,
-                payload,
-                iov,
-                slot: Slot::InKernel,
-            }
-        })
-        .collect();
+    let mut entries: Vec<RingEntry> = (0..depth).map(|_| RingEntry::new(payload_len)).collect();
     let mut wake_buf = Box::new([0u8; 8]);
     let mailbox = Arc::new(Mailbox {
         queue: Mutex::new(Vec::new()),
-        wake: File::from(sys::eventfd()?),
+        wake: Arc::new(File::from(sys::eventfd()?)),
     });
+    shared.stop.register(mailbox.wake.clone());
     let sink: Arc<dyn ReplySink> = mailbox.clone();
-    let mut seed = DeferSeed {
-        sink,
-        token: 0,
-        unique: Unique(0),
-        pending: shared.pending.clone(),
-    };
-    let sq_len = (u32::from(depth) + 2).next_power_of_two();
+    let mut seed = DeferSeed::new(sink, shared.pending.clone());
+    let sq_len = (depth as u32 + 2).next_power_of_two();
+    // One CQE per entry at most is outstanding, plus the wake read: size
+    // the CQ for the grown queue so completions never overflow.
+    let cq_len = (max as u32 + 2).next_power_of_two() * 2;
     // One thread creates, submits to and reaps this ring, so the kernel may
     // skip cross-thread locking (SINGLE_ISSUER) and run request delivery
     // as task work only when we wait (DEFER_TASKRUN). Older kernels refuse
     // the flags: retry without.
     let ring = match IoUring::<Entry128, cqueue::Entry>::builder()
-        .setup_cqsize(sq_len * 2)
+        .setup_cqsize(cq_len)
         .setup_single_issuer()
         .setup_defer_taskrun()
         .build(sq_len)
     {
         Ok(r) => r,
         Err(_) => IoUring::<Entry128, cqueue::Entry>::builder()
-            .setup_cqsize(sq_len * 2)
+            .setup_cqsize(cq_len)
             .build(sq_len)?,
     };
     ring.submitter().register_files(&[fuse.as_raw_fd()])?;
@@ -211,12 +223,25 @@ pub(crate) fn serve_queue<F: Filesystem + ?Sized>(
     for (i, e) in entries.iter().enumerate() {
         q.register(i, e)?;
     }
+    shared
+        .stats
+        .ring_entries
+        .fetch_add(depth as u64, Ordering::Relaxed);
     q.arm_wake(&mailbox.wake, &mut wake_buf)?;
     q.ring.submit()?;
     let mut rest = vec![0u8; payload_len];
-    let mut cqes: Vec<(u64, i32)> = Vec::with_capacity(usize::from(depth) + 1);
+    let mut cqes: Vec<(u64, i32)> = Vec::with_capacity(max + 1);
     let mut gone = false;
+    // Entries answering nothing until their deferred read is answered.
+    let mut held = 0usize;
+    let mut warned_full = false;
     loop {
+        // Shutdown: the connection was aborted, so every entry still in the
+        // kernel completes with an error; entries held by deferred reads
+        // were released by the kernel's teardown and have nothing to wait for.
+        if shared.stop.is_stopping() {
+            gone = true;
+        }
         if entries.iter().all(|e| e.slot == Slot::Dead)
             || (gone && entries.iter().all(|e| e.slot != Slot::InKernel))
         {
@@ -231,7 +256,7 @@ pub(crate) fn serve_queue<F: Filesystem + ?Sized>(
         cqes.extend(q.ring.completion().map(|c| (c.user_data(), c.result())));
         for &(user_data, res) in &cqes {
             if user_data == WAKE {
-                let answers = std::mem::take(&mut *mailbox.queue.lock().expect("mailbox"));
+                let answers = std::mem::take(&mut *lock(&mailbox.queue));
                 for (slot, unique, result) in answers {
                     let Some(e) = entries.get_mut(slot as usize) else {
                         continue;
@@ -253,6 +278,7 @@ pub(crate) fn serve_queue<F: Filesystem + ?Sized>(
                     });
                     fill_reply(e, unique, r);
                     e.slot = Slot::InKernel;
+                    held -= 1;
                     q.commit(slot as usize, commit_id)?;
                 }
                 if !gone {
@@ -271,10 +297,7 @@ pub(crate) fn serve_queue<F: Filesystem + ?Sized>(
                 entries[index].slot = Slot::Dead;
                 continue;
             }
-            shared
-                .stats
-                .ring
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            shared.stats.ring.fetch_add(1, Ordering::Relaxed);
             let e = &mut entries[index];
             let hdr: UringReqHeader = *e.header;
             let commit_id = hdr.ring_ent_in_out.commit_id;
@@ -289,7 +312,7 @@ pub(crate) fn serve_queue<F: Filesystem + ?Sized>(
                 Ok(req) => {
                     seed.unique = unique;
                     seed.token = index as u64;
-                    dispatch(&*shared.fs, &req, &mut e.payload, &seed)
+                    dispatch_guarded(&*shared.fs, &req, &mut e.payload, &seed)
                 }
                 Err(err) => {
                     tracing::warn!(qid, error = %err, "malformed FUSE request");
@@ -304,10 +327,40 @@ pub(crate) fn serve_queue<F: Filesystem + ?Sized>(
                 Outcome::NoReply => fill_reply(e, unique, Ok(0)),
                 Outcome::Deferred => {
                     e.slot = Slot::Deferred { unique, commit_id };
+                    held += 1;
                     continue;
                 }
             }
             q.commit(index, commit_id)?;
+        }
+        // Keep `depth` entries free for new requests while deferred reads
+        // hold others. The kernel hands a new entry only requests that
+        // arrive after it (fuse_uring_do_register does not look at the
+        // queue's waiting list), so this grows before the queue runs dry.
+        if !gone {
+            let live = entries.iter().filter(|e| e.slot != Slot::Dead).count();
+            let free = live - held;
+            if free < depth && entries.len() < max {
+                let add = (depth - free).min(max - entries.len());
+                for _ in 0..add {
+                    entries.push(RingEntry::new(payload_len));
+                    let i = entries.len() - 1;
+                    q.register(i, &entries[i])?;
+                }
+                shared
+                    .stats
+                    .ring_entries
+                    .fetch_add(add as u64, Ordering::Relaxed);
+                tracing::debug!(qid, entries = entries.len(), held, "FUSE ring queue grew");
+            } else if free == 0 && !warned_full {
+                warned_full = true;
+                tracing::warn!(
+                    qid,
+                    entries = entries.len(),
+                    "every entry of this FUSE ring queue is held by a deferred read; new \
+                     requests from this CPU wait until one is answered (raise ring_max_entries)"
+                );
+            }
         }
     }
     tracing::debug!(qid, "FUSE ring queue done");

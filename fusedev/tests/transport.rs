@@ -14,8 +14,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::{ReadMode, TestFs, mount, pattern, signalable_command};
-use ringstar_fusedev::{Transport, TransportChoice};
+use common::{
+    ReadMode, TestFs, mount, mount_with, pattern, pinned_command, signalable_command, wait_output,
+    within,
+};
+use ringstar_fusedev::{DEFAULT_RING_DEPTH, MountOptions, Transport, TransportChoice};
 use sha2::{Digest, Sha256};
 
 fn ring_available() -> bool {
@@ -384,6 +387,40 @@ fn teardown_with_waiting_readers(t: TransportChoice) {
     fs_.held.lock().unwrap().clear();
 }
 
+/// A ring queue whose every entry is held by a deferred read (one entry,
+/// no room to grow) has nothing in the kernel for the abort to complete:
+/// unmount still finishes, and the reader gets an error.
+fn teardown_with_every_entry_held(t: TransportChoice) {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().to_path_buf();
+    let fs_ = Arc::new(TestFs::new());
+    *fs_.read_mode.lock().unwrap() = ReadMode::Never;
+    let opts = MountOptions {
+        ring_depth: 1,
+        ring_max_entries: 1,
+        ..MountOptions::default()
+    };
+    let s = mount_with(fs_.clone(), &mnt, t, opts);
+    let reader = pinned_command("cat", 0)
+        .arg(mnt.join("direct.bin"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let limit = Duration::from_secs(10);
+    wait_until("the read to be deferred", limit, || {
+        s.pending_requests() == 1
+    });
+    within("unmount", limit, move || s.unmount()).unwrap();
+    assert!(!wait_output("the reader", reader, limit).status.success());
+    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(&format!(" {} ", mnt.display())),
+        "still mounted"
+    );
+    fs_.held.lock().unwrap().clear();
+}
+
 fn passthrough_reads_skip_the_daemon(t: TransportChoice) {
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().join("mnt");
@@ -416,11 +453,17 @@ fn interrupt_answers_a_waiting_read(t: TransportChoice) {
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path();
     let fs_ = Arc::new(TestFs::new());
-    *fs_.read_mode.lock().unwrap() = ReadMode::Never;
     let s = mount(fs_.clone(), mnt, t);
-    // A direct-I/O read waits in the reader's own context: SIGINT makes the
-    // kernel send INTERRUPT and wait for the filesystem's answer, so the
-    // reader can only exit if the session answers EINTR.
+    check_interrupt(&s, &fs_, mnt);
+    s.unmount().unwrap();
+}
+
+/// A direct-I/O read waits in the reader's own context: SIGINT makes the
+/// kernel send INTERRUPT (through read(2) on the main fd, on both
+/// transports) and wait for the filesystem's answer, so the reader can only
+/// exit if the session answers EINTR.
+fn check_interrupt(s: &ringstar_fusedev::Session, fs_: &TestFs, mnt: &Path) {
+    *fs_.read_mode.lock().unwrap() = ReadMode::Never;
     let mut child = signalable_command("cat")
         .arg(mnt.join("direct.bin"))
         .stdout(Stdio::null())
@@ -448,6 +491,163 @@ fn interrupt_answers_a_waiting_read(t: TransportChoice) {
         fs::read(mnt.join("direct.bin")).unwrap(),
         pattern(10_000, 5)
     );
+}
+
+fn errno<T>(r: std::io::Result<T>) -> Option<i32> {
+    r.err().and_then(|e| e.raw_os_error())
+}
+
+/// Panics in lookup, getattr, read (before deferring, after deferring with
+/// the handle kept, after deferring with the handle dropped) and FORGET:
+/// each asking process gets EIO, nothing stays pending, and the session
+/// keeps serving on every thread (more panics than it has threads),
+/// including INTERRUPT on the main fd. Every op runs under a deadline: a
+/// thread lost to a panic would leave its request unanswered.
+fn panics_are_contained(t: TransportChoice) {
+    use common::panic_ino;
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().to_path_buf();
+    let fs_ = Arc::new(TestFs::new().with_panics());
+    let s = mount(fs_.clone(), &mnt, t);
+    let limit = Duration::from_secs(10);
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()) + 1;
+    for round in 0..threads + 1 {
+        let p = mnt.join("panic/boom");
+        let r = within("stat of panic/boom", limit, move || fs::metadata(p));
+        assert_eq!(errno(r), Some(libc::EIO), "lookup, round {round}");
+        let p = mnt.join("panic/getattr");
+        let r = within("stat of panic/getattr", limit, move || fs::metadata(p));
+        assert_eq!(errno(r), Some(libc::EIO), "getattr, round {round}");
+        for name in ["read", "defer-held", "defer-dropped"] {
+            let p = mnt.join("panic").join(name);
+            let r = within(&format!("read of panic/{name}"), limit, move || fs::read(p));
+            assert_eq!(errno(r), Some(libc::EIO), "read of {name}, round {round}");
+        }
+        assert_eq!(s.pending_requests(), 0, "round {round}");
+    }
+    // The handles the panicking reads left behind were taken back.
+    assert!(!fs_.held.lock().unwrap().is_empty());
+    assert!(fs_.held.lock().unwrap().iter().all(|h| h.is_cancelled()));
+    fs_.held.lock().unwrap().clear();
+    // FORGET: revalidating `flip` (entry TTL 0) finds another node id, and
+    // the kernel forgets that one; forgetting it panics.
+    for _ in 0..threads + 1 {
+        let p = mnt.join("panic/flip");
+        within("stat of panic/flip", limit, move || fs::metadata(p)).unwrap();
+    }
+    wait_until("a FORGET of the flipped node", limit, || {
+        fs_.flip_forgets.load(Ordering::Relaxed) > 0
+    });
+    // Everything else still works, from several threads at once.
+    let workers: Vec<_> = (0..2 * threads)
+        .map(|_| {
+            let m = mnt.clone();
+            std::thread::spawn(move || {
+                assert_eq!(
+                    fs::read(m.join("small.txt")).unwrap(),
+                    b"hello from ringstar\n"
+                );
+                assert_eq!(
+                    fs::read(m.join("sub/deep.txt")).unwrap(),
+                    pattern(70_000, 3)
+                );
+                assert_eq!(fs::read_dir(&m).unwrap().count(), 11);
+                fs::metadata(m.join("panic/flip")).unwrap();
+            })
+        })
+        .collect();
+    within("reads after the panics", limit, move || {
+        for w in workers {
+            w.join().unwrap();
+        }
+    });
+    check_interrupt(&s, &fs_, &mnt);
+    assert!(fs_.nodes.contains_key(&panic_ino::FLIP_B));
+    assert_eq!(s.pending_requests(), 0);
+    s.unmount().unwrap();
+    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(&format!(" {} ", mnt.display())),
+        "still mounted"
+    );
+}
+
+/// More slow (deferred, unanswered) reads from one CPU than a ring queue
+/// has entries, then metadata from that CPU: it is answered (with the ring,
+/// the queue registered more entries), and the reads, answered at last,
+/// carry the right bytes.
+fn slow_reads_leave_metadata_alone(t: TransportChoice) {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path();
+    let fs_ = Arc::new(TestFs::new());
+    *fs_.read_mode.lock().unwrap() = ReadMode::Hold;
+    let s = mount(fs_.clone(), mnt, t);
+    let limit = Duration::from_secs(10);
+    let depth = usize::from(DEFAULT_RING_DEPTH);
+    let n = depth + 4;
+    let readers: Vec<_> = (0..n)
+        .map(|i| {
+            let child = pinned_command("cat", 0)
+                .arg(mnt.join("direct.bin"))
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            wait_until(
+                &format!("read {} of {n} to be deferred", i + 1),
+                limit,
+                || s.pending_requests() == i + 1,
+            );
+            child
+        })
+        .collect();
+    let lookups = fs_.lookups.load(Ordering::Relaxed);
+    let stat = pinned_command("stat", 0)
+        .args(["-c", "%s"])
+        .args(["small.txt", "sub/deep.txt", "big.bin"].map(|f| mnt.join(f)))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = wait_output("stat from CPU 0", stat, limit);
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "20\n70000\n3158073\n"
+    );
+    assert!(
+        fs_.lookups.load(Ordering::Relaxed) >= lookups + 3,
+        "lookups reached the daemon"
+    );
+    let ls = pinned_command("ls", 0)
+        .arg(mnt.join("sub"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = wait_output("ls from CPU 0", ls, limit);
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), "deep.txt\n");
+    let missing = pinned_command("stat", 0)
+        .arg(mnt.join("missing"))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(
+        !wait_output("stat of a missing name from CPU 0", missing, limit)
+            .status
+            .success()
+    );
+    if s.transport() == Transport::Ring {
+        // Queue 0 keeps `depth` entries free beside the n held ones.
+        let entries = s.stats().ring_entries.load(Ordering::Relaxed);
+        assert!(entries >= (n + depth) as u64, "{entries} ring entries");
+    }
+    assert_eq!(s.pending_requests(), n);
+    *fs_.read_mode.lock().unwrap() = ReadMode::Now;
+    assert_eq!(fs_.release_held(), n);
+    for (i, r) in readers.into_iter().enumerate() {
+        let out = wait_output(&format!("reader {i}"), r, limit);
+        assert!(out.status.success(), "reader {i}");
+        assert_eq!(out.stdout, pattern(10_000, 5), "reader {i}'s bytes");
+    }
+    assert_eq!(s.pending_requests(), 0);
     s.unmount().unwrap();
 }
 
@@ -510,5 +710,8 @@ per_transport!(
     teardown_with_waiting_readers,
     passthrough_reads_skip_the_daemon,
     interrupt_answers_a_waiting_read,
-    notifications_invalidate_the_kernel_cache
+    notifications_invalidate_the_kernel_cache,
+    panics_are_contained,
+    slow_reads_leave_metadata_alone,
+    teardown_with_every_entry_held
 );

@@ -176,7 +176,7 @@ fn mount_cmd(args: &MountArgs) -> anyhow::Result<()> {
     use std::sync::Arc;
 
     use ringstar_fetcher::{DockerConfig, Fetcher, FetcherConfig, ResolverConfig};
-    use ringstar_fusedev::{MountOptions, Session, TransportChoice};
+    use ringstar_fusedev::{MountOptions, Session, TransportChoice, UringKnob};
     use ringstar_snapshotter::layerfs::resolve::{LayerSource, resolve};
     use ringstar_snapshotter::layerfs::{BackgroundConfig, LayerFs, Loader, LoaderConfig};
 
@@ -238,6 +238,8 @@ fn mount_cmd(args: &MountArgs) -> anyhow::Result<()> {
             fsname: "ringstar".into(),
             subtype: "ringstar".into(),
             transport,
+            // Today's behaviour until the `fuse_uring` key is wired.
+            uring_knob: UringKnob::Enable,
             passthrough: args.passthrough,
             ..MountOptions::default()
         },

@@ -21,7 +21,7 @@ use ringstar_bench::{Rng, report};
 use ringstar_fusedev::{
     AttrReply, BackingFile, ConnInfo, Ctx, DirOut, Entry, Errno, FileAttr, FileHandle, FileType,
     Filesystem, Ino, MountOptions, Opened, Passthrough, ReadOut, ReadResult, Session,
-    TransportChoice,
+    TransportChoice, UringKnob,
 };
 
 const BIG: u64 = 64 << 20;
@@ -255,6 +255,7 @@ fn main() -> anyhow::Result<()> {
         });
         let opts = MountOptions {
             transport: choice,
+            uring_knob: UringKnob::Enable,
             ..MountOptions::default()
         };
         let session = Session::mount(fs, dir.path(), &opts)?;

@@ -32,7 +32,7 @@ use ringstar_core::writer::{WriterOptions, build_to_vec};
 use ringstar_core::{Digest, FileKind};
 use ringstar_fetcher::testing::{DelayProxy, Registry};
 use ringstar_fetcher::{Fetcher, FetcherConfig, ResolverConfig};
-use ringstar_fusedev::{MountOptions, Session};
+use ringstar_fusedev::{MountOptions, Session, UringKnob};
 use ringstar_snapshotter::layerfs::resolve::{LayerSource, resolve};
 use ringstar_snapshotter::layerfs::{BackgroundConfig, LayerFs, Loader, LoaderConfig};
 
@@ -196,6 +196,7 @@ fn mount_lazy(
         dir.path(),
         &MountOptions {
             passthrough,
+            uring_knob: UringKnob::Enable,
             ..MountOptions::default()
         },
     )?;

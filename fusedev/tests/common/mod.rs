@@ -16,7 +16,7 @@ use std::time::Duration;
 use ringstar_fusedev::{
     AttrReply, BackingFile, ConnInfo, Ctx, DirOut, Entry, Errno, FileAttr, FileHandle, FileType,
     Filesystem, Ino, MountOptions, Opened, Passthrough, ReadOut, ReadResult, Session, Timestamp,
-    TransportChoice,
+    TransportChoice, UringKnob,
 };
 
 pub enum Content {
@@ -41,7 +41,32 @@ pub enum ReadMode {
     Later(Duration),
     /// Never (until the handle is dropped on unmount).
     Never,
+    /// Kept in `held_reads` with what it asked for, until
+    /// [`TestFs::release_held`] answers it with the right bytes.
+    Hold,
 }
+
+/// Inode numbers of the tree [`TestFs::with_panics`] adds under `panic/`.
+pub mod panic_ino {
+    pub const DIR: u64 = 20;
+    /// getattr panics (attributes are never cached, so every stat asks).
+    pub const GETATTR: u64 = 21;
+    /// read panics before answering.
+    pub const READ: u64 = 22;
+    /// read defers, hands the handle to `held`, then panics.
+    pub const DEFER_HELD: u64 = 23;
+    /// read defers, then panics with the handle in scope (dropped while
+    /// unwinding).
+    pub const DEFER_DROPPED: u64 = 24;
+    /// `flip` resolves alternately to these two (entry TTL 0), so the
+    /// kernel's revalidation sees a new node id and sends FORGET for it;
+    /// forget of FLIP_B panics.
+    pub const FLIP_A: u64 = 25;
+    pub const FLIP_B: u64 = 26;
+}
+
+/// The message of every injected panic.
+pub const INJECTED: &str = "injected panic";
 
 pub struct TestFs {
     pub nodes: BTreeMap<u64, Node>,
@@ -54,6 +79,14 @@ pub struct TestFs {
     pub backing: Mutex<BTreeMap<u64, (BackingFile, PathBuf)>>,
     pub passthrough_files: BTreeMap<u64, PathBuf>,
     pub forgets: AtomicU64,
+    /// Deferred reads in [`ReadMode::Hold`]: the handle, the inode, the offset.
+    pub held_reads: Mutex<Vec<(ringstar_fusedev::DeferredRead, u64, u64)>>,
+    /// Whether the `panic/` tree is there and panics.
+    pub panics: bool,
+    /// Lookups of `panic/flip` so far (odd → FLIP_A, even → FLIP_B).
+    pub flips: AtomicUsize,
+    /// FORGETs of FLIP_B seen (each one then panics).
+    pub flip_forgets: AtomicU64,
 }
 
 pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
@@ -141,7 +174,71 @@ impl TestFs {
             backing: Mutex::new(BTreeMap::new()),
             passthrough_files: BTreeMap::new(),
             forgets: AtomicU64::new(0),
+            held_reads: Mutex::new(Vec::new()),
+            panics: false,
+            flips: AtomicUsize::new(0),
+            flip_forgets: AtomicU64::new(0),
         }
+    }
+
+    /// Adds `panic/` whose callbacks panic (see [`panic_ino`]); `boom` in
+    /// it panics in lookup.
+    pub fn with_panics(mut self) -> Self {
+        use panic_ino::*;
+        let file = |data: Vec<u8>| Node {
+            content: Content::File(Arc::new(data)),
+            perm: 0o644,
+            nlink: 1,
+            xattrs: BTreeMap::new(),
+        };
+        let children = [
+            ("getattr", GETATTR),
+            ("read", READ),
+            ("defer-held", DEFER_HELD),
+            ("defer-dropped", DEFER_DROPPED),
+        ];
+        self.nodes.insert(
+            DIR,
+            Node {
+                content: Content::Dir(children.iter().map(|(n, i)| ((*n).into(), *i)).collect()),
+                perm: 0o755,
+                nlink: 2,
+                xattrs: BTreeMap::new(),
+            },
+        );
+        for ino in [GETATTR, READ, DEFER_HELD, DEFER_DROPPED, FLIP_A, FLIP_B] {
+            self.nodes.insert(ino, file(pattern(5000, ino as u8)));
+        }
+        if let Some(Node {
+            content: Content::Dir(children),
+            ..
+        }) = self.nodes.get_mut(&1)
+        {
+            children.insert("panic".into(), DIR);
+        }
+        self.panics = true;
+        self
+    }
+
+    /// Answers every read held in [`ReadMode::Hold`] with its bytes.
+    pub fn release_held(&self) -> usize {
+        let held = std::mem::take(&mut *self.held_reads.lock().unwrap());
+        let n = held.len();
+        for (handle, ino, offset) in held {
+            let Some(Content::File(data)) = self.nodes.get(&ino).map(|n| &n.content) else {
+                handle.error(Errno::EIO);
+                continue;
+            };
+            let start = (offset as usize).min(data.len());
+            let end = data.len().min(start + handle.max_len());
+            handle.reply(&data[start..end]);
+        }
+        n
+    }
+
+    fn direct_io(&self, ino: u64) -> bool {
+        use panic_ino::*;
+        ino == 11 || (self.panics && [READ, DEFER_HELD, DEFER_DROPPED].contains(&ino))
     }
 
     /// Adds a file served by passthrough from `backing`.
@@ -206,6 +303,25 @@ impl Filesystem for TestFs {
 
     fn lookup(&self, _ctx: &Ctx, parent: Ino, name: &OsStr) -> Result<Entry, Errno> {
         self.lookups.fetch_add(1, Ordering::Relaxed);
+        if self.panics && parent.0 == panic_ino::DIR {
+            if name == "boom" {
+                panic!("{INJECTED}: lookup of boom");
+            }
+            if name == "flip" {
+                let n = self.flips.fetch_add(1, Ordering::Relaxed);
+                let ino = [panic_ino::FLIP_A, panic_ino::FLIP_B][n % 2];
+                return Ok(Entry {
+                    entry_ttl: Duration::ZERO,
+                    ..self.entry(ino)
+                });
+            }
+            if name == "getattr" {
+                return Ok(Entry {
+                    attr_ttl: Duration::ZERO,
+                    ..self.entry(panic_ino::GETATTR)
+                });
+            }
+        }
         match self.nodes.get(&parent.0).map(|n| &n.content) {
             Some(Content::Dir(children)) => children
                 .get(name)
@@ -216,13 +332,20 @@ impl Filesystem for TestFs {
         }
     }
 
-    fn forget(&self, _ino: Ino, nlookup: u64) {
+    fn forget(&self, ino: Ino, nlookup: u64) {
         self.forgets.fetch_add(nlookup, Ordering::Relaxed);
+        if self.panics && ino.0 == panic_ino::FLIP_B {
+            self.flip_forgets.fetch_add(1, Ordering::Relaxed);
+            panic!("{INJECTED}: forget of {}", ino.0);
+        }
     }
 
     fn getattr(&self, _ctx: &Ctx, ino: Ino) -> Result<AttrReply, Errno> {
         if !self.nodes.contains_key(&ino.0) {
             return Err(Errno::ENOENT);
+        }
+        if self.panics && ino.0 == panic_ino::GETATTR {
+            panic!("{INJECTED}: getattr of {}", ino.0);
         }
         Ok(AttrReply {
             attr: self.attr(ino.0),
@@ -239,8 +362,8 @@ impl Filesystem for TestFs {
 
     fn open(&self, _ctx: &Ctx, ino: Ino, _flags: u32) -> Result<Opened, Errno> {
         let mut opened = Opened {
-            keep_cache: ino.0 != 11,
-            direct_io: ino.0 == 11,
+            keep_cache: !self.direct_io(ino.0),
+            direct_io: self.direct_io(ino.0),
             ..Opened::default()
         };
         if let Some(path) = self.passthrough_files.get(&ino.0) {
@@ -272,6 +395,20 @@ impl Filesystem for TestFs {
             return ReadResult::Error(Errno::EISDIR);
         };
         let start = (offset as usize).min(data.len());
+        if self.panics {
+            match ino.0 {
+                panic_ino::READ => panic!("{INJECTED}: read of {}", ino.0),
+                panic_ino::DEFER_HELD => {
+                    self.held.lock().unwrap().push(out.defer());
+                    panic!("{INJECTED}: read of {} after deferring", ino.0);
+                }
+                panic_ino::DEFER_DROPPED => {
+                    let _handle = out.defer();
+                    panic!("{INJECTED}: read of {} holding its handle", ino.0);
+                }
+                _ => {}
+            }
+        }
         let mode = *self.read_mode.lock().unwrap();
         match mode {
             ReadMode::Now => {
@@ -292,6 +429,13 @@ impl Filesystem for TestFs {
             }
             ReadMode::Never => {
                 self.held.lock().unwrap().push(out.defer());
+                ReadResult::Deferred
+            }
+            ReadMode::Hold => {
+                self.held_reads
+                    .lock()
+                    .unwrap()
+                    .push((out.defer(), ino.0, offset));
                 ReadResult::Deferred
             }
         }
@@ -356,13 +500,88 @@ pub fn init_logging() {
         .try_init();
 }
 
+/// Mounts `fs` over `transport`; a ring mount may set the host's
+/// `enable_uring` knob (the ring tests need it).
 pub fn mount(fs: Arc<TestFs>, dir: &Path, transport: TransportChoice) -> Session {
+    mount_with(fs, dir, transport, MountOptions::default())
+}
+
+/// [`mount`] with other options.
+pub fn mount_with(
+    fs: Arc<TestFs>,
+    dir: &Path,
+    transport: TransportChoice,
+    opts: MountOptions,
+) -> Session {
     init_logging();
     let opts = MountOptions {
         transport,
-        ..MountOptions::default()
+        uring_knob: if transport == TransportChoice::Classic {
+            UringKnob::Leave
+        } else {
+            UringKnob::Enable
+        },
+        ..opts
     };
     Session::mount(fs, dir, &opts).expect("mount (tests run as root)")
+}
+
+/// Runs `f` on another thread and returns what it returned, failing the
+/// test if it takes longer than `limit` (a request the session never
+/// answers would otherwise hang the test instead of failing it).
+pub fn within<T: Send + 'static>(
+    what: &str,
+    limit: Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(v) => v,
+        Err(_) => panic!("{what}: no answer within {limit:?}"),
+    }
+}
+
+/// [`signalable_command`] whose child runs only on `cpu`, so the kernel
+/// puts its FUSE requests on that CPU's queue.
+pub fn pinned_command(program: &str, cpu: usize) -> std::process::Command {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = signalable_command(program);
+    // SAFETY: between fork and exec the closure calls only
+    // sched_setaffinity(2) on a set built on its own stack.
+    unsafe {
+        cmd.pre_exec(move || {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
+/// Waits for a child, killing it and failing the test after `limit`.
+pub fn wait_output(
+    what: &str,
+    mut child: std::process::Child,
+    limit: Duration,
+) -> std::process::Output {
+    let start = std::time::Instant::now();
+    loop {
+        if child.try_wait().expect("try_wait").is_some() {
+            return child.wait_with_output().expect("child output");
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what}: not done within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// A command for a child the test will signal: the signals it sends get

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use ringstar_core::store::Store;
 use ringstar_fetcher::{DockerConfig, Fetcher, FetcherConfig};
-use ringstar_fusedev::{MountOptions, Session, TransportChoice};
+use ringstar_fusedev::{MountOptions, Session, TransportChoice, UringKnob};
 
 use crate::layerfs::{BackgroundConfig, LayerFs, Loader, LoaderConfig};
 use config::Config;
@@ -266,6 +266,8 @@ fn mount_layers(
             fsname: "ringstar".into(),
             subtype: "ringstar".into(),
             transport,
+            // Today's behaviour until the `fuse_uring` key is wired.
+            uring_knob: UringKnob::Enable,
             passthrough: config.passthrough(),
             ..MountOptions::default()
         },

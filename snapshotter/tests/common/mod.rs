@@ -12,7 +12,7 @@ use ringstar_core::writer::{WriterOptions, build_to_vec};
 use ringstar_core::{Digest, tar};
 use ringstar_fetcher::testing::Registry;
 use ringstar_fetcher::{Fetcher, FetcherConfig, Reference, ResolverConfig};
-use ringstar_fusedev::{MountOptions, Session, TransportChoice};
+use ringstar_fusedev::{MountOptions, Session, TransportChoice, UringKnob};
 use ringstar_snapshotter::layerfs::resolve::{LayerSource, ResolveError, resolve};
 use ringstar_snapshotter::layerfs::{LayerFs, Loader, LoaderConfig, RemoteLayer};
 
@@ -65,6 +65,7 @@ impl Mounted {
             dir.path(),
             &MountOptions {
                 transport: TransportChoice::Auto,
+                uring_knob: UringKnob::Enable,
                 ..MountOptions::default()
             },
         )
