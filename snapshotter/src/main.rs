@@ -123,10 +123,12 @@ struct MountArgs {
     /// Do not fetch the rest of the layer in the background.
     #[arg(long)]
     no_background_fetch: bool,
-    /// FUSE transport: auto (io_uring when the kernel has it), ring or
-    /// classic.
+    /// FUSE-over-io_uring: auto (the ring if the host's
+    /// /sys/module/fuse/parameters/enable_uring is already Y; never
+    /// written), on (set it, host-wide, and require the ring), off
+    /// (classic /dev/fuse).
     #[arg(long, default_value = "auto")]
-    transport: String,
+    fuse_uring: ringstar_fusedev::FuseUring,
     /// Hand fully fetched files to the kernel (FUSE passthrough).
     #[arg(long)]
     passthrough: bool,
@@ -176,7 +178,7 @@ fn mount_cmd(args: &MountArgs) -> anyhow::Result<()> {
     use std::sync::Arc;
 
     use ringstar_fetcher::{DockerConfig, Fetcher, FetcherConfig, ResolverConfig};
-    use ringstar_fusedev::{MountOptions, Session, TransportChoice, UringKnob};
+    use ringstar_fusedev::{MountOptions, Session};
     use ringstar_snapshotter::layerfs::resolve::{LayerSource, resolve};
     use ringstar_snapshotter::layerfs::{BackgroundConfig, LayerFs, Loader, LoaderConfig};
 
@@ -184,12 +186,6 @@ fn mount_cmd(args: &MountArgs) -> anyhow::Result<()> {
         args.toc_digest.is_some() || args.no_verify,
         "--toc-digest is needed to verify the layer (or --no-verify to skip that)"
     );
-    let transport = match args.transport.as_str() {
-        "auto" => TransportChoice::Auto,
-        "ring" => TransportChoice::Ring,
-        "classic" => TransportChoice::Classic,
-        t => anyhow::bail!("unknown transport {t:?} (auto, ring, classic)"),
-    };
     let fetcher = Fetcher::new(FetcherConfig {
         request_timeout: std::time::Duration::from_secs(args.request_timeout),
         credentials: Some(Arc::new(DockerConfig::from_env())),
@@ -231,20 +227,15 @@ fn mount_cmd(args: &MountArgs) -> anyhow::Result<()> {
         layer.clone(),
         args.passthrough,
     ));
-    let session = Session::mount(
-        fs,
-        &args.mountpoint,
-        &MountOptions {
-            fsname: "ringstar".into(),
-            subtype: "ringstar".into(),
-            transport,
-            // Today's behaviour until the `fuse_uring` key is wired.
-            uring_knob: UringKnob::Enable,
-            passthrough: args.passthrough,
-            ..MountOptions::default()
-        },
-    )
-    .with_context(|| format!("mounting at {}", args.mountpoint.display()))?;
+    let mut options = MountOptions {
+        fsname: "ringstar".into(),
+        subtype: "ringstar".into(),
+        passthrough: args.passthrough,
+        ..MountOptions::default()
+    };
+    args.fuse_uring.apply(&mut options);
+    let session = Session::mount(fs, &args.mountpoint, &options)
+        .with_context(|| format!("mounting at {}", args.mountpoint.display()))?;
     if args.no_prefetch {
         layer.finish_prefetch();
     } else {

@@ -9,6 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use ringstar_fetcher::{MirrorConfig, ResolverConfig};
+use ringstar_fusedev::FuseUring;
 use serde::Deserialize;
 
 #[derive(Debug, thiserror::Error)]
@@ -18,6 +19,8 @@ pub enum ConfigError {
         path: String,
         source: std::io::Error,
     },
+    #[error("[{key}]: {message}")]
+    Invalid { key: &'static str, message: String },
     #[error("{path}: {source}")]
     Parse {
         path: String,
@@ -101,8 +104,8 @@ pub struct SnapshotterSection {
 pub struct Ringstar {
     /// Bound of the content store in bytes (default 10 GiB).
     pub store_size: Option<u64>,
-    /// FUSE transport: `auto` (io_uring when the kernel has it), `ring`,
-    /// `classic`.
+    /// FUSE transport, the older key: `auto` (as `fuse_uring`), `ring`
+    /// (as `fuse_uring = "on"`), `classic` (as `"off"`).
     pub transport: Option<String>,
     /// Threads that inflate and verify fetched chunks (default: CPUs).
     pub inflate_workers: Option<usize>,
@@ -126,17 +129,14 @@ pub struct Ringstar {
     /// the knob is already on; the knob is never written), `on` (turn the
     /// knob on if needed, logged, and require the ring), `off` (classic
     /// `/dev/fuse`).
+    #[serde(deserialize_with = "de_fuse_uring")]
     pub fuse_uring: Option<FuseUring>,
 }
 
-/// `[ringstar] fuse_uring`.
-#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum FuseUring {
-    #[default]
-    Auto,
-    On,
-    Off,
+/// `[ringstar] fuse_uring`, checked as the file is read.
+fn de_fuse_uring<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<FuseUring>, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse().map(Some).map_err(serde::de::Error::custom)
 }
 
 /// Keys ringstar reads; every other key is accepted and logged.
@@ -261,6 +261,23 @@ impl Config {
             mirrors.insert(host.clone(), list);
         }
         ResolverConfig { mirrors }
+    }
+
+    /// FUSE-over-io_uring and its host-wide knob: `[ringstar] fuse_uring`,
+    /// or the older `transport` key (`ring` is `on`, `classic` is `off`).
+    pub fn fuse_uring(&self) -> Result<FuseUring, ConfigError> {
+        if let Some(f) = self.ringstar.fuse_uring {
+            return Ok(f);
+        }
+        match self.ringstar.transport.as_deref() {
+            None | Some("auto") => Ok(FuseUring::Auto),
+            Some("ring") => Ok(FuseUring::On),
+            Some("classic") => Ok(FuseUring::Off),
+            Some(t) => Err(ConfigError::Invalid {
+                key: "ringstar.transport",
+                message: format!("unknown transport {t:?} (auto, ring, classic)"),
+            }),
+        }
     }
 
     pub fn passthrough(&self) -> bool {

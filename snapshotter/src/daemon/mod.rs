@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use ringstar_core::store::Store;
 use ringstar_fetcher::{DockerConfig, Fetcher, FetcherConfig};
-use ringstar_fusedev::{MountOptions, Session, TransportChoice, UringKnob};
+use ringstar_fusedev::{MountOptions, Session};
 
 use crate::layerfs::{BackgroundConfig, LayerFs, Loader, LoaderConfig};
 use config::Config;
@@ -248,31 +248,19 @@ fn mount_layers(
         .mode(0o755)
         .create(mountpoint)
         .map_err(|e| start_err(format!("creating {}", mountpoint.display()), e))?;
-    let transport = match config.ringstar.transport.as_deref().unwrap_or("auto") {
-        "auto" => TransportChoice::Auto,
-        "ring" => TransportChoice::Ring,
-        "classic" => TransportChoice::Classic,
-        t => {
-            return Err(start_err(
-                "[ringstar] transport",
-                format!("unknown transport {t:?} (auto, ring, classic)"),
-            ));
-        }
+    let fuse_uring = config
+        .fuse_uring()
+        .map_err(|e| start_err("[ringstar] fuse_uring", e))?;
+    let mut options = MountOptions {
+        fsname: "ringstar".into(),
+        subtype: "ringstar".into(),
+        passthrough: config.passthrough(),
+        ..MountOptions::default()
     };
-    Session::mount(
-        fs,
-        mountpoint,
-        &MountOptions {
-            fsname: "ringstar".into(),
-            subtype: "ringstar".into(),
-            transport,
-            // Today's behaviour until the `fuse_uring` key is wired.
-            uring_knob: UringKnob::Enable,
-            passthrough: config.passthrough(),
-            ..MountOptions::default()
-        },
-    )
-    .map_err(|e| start_err(format!("mounting {}", mountpoint.display()), e))
+    fuse_uring.apply(&mut options);
+    tracing::info!(?fuse_uring, "FUSE transport setting");
+    Session::mount(fs, mountpoint, &options)
+        .map_err(|e| start_err(format!("mounting {}", mountpoint.display()), e))
 }
 
 fn bind_socket(address: &Path) -> Result<tokio::net::UnixListener, StartError> {
