@@ -46,15 +46,37 @@ impl Endpoint {
     }
 }
 
+/// Whether `host` (`host[:port]`, as a reference names it) is this machine
+/// by a literal: "localhost", an IPv4 loopback address (127.0.0.0/8) or
+/// IPv6 `::1`, with or without a port (containerd's rule). Such a registry
+/// is spoken to in plain HTTP. The name is parsed as an address, so a DNS
+/// name that merely starts with "127." (`127.evil.example`) gets https.
 fn is_local(host: &str) -> bool {
-    let name = host.rsplit_once(':').map_or(host, |(h, p)| {
-        if p.bytes().all(|b| b.is_ascii_digit()) {
-            h
-        } else {
-            host
-        }
-    });
-    matches!(name, "localhost" | "127.0.0.1" | "[::1]" | "::1") || name.starts_with("127.")
+    use std::net::IpAddr;
+    let loopback = |name: &str| {
+        name.eq_ignore_ascii_case("localhost")
+            || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    };
+    let is_port = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+    // `[v6]` or `[v6]:port`.
+    if let Some(rest) = host.strip_prefix('[') {
+        let Some((addr, after)) = rest.split_once(']') else {
+            return false;
+        };
+        let port_ok = after.is_empty() || after.strip_prefix(':').is_some_and(is_port);
+        return port_ok
+            && addr
+                .parse::<std::net::Ipv6Addr>()
+                .is_ok_and(|ip| ip.is_loopback());
+    }
+    // A bare address (`::1`) before a port is split off it.
+    if loopback(host) {
+        return true;
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if is_port(port) && !name.contains(':') => loopback(name),
+        _ => false,
+    }
 }
 
 fn base_of(host: &str, insecure: bool) -> String {
@@ -155,5 +177,48 @@ mod tests {
             "http://127.0.0.1:5000"
         );
         assert_eq!(c.endpoints("ghcr.io")[0].base, "https://ghcr.io");
+    }
+
+    #[test]
+    fn only_loopback_literals_are_plain_http() {
+        for local in [
+            "localhost",
+            "localhost:5000",
+            "LOCALHOST:5000",
+            "127.0.0.1",
+            "127.0.0.1:5000",
+            "127.1.2.3:80",
+            "127.255.255.255",
+            "::1",
+            "[::1]",
+            "[::1]:5000",
+            "[0:0:0:0:0:0:0:1]:5000",
+        ] {
+            assert!(is_local(local), "{local}");
+            assert!(base_of(local, false).starts_with("http://"), "{local}");
+        }
+        for remote in [
+            "127.evil.example",
+            "127.evil.example:5000",
+            "127.0.0.1.evil.example",
+            "127.1",
+            "127.0.0.1:",
+            "127.0.0.1:5000x",
+            "localhost.evil.example",
+            "evil-localhost:5000",
+            "[::1]evil",
+            "[::2]:5000",
+            "::ffff:127.0.0.1",
+            "128.0.0.1:5000",
+            "[127.0.0.1]:5000",
+        ] {
+            assert!(!is_local(remote), "{remote}");
+            assert!(base_of(remote, false).starts_with("https://"), "{remote}");
+        }
+        let c = ResolverConfig::default();
+        assert_eq!(
+            c.endpoints("127.evil.example")[0].base,
+            "https://127.evil.example"
+        );
     }
 }
