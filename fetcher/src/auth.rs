@@ -96,8 +96,11 @@ pub struct DockerConfig {
 
 #[derive(serde::Deserialize, Default)]
 struct ConfigFile {
+    /// Sorted: when several keys name one host (`https://h/v1/`, `h`),
+    /// the first in key order answers, the same one every time (a hash
+    /// map's order differs per process and per map).
     #[serde(default)]
-    auths: HashMap<String, AuthEntry>,
+    auths: std::collections::BTreeMap<String, AuthEntry>,
     #[serde(default, rename = "credsStore")]
     creds_store: Option<String>,
     #[serde(default, rename = "credHelpers")]
@@ -284,13 +287,35 @@ impl DockerConfig {
 }
 
 /// Why a docker config file or a helper's answer could not be read. The
-/// reasons name the problem, never a secret.
+/// reasons name the problem and where, never the text: serde's own
+/// messages quote values ("invalid type: string \"…\""), which may be a
+/// secret in the wrong place.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {
-    #[error("{0}")]
-    Json(String),
+    #[error("{what} at line {line} column {column}")]
+    Json {
+        what: &'static str,
+        line: usize,
+        column: usize,
+    },
     #[error("an `auth` value is {0}")]
     BadAuth(&'static str),
+}
+
+impl From<serde_json::Error> for ParseError {
+    fn from(e: serde_json::Error) -> ParseError {
+        use serde_json::error::Category;
+        ParseError::Json {
+            what: match e.classify() {
+                Category::Io => "unreadable",
+                Category::Syntax => "not JSON",
+                Category::Data => "JSON of the wrong shape",
+                Category::Eof => "JSON cut short",
+            },
+            line: e.line(),
+            column: e.column(),
+        }
+    }
 }
 
 /// What a docker config file says about a registry host.
@@ -310,8 +335,7 @@ pub enum ConfigAnswer {
 /// goes) says credentials for `host` are: a `credHelpers` entry, an
 /// `auths` entry, or the default `credsStore`, in docker's order.
 pub fn config_answer(json: &[u8], host: &str) -> Result<ConfigAnswer, ParseError> {
-    let cfg: ConfigFile =
-        serde_json::from_slice(json).map_err(|e| ParseError::Json(e.to_string()))?;
+    let cfg: ConfigFile = serde_json::from_slice(json)?;
     let key = server_key(host);
     if let Some(helper) = cfg
         .cred_helpers
@@ -358,6 +382,9 @@ fn entry_credentials(e: &AuthEntry) -> Result<Option<Credentials>, ParseError> {
         let (user, pass) = decoded
             .split_once(':')
             .ok_or(ParseError::BadAuth("not user:password"))?;
+        if user.is_empty() && pass.is_empty() {
+            return Ok(None);
+        }
         return Ok(Some(Credentials {
             username: user.to_string(),
             secret: pass.to_string(),
@@ -375,8 +402,7 @@ fn entry_credentials(e: &AuthEntry) -> Result<Option<Credentials>, ParseError> {
 /// A credential helper's `get` answer (its stdout): the credentials, or
 /// `None` when it holds no secret.
 pub fn parse_helper_answer(stdout: &[u8]) -> Result<Option<Credentials>, ParseError> {
-    let answer: HelperAnswer =
-        serde_json::from_slice(stdout).map_err(|e| ParseError::Json(e.to_string()))?;
+    let answer: HelperAnswer = serde_json::from_slice(stdout)?;
     if answer.secret.is_empty() {
         return Ok(None);
     }
@@ -502,11 +528,15 @@ struct TokenAnswer {
 }
 
 impl TokenAnswer {
+    /// `token`, else `access_token`: the first that is a usable bearer
+    /// token (RFC 6750's token68 is printable ASCII without spaces; other
+    /// bytes could not go into an `Authorization` header).
     fn token(self) -> Option<(String, Option<u64>)> {
+        let usable = |t: &String| !t.is_empty() && t.bytes().all(|b| b.is_ascii_graphic());
         let t = self
             .token
-            .filter(|t| !t.is_empty())
-            .or(self.access_token.filter(|t| !t.is_empty()))?;
+            .filter(usable)
+            .or(self.access_token.filter(usable))?;
         Some((t, self.expires_in))
     }
 }
@@ -580,6 +610,13 @@ mod tests {
         assert_eq!(
             parse_token_answer(br#"{"token":"t","expires_in":18446744073709551615}"#),
             Some(("t".into(), Some(u64::MAX)))
+        );
+        // A token that cannot be a header value is no token; the other
+        // field may still hold one.
+        assert_eq!(parse_token_answer(br#"{"token":"a\nb"}"#), None);
+        assert_eq!(
+            parse_token_answer(br#"{"token":"a b","access_token":"ok"}"#),
+            Some(("ok".into(), None))
         );
     }
 
@@ -694,5 +731,21 @@ mod tests {
         );
         std::fs::write(&cfg, "{").unwrap();
         assert!(matches!(dc.lookup("x"), Err(AuthError::Config { .. })));
+        // Two keys for one host: the same (first by key) every time.
+        std::fs::write(
+            &cfg,
+            r#"{"auths":{"https://two.example/v1/":{"auth":"YjpiYg=="},
+                         "http://two.example":{"auth":"YTphYQ=="}}}"#,
+        )
+        .unwrap();
+        for _ in 0..8 {
+            let dc = DockerConfig::at(&cfg);
+            assert_eq!(dc.lookup("two.example").unwrap().unwrap().username, "a");
+        }
+        // A secret in the wrong place is not quoted back in the error.
+        std::fs::write(&cfg, r#"{"auths":{"x":"hunter2"}}"#).unwrap();
+        let err = dc.lookup("x").unwrap_err().to_string();
+        assert!(!err.contains("hunter2"), "{err}");
+        assert!(err.contains("line 1"), "{err}");
     }
 }

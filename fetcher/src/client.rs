@@ -1445,6 +1445,20 @@ mod tests {
     }
 
     #[test]
+    fn locations_and_errors_show_no_query_userinfo_or_header_values() {
+        let loc = BlobLocation {
+            url: "https://u:pw@s3.example/b/o?X-Amz-Signature=SIG".into(),
+            headers: vec![("authorization".into(), "Bearer TOKEN".into())],
+            request_timeout: None,
+        };
+        let shown = format!("{loc:?}");
+        assert!(shown.contains("https://s3.example/b/o?REDACTED"), "{shown}");
+        for secret in ["SIG", "TOKEN", "pw@"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+    }
+
+    #[test]
     fn retry_policy() {
         let s = |status| FetchError::Status {
             url: String::new(),
@@ -1453,5 +1467,20 @@ mod tests {
         assert!(s(429).retryable() && s(503).retryable() && s(500).retryable());
         assert!(!s(501).retryable() && !s(404).retryable() && !s(403).retryable());
         assert!(!FetchError::NotFound { url: String::new() }.retryable());
+        let refused = FetchError::RedirectRefused {
+            url: String::new(),
+            target: String::new(),
+            reason: String::new(),
+        };
+        let realm = FetchError::RealmRefused {
+            url: String::new(),
+            realm: String::new(),
+            reason: String::new(),
+        };
+        let internal = FetchError::Internal {
+            url: String::new(),
+            reason: String::new(),
+        };
+        assert!(!refused.retryable() && !realm.retryable() && !internal.retryable());
     }
 }

@@ -23,8 +23,10 @@ pub struct ResolverConfig {
     pub mirrors: HashMap<String, Vec<MirrorConfig>>,
 }
 
-/// Where to send a registry request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where to send a registry request. Its `Debug` shows the base as
+/// [`crate::urls::Shown`] does and the headers' names only (they may carry
+/// credentials).
+#[derive(Clone, PartialEq, Eq)]
 pub struct Endpoint {
     /// `scheme://host[:port][/prefix]` with no trailing slash.
     pub base: String,
@@ -32,6 +34,18 @@ pub struct Endpoint {
     pub namespace: Option<String>,
     pub request_timeout: Option<Duration>,
     pub headers: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.headers.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("Endpoint")
+            .field("base", &crate::urls::Shown(&self.base))
+            .field("namespace", &self.namespace)
+            .field("request_timeout", &self.request_timeout)
+            .field("headers", &names)
+            .finish()
+    }
 }
 
 impl Endpoint {
@@ -219,6 +233,21 @@ mod tests {
         assert_eq!(
             c.endpoints("127.evil.example")[0].base,
             "https://127.evil.example"
+        );
+    }
+
+    #[test]
+    fn endpoint_debug_hides_credentials() {
+        let e = Endpoint {
+            base: "https://u:pw@mirror.example".into(),
+            namespace: None,
+            request_timeout: None,
+            headers: vec![("authorization".into(), "Bearer s3cret".into())],
+        };
+        let shown = format!("{e:?}");
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("pw@"),
+            "{shown}"
         );
     }
 }

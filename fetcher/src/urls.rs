@@ -27,7 +27,7 @@ impl fmt::Display for Shown<'_> {
             Some(i) => (&url[..i], true),
             None => (url, false),
         };
-        match base.split_once("://") {
+        match base.split_once("://").filter(|(s, _)| is_scheme(s)) {
             Some((scheme, rest)) => {
                 let (authority, path) = rest.find('/').map_or((rest, ""), |i| rest.split_at(i));
                 let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
@@ -53,13 +53,17 @@ pub fn redact(url: &str) -> String {
     Shown(url).to_string()
 }
 
+/// RFC 3986's `scheme`: a letter, then letters, digits, `+`, `-`, `.`.
+fn is_scheme(s: &str) -> bool {
+    s.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+}
+
 /// The scheme of an absolute URL, lowercased (`None`: not absolute).
 fn scheme(url: &str) -> Option<String> {
     let (s, _) = url.split_once("://")?;
-    let ok = s.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
-    ok.then(|| s.to_ascii_lowercase())
+    is_scheme(s).then(|| s.to_ascii_lowercase())
 }
 
 /// May a response to a request for `from` redirect us to `to` (an
@@ -121,6 +125,7 @@ mod tests {
         assert_eq!(s("http://r.example"), "http://r.example");
         assert_eq!(s("http://r.example?sig=x@y/z"), "http://r.example?REDACTED");
         assert_eq!(s("not a url?secret"), "not a url?REDACTED");
+        assert_eq!(s("u:p@h/x://y/z"), "u:p@h/x://y/z");
         assert_eq!(
             format!("{:?}", Shown("https://a/b?c")),
             "\"https://a/b?REDACTED\""
