@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 
@@ -21,7 +22,32 @@ pub enum AuthError {
     Config { path: String, reason: String },
     #[error("credential helper docker-credential-{helper}: {reason}")]
     Helper { helper: String, reason: String },
+    /// The helper did not answer in time; it was killed.
+    #[error("credential helper docker-credential-{helper}: no answer within {after:?}; killed")]
+    HelperTimeout { helper: String, after: Duration },
 }
+
+/// How long a credential helper may take to answer. Helpers talk to a
+/// keychain or a cloud metadata service: well under a second normally,
+/// a few seconds when a cloud API is slow. Past this, something hangs,
+/// and a fetch waiting for credentials must fail rather than hang with it.
+pub const HELPER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The most of a helper's stdout or stderr we read: an answer is a small
+/// JSON object; anything bigger is a broken helper, not credentials.
+const MAX_HELPER_OUTPUT: u64 = 1 << 20;
+
+/// How often a running helper is checked for having exited.
+const HELPER_POLL: Duration = Duration::from_millis(10);
+
+/// The longest a bearer token is used for, whatever its server says
+/// (`expires_in` is untrusted: u64::MAX overflowed the expiry instant).
+/// Registries issue tokens for minutes; asking again hourly costs one
+/// request per hour and scope.
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
+
+/// Docker's default when a token answer has no `expires_in`.
+pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
 
 /// A username and its secret. An empty username means the secret is an
 /// identity (refresh) token.
@@ -64,12 +90,17 @@ pub struct DockerConfig {
     path: PathBuf,
     /// Where `docker-credential-*` helpers are looked for (`None`: `$PATH`).
     helper_dir: Option<PathBuf>,
+    /// How long a helper may take ([`HELPER_TIMEOUT`] unless set).
+    helper_timeout: Duration,
 }
 
 #[derive(serde::Deserialize, Default)]
 struct ConfigFile {
+    /// Sorted: when several keys name one host (`https://h/v1/`, `h`),
+    /// the first in key order answers, the same one every time (a hash
+    /// map's order differs per process and per map).
     #[serde(default)]
-    auths: HashMap<String, AuthEntry>,
+    auths: std::collections::BTreeMap<String, AuthEntry>,
     #[serde(default, rename = "credsStore")]
     creds_store: Option<String>,
     #[serde(default, rename = "credHelpers")]
@@ -130,7 +161,14 @@ impl DockerConfig {
         DockerConfig {
             path: path.into(),
             helper_dir: None,
+            helper_timeout: HELPER_TIMEOUT,
         }
+    }
+
+    /// Gives helpers `after` to answer instead of [`HELPER_TIMEOUT`].
+    pub fn with_helper_timeout(mut self, after: Duration) -> DockerConfig {
+        self.helper_timeout = after;
+        self
     }
 
     /// Looks for credential helpers in `dir` instead of `$PATH`.
@@ -139,57 +177,18 @@ impl DockerConfig {
         self
     }
 
-    fn read(&self) -> Result<Option<ConfigFile>, AuthError> {
-        let err = |reason: String| AuthError::Config {
+    fn config_error(&self, e: impl fmt::Display) -> AuthError {
+        AuthError::Config {
             path: self.path.display().to_string(),
-            reason,
-        };
-        match std::fs::read(&self.path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| err(e.to_string())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(err(e.to_string())),
-        }
-    }
-
-    fn entry_credentials(&self, e: &AuthEntry) -> Result<Option<Credentials>, AuthError> {
-        if let Some(token) = e.identitytoken.as_deref().filter(|t| !t.is_empty()) {
-            return Ok(Some(Credentials {
-                username: String::new(),
-                secret: token.to_string(),
-            }));
-        }
-        if let Some(auth) = e.auth.as_deref().filter(|a| !a.is_empty()) {
-            let bad = |reason: &str| AuthError::Config {
-                path: self.path.display().to_string(),
-                reason: reason.to_string(),
-            };
-            let decoded = base64::engine::general_purpose::STANDARD
-                .decode(auth.trim())
-                .map_err(|_| bad("an `auth` value is not base64"))?;
-            let decoded =
-                String::from_utf8(decoded).map_err(|_| bad("an `auth` value is not UTF-8"))?;
-            let (user, pass) = decoded
-                .split_once(':')
-                .ok_or_else(|| bad("an `auth` value is not user:password"))?;
-            return Ok(Some(Credentials {
-                username: user.to_string(),
-                secret: pass.to_string(),
-            }));
-        }
-        match (&e.username, &e.password) {
-            (Some(u), Some(p)) if !u.is_empty() => Ok(Some(Credentials {
-                username: u.clone(),
-                secret: p.clone(),
-            })),
-            _ => Ok(None),
+            reason: e.to_string(),
         }
     }
 
     /// Runs `docker-credential-<helper> get` with the server on stdin (the
-    /// credential-helper protocol). "Not found" is no credentials.
+    /// credential-helper protocol), for at most the helper timeout (then
+    /// it is killed). "Not found" is no credentials.
     fn run_helper(&self, helper: &str, server: &str) -> Result<Option<Credentials>, AuthError> {
+        use std::io::{Read as _, Write as _};
         let fail = |reason: String| AuthError::Helper {
             helper: helper.to_string(),
             reason,
@@ -202,49 +201,84 @@ impl DockerConfig {
             Some(dir) => dir.join(program),
             None => PathBuf::from(program),
         };
+        let deadline = Instant::now().checked_add(self.helper_timeout);
         let mut child = Command::new(&program)
             .arg("get")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stderr(Stdio::null())
             .spawn()
             .map_err(|e| fail(e.to_string()))?;
-        if let Some(mut stdin) = child.stdin.take() {
-            use std::io::Write as _;
-            stdin
-                .write_all(server.as_bytes())
-                .map_err(|e| fail(e.to_string()))?;
+        // Reading and writing happen on threads, so that nothing here
+        // blocks past the deadline: a helper that neither reads its stdin
+        // nor exits, or a child of it that keeps the pipe open.
+        let stdin = child.stdin.take();
+        let server_line = server.as_bytes().to_vec();
+        let stdout = child.stdout.take();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let io = std::thread::Builder::new()
+            .name("cred-helper-io".into())
+            .spawn(move || {
+                if let Some(mut stdin) = stdin {
+                    // A helper that exits without reading: its status says why.
+                    let _ = stdin.write_all(&server_line);
+                }
+                let mut out = Vec::new();
+                if let Some(stdout) = stdout {
+                    let _ = stdout.take(MAX_HELPER_OUTPUT).read_to_end(&mut out);
+                }
+                let _ = tx.send(out);
+            });
+        let timed_out = |child: &mut std::process::Child| {
+            let _ = child.kill();
+            let _ = child.wait();
+            tracing::warn!(
+                helper = %format!("docker-credential-{helper}"),
+                after_ms = self.helper_timeout.as_millis() as u64,
+                "credential helper did not answer in time; killed it"
+            );
+            AuthError::HelperTimeout {
+                helper: helper.to_string(),
+                after: self.helper_timeout,
+            }
+        };
+        if let Err(e) = io {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(fail(e.to_string()));
         }
-        let out = child.wait_with_output().map_err(|e| fail(e.to_string()))?;
-        if !out.status.success() {
-            let said = String::from_utf8_lossy(&out.stdout);
+        let left = || {
+            deadline.map_or(Duration::MAX, |d| {
+                d.saturating_duration_since(Instant::now())
+            })
+        };
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) if !left().is_zero() => std::thread::sleep(HELPER_POLL.min(left())),
+                Ok(None) => return Err(timed_out(&mut child)),
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(fail(e.to_string()));
+                }
+            }
+        };
+        // It exited; its output is complete unless a child of it holds the
+        // pipe open, which the deadline covers too.
+        let out = rx.recv_timeout(left()).map_err(|_| timed_out(&mut child))?;
+        if !status.success() {
+            let said = String::from_utf8_lossy(&out);
             if said.to_ascii_lowercase().contains("credentials not found") {
                 return Ok(None);
             }
             // The helper's own words, cut short: they name the problem,
             // and a helper does not print secrets on failure.
             let said = said.trim();
-            return Err(fail(format!(
-                "exited with {}: {}",
-                out.status,
-                &said[..said.len().min(200)]
-            )));
+            let cut = said.char_indices().nth(200).map_or(said.len(), |(i, _)| i);
+            return Err(fail(format!("exited with {status}: {}", &said[..cut])));
         }
-        let answer: HelperAnswer = serde_json::from_slice(&out.stdout)
-            .map_err(|e| fail(format!("unreadable answer: {e}")))?;
-        if answer.secret.is_empty() {
-            return Ok(None);
-        }
-        // Docker's convention for an identity token.
-        let username = if answer.username == "<token>" {
-            String::new()
-        } else {
-            answer.username
-        };
-        Ok(Some(Credentials {
-            username,
-            secret: answer.secret,
-        }))
+        parse_helper_answer(&out).map_err(|e| fail(format!("unreadable answer: {e}")))
     }
 
     pub fn path(&self) -> &Path {
@@ -252,33 +286,149 @@ impl DockerConfig {
     }
 }
 
+/// Why a docker config file or a helper's answer could not be read. The
+/// reasons name the problem and where, never the text: serde's own
+/// messages quote values ("invalid type: string \"…\""), which may be a
+/// secret in the wrong place.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("{what} at line {line} column {column}")]
+    Json {
+        what: &'static str,
+        line: usize,
+        column: usize,
+    },
+    #[error("an `auth` value is {0}")]
+    BadAuth(&'static str),
+}
+
+impl From<serde_json::Error> for ParseError {
+    fn from(e: serde_json::Error) -> ParseError {
+        use serde_json::error::Category;
+        ParseError::Json {
+            what: match e.classify() {
+                Category::Io => "unreadable",
+                Category::Syntax => "not JSON",
+                Category::Data => "JSON of the wrong shape",
+                Category::Eof => "JSON cut short",
+            },
+            line: e.line(),
+            column: e.column(),
+        }
+    }
+}
+
+/// What a docker config file says about a registry host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigAnswer {
+    /// Nothing: anonymous.
+    None,
+    Credentials(Credentials),
+    /// Ask `docker-credential-<helper>` about `server`.
+    Helper {
+        helper: String,
+        server: String,
+    },
+}
+
+/// Where docker's `config.json` (its bytes; untrusted as far as parsing
+/// goes) says credentials for `host` are: a `credHelpers` entry, an
+/// `auths` entry, or the default `credsStore`, in docker's order.
+pub fn config_answer(json: &[u8], host: &str) -> Result<ConfigAnswer, ParseError> {
+    let cfg: ConfigFile = serde_json::from_slice(json)?;
+    let key = server_key(host);
+    if let Some(helper) = cfg
+        .cred_helpers
+        .get(&key)
+        .or_else(|| cfg.cred_helpers.get(host))
+    {
+        return Ok(ConfigAnswer::Helper {
+            helper: helper.clone(),
+            server: key,
+        });
+    }
+    let entry = cfg.auths.get(&key).or_else(|| {
+        cfg.auths
+            .iter()
+            .find(|(k, _)| key_host(k) == host)
+            .map(|(_, v)| v)
+    });
+    if let Some(entry) = entry
+        && let Some(creds) = entry_credentials(entry)?
+    {
+        return Ok(ConfigAnswer::Credentials(creds));
+    }
+    match cfg.creds_store {
+        Some(store) if !store.is_empty() => Ok(ConfigAnswer::Helper {
+            helper: store,
+            server: key,
+        }),
+        _ => Ok(ConfigAnswer::None),
+    }
+}
+
+fn entry_credentials(e: &AuthEntry) -> Result<Option<Credentials>, ParseError> {
+    if let Some(token) = e.identitytoken.as_deref().filter(|t| !t.is_empty()) {
+        return Ok(Some(Credentials {
+            username: String::new(),
+            secret: token.to_string(),
+        }));
+    }
+    if let Some(auth) = e.auth.as_deref().filter(|a| !a.is_empty()) {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(auth.trim())
+            .map_err(|_| ParseError::BadAuth("not base64"))?;
+        let decoded = String::from_utf8(decoded).map_err(|_| ParseError::BadAuth("not UTF-8"))?;
+        let (user, pass) = decoded
+            .split_once(':')
+            .ok_or(ParseError::BadAuth("not user:password"))?;
+        if user.is_empty() && pass.is_empty() {
+            return Ok(None);
+        }
+        return Ok(Some(Credentials {
+            username: user.to_string(),
+            secret: pass.to_string(),
+        }));
+    }
+    match (&e.username, &e.password) {
+        (Some(u), Some(p)) if !u.is_empty() => Ok(Some(Credentials {
+            username: u.clone(),
+            secret: p.clone(),
+        })),
+        _ => Ok(None),
+    }
+}
+
+/// A credential helper's `get` answer (its stdout): the credentials, or
+/// `None` when it holds no secret.
+pub fn parse_helper_answer(stdout: &[u8]) -> Result<Option<Credentials>, ParseError> {
+    let answer: HelperAnswer = serde_json::from_slice(stdout)?;
+    if answer.secret.is_empty() {
+        return Ok(None);
+    }
+    // Docker's convention for an identity token.
+    let username = if answer.username == "<token>" {
+        String::new()
+    } else {
+        answer.username
+    };
+    Ok(Some(Credentials {
+        username,
+        secret: answer.secret,
+    }))
+}
+
 impl CredentialSource for DockerConfig {
     fn lookup(&self, host: &str) -> Result<Option<Credentials>, AuthError> {
-        let Some(cfg) = self.read()? else {
-            return Ok(None);
+        let bytes = match std::fs::read(&self.path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(self.config_error(e)),
         };
-        let key = server_key(host);
-        if let Some(helper) = cfg
-            .cred_helpers
-            .get(&key)
-            .or_else(|| cfg.cred_helpers.get(host))
-        {
-            return self.run_helper(helper, &key);
-        }
-        let entry = cfg.auths.get(&key).or_else(|| {
-            cfg.auths
-                .iter()
-                .find(|(k, _)| key_host(k) == host)
-                .map(|(_, v)| v)
-        });
-        if let Some(entry) = entry
-            && let Some(creds) = self.entry_credentials(entry)?
-        {
-            return Ok(Some(creds));
-        }
-        match &cfg.creds_store {
-            Some(store) if !store.is_empty() => self.run_helper(store, &key),
-            _ => Ok(None),
+        match config_answer(&bytes, host).map_err(|e| self.config_error(e))? {
+            ConfigAnswer::None => Ok(None),
+            ConfigAnswer::Credentials(c) => Ok(Some(c)),
+            ConfigAnswer::Helper { helper, server } => self.run_helper(&helper, &server),
         }
     }
 }
@@ -354,6 +504,18 @@ pub fn parse_token_answer(json: &[u8]) -> Option<(String, Option<u64>)> {
     serde_json::from_slice::<TokenAnswer>(json).ok()?.token()
 }
 
+/// How long to use a token whose answer said `expires_in` seconds
+/// (untrusted): Docker's default when absent, clamped to
+/// [1 s, [`MAX_TOKEN_LIFETIME`]], less a margin (a tenth, at most 10 s) so
+/// that a request does not leave with a token about to lapse.
+pub fn token_lifetime(expires_in: Option<u64>) -> Duration {
+    let lifetime = expires_in
+        .map_or(DEFAULT_TOKEN_LIFETIME, Duration::from_secs)
+        .clamp(Duration::from_secs(1), MAX_TOKEN_LIFETIME);
+    let margin = (lifetime / 10).min(Duration::from_secs(10));
+    lifetime.saturating_sub(margin)
+}
+
 /// A bearer token server's answer.
 #[derive(serde::Deserialize)]
 struct TokenAnswer {
@@ -366,11 +528,15 @@ struct TokenAnswer {
 }
 
 impl TokenAnswer {
+    /// `token`, else `access_token`: the first that is a usable bearer
+    /// token (RFC 6750's token68 is printable ASCII without spaces; other
+    /// bytes could not go into an `Authorization` header).
     fn token(self) -> Option<(String, Option<u64>)> {
+        let usable = |t: &String| !t.is_empty() && t.bytes().all(|b| b.is_ascii_graphic());
         let t = self
             .token
-            .filter(|t| !t.is_empty())
-            .or(self.access_token.filter(|t| !t.is_empty()))?;
+            .filter(usable)
+            .or(self.access_token.filter(usable))?;
         Some((t, self.expires_in))
     }
 }
@@ -427,6 +593,107 @@ mod tests {
     }
 
     #[test]
+    fn token_lifetimes_are_clamped() {
+        assert_eq!(token_lifetime(None), Duration::from_secs(54));
+        assert_eq!(token_lifetime(Some(0)), Duration::from_millis(900));
+        assert_eq!(token_lifetime(Some(300)), Duration::from_secs(290));
+        assert_eq!(
+            token_lifetime(Some(u64::MAX)),
+            MAX_TOKEN_LIFETIME - Duration::from_secs(10)
+        );
+        // What the fetcher does with it must not overflow either.
+        assert!(
+            Instant::now()
+                .checked_add(token_lifetime(Some(u64::MAX)))
+                .is_some()
+        );
+        assert_eq!(
+            parse_token_answer(br#"{"token":"t","expires_in":18446744073709551615}"#),
+            Some(("t".into(), Some(u64::MAX)))
+        );
+        // A token that cannot be a header value is no token; the other
+        // field may still hold one.
+        assert_eq!(parse_token_answer(br#"{"token":"a\nb"}"#), None);
+        assert_eq!(
+            parse_token_answer(br#"{"token":"a b","access_token":"ok"}"#),
+            Some(("ok".into(), None))
+        );
+    }
+
+    fn helper_in(dir: &Path, name: &str, script: &str) {
+        let helper = dir.join(format!("docker-credential-{name}"));
+        std::fs::write(&helper, script).unwrap();
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    #[test]
+    fn a_hanging_credential_helper_is_killed_at_the_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        // Sleeps in its own process (exec), so killing it ends it.
+        helper_in(
+            dir.path(),
+            "slow",
+            &format!(
+                "#!/bin/sh\necho $$ > {}\nexec sleep 120\n",
+                pidfile.display()
+            ),
+        );
+        // Leaves a child holding stdout open after it is killed.
+        helper_in(dir.path(), "forks", "#!/bin/sh\nsleep 30\necho '{}'\n");
+        let cfg = dir.path().join("config.json");
+        std::fs::write(
+            &cfg,
+            r#"{"credHelpers":{"slow.example":"slow","forks.example":"forks"}}"#,
+        )
+        .unwrap();
+        let timeout = Duration::from_secs(2);
+        let dc = DockerConfig::at(&cfg)
+            .with_helper_dir(dir.path())
+            .with_helper_timeout(timeout);
+        for host in ["slow.example", "forks.example"] {
+            let start = Instant::now();
+            match dc.lookup(host) {
+                Err(AuthError::HelperTimeout { after, .. }) => assert_eq!(after, timeout),
+                other => panic!("{host}: want HelperTimeout, got {other:?}"),
+            }
+            // Bounded by the timeout, not by the helper (it sleeps 30-120 s).
+            let took = start.elapsed();
+            assert!(
+                took >= timeout && took < Duration::from_secs(20),
+                "{host}: {took:?}"
+            );
+        }
+        // The helper was killed and reaped.
+        let pid = std::fs::read_to_string(&pidfile).unwrap();
+        assert!(
+            !Path::new(&format!("/proc/{}", pid.trim())).exists(),
+            "helper {pid} still running"
+        );
+        assert_eq!(DockerConfig::at(&cfg).helper_timeout, HELPER_TIMEOUT);
+    }
+
+    #[test]
+    fn a_failing_helper_is_quoted_cut_at_a_character() {
+        let dir = tempfile::tempdir().unwrap();
+        // One byte, then two-byte characters: byte 200 falls inside one,
+        // where the quote of its words used to be cut (a panic).
+        helper_in(
+            dir.path(),
+            "wide",
+            &format!("#!/bin/sh\necho 'x{}'\nexit 1\n", "\u{e9}".repeat(150)),
+        );
+        let cfg = dir.path().join("config.json");
+        std::fs::write(&cfg, r#"{"credsStore":"wide"}"#).unwrap();
+        let dc = DockerConfig::at(&cfg).with_helper_dir(dir.path());
+        match dc.lookup("x.example") {
+            Err(AuthError::Helper { reason, .. }) => assert!(reason.contains("exited"), "{reason}"),
+            other => panic!("want Helper error, got {other:?}"),
+        }
+    }
+
+    #[test]
     fn docker_config_entries_helpers_and_hub_key() {
         let dir = tempfile::tempdir().unwrap();
         let helper = dir.path().join("docker-credential-test");
@@ -464,5 +731,21 @@ mod tests {
         );
         std::fs::write(&cfg, "{").unwrap();
         assert!(matches!(dc.lookup("x"), Err(AuthError::Config { .. })));
+        // Two keys for one host: the same (first by key) every time.
+        std::fs::write(
+            &cfg,
+            r#"{"auths":{"https://two.example/v1/":{"auth":"YjpiYg=="},
+                         "http://two.example":{"auth":"YTphYQ=="}}}"#,
+        )
+        .unwrap();
+        for _ in 0..8 {
+            let dc = DockerConfig::at(&cfg);
+            assert_eq!(dc.lookup("two.example").unwrap().unwrap().username, "a");
+        }
+        // A secret in the wrong place is not quoted back in the error.
+        std::fs::write(&cfg, r#"{"auths":{"x":"hunter2"}}"#).unwrap();
+        let err = dc.lookup("x").unwrap_err().to_string();
+        assert!(!err.contains("hunter2"), "{err}");
+        assert!(err.contains("line 1"), "{err}");
     }
 }

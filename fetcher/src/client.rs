@@ -21,6 +21,7 @@ use hyper_util::rt::TokioExecutor;
 use tokio::sync::mpsc;
 
 use crate::auth::{Challenge, CredentialSource, Credentials};
+use crate::urls::{Shown, redact};
 
 /// Fetcher settings (snapshotter-protocol.md §7.3 defaults).
 #[derive(Debug, Clone)]
@@ -67,6 +68,10 @@ impl Default for FetcherConfig {
 }
 
 /// Why a fetch failed. Callers serving a read turn any of these into EIO.
+///
+/// Every URL in an error is as [`Shown`] shows it (no query, no
+/// userinfo): errors are logged and written to state files, and a blob
+/// storage URL's query is its signature.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FetchError {
     #[error("{url}: not found")]
@@ -95,6 +100,25 @@ pub enum FetchError {
     Unauthorized { url: String, reason: String },
     #[error("bad request: {0}")]
     Invalid(String),
+    /// A redirect we do not follow (a downgrade from https to http, a
+    /// scheme other than http/https): not retried.
+    #[error("{url}: refused redirect to {target}: {reason}")]
+    RedirectRefused {
+        url: String,
+        target: String,
+        reason: String,
+    },
+    /// A token realm that must not receive our credentials (plain http
+    /// for an https registry): not retried.
+    #[error("{url}: refused token realm {realm}: {reason}")]
+    RealmRefused {
+        url: String,
+        realm: String,
+        reason: String,
+    },
+    /// The fetch panicked (a bug); the fetcher goes on serving.
+    #[error("{url}: internal error: {reason}")]
+    Internal { url: String, reason: String },
     #[error("the fetcher has stopped")]
     Stopped,
 }
@@ -113,13 +137,41 @@ impl FetchError {
     }
 }
 
-/// A blob's location: its URL and the headers to send with it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A blob's location: its URL and the headers to send with it. Its
+/// `Debug` shows the URL redacted and the headers' names only (a mirror's
+/// headers may carry credentials).
+#[derive(Clone, PartialEq, Eq)]
 pub struct BlobLocation {
     pub url: String,
     pub headers: Vec<(String, String)>,
     /// Overrides the fetcher's request timeout (per-mirror setting).
     pub request_timeout: Option<Duration>,
+}
+
+impl std::fmt::Debug for BlobLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.headers.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("BlobLocation")
+            .field("url", &Shown(&self.url))
+            .field("headers", &names)
+            .field("request_timeout", &self.request_timeout)
+            .finish()
+    }
+}
+
+/// Locks a std mutex of the fetcher's, taking over one a panic poisoned:
+/// every critical section leaves its state consistent between statements,
+/// and a panicking fetch must not stop the fetcher.
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The message of a caught panic.
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".into())
 }
 
 type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
@@ -306,7 +358,13 @@ impl Fetcher {
         let loc = loc.clone();
         let job: Job = Box::new(move |inner: Arc<Inner>| {
             tokio::spawn(async move {
-                f(inner.read_range(&loc, offset, len).await);
+                let result = inner.read_range(&loc, offset, len).await;
+                // The caller's callback runs on the fetcher's runtime: its
+                // panic is contained here and logged, nothing else is owed.
+                let run = std::panic::AssertUnwindSafe(move || f(result));
+                if let Err(p) = std::panic::catch_unwind(run) {
+                    tracing::error!(url = %Shown(&loc.url), panic = %panic_message(&*p), "a read_range_then callback panicked; the fetcher goes on");
+                }
             });
         });
         if let Err(mpsc::error::SendError(job)) = self.jobs.send(job) {
@@ -341,7 +399,7 @@ impl Fetcher {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let job: Job = Box::new(move |inner: Arc<Inner>| {
             tokio::spawn(async move {
-                let _ = tx.send(f(inner).await);
+                let _ = tx.send(caught("", f(inner)).await);
             });
         });
         self.jobs.send(job).map_err(|_| FetchError::Stopped)?;
@@ -417,7 +475,7 @@ impl Fetcher {
             match self.block_on(move |inner| ask(inner, loc)) {
                 Ok(found) => return Ok(found),
                 Err(err) => {
-                    tracing::info!(endpoint = %e.base, error = %err, "blob not available here, trying the next endpoint");
+                    tracing::info!(endpoint = %Shown(&e.base), error = %err, "blob not available here, trying the next endpoint");
                     last = err;
                 }
             }
@@ -457,14 +515,16 @@ async fn read_body(
     skip: u64,
     want: u64,
 ) -> Result<Bytes, FetchError> {
-    let mut out = Vec::with_capacity(want.min(64 << 20) as usize);
+    // `want` is the caller's length (never a number from the wire); the
+    // first allocation is bounded all the same.
+    let mut out = Vec::with_capacity(want.min(MAX_BODY_PREALLOC) as usize);
     let mut skipped = 0u64;
     while (out.len() as u64) < want {
         let Some(frame) = body.frame().await else {
             break;
         };
         let frame = frame.map_err(|e| FetchError::Transport {
-            url: url.to_string(),
+            url: redact(url),
             reason: format!("body: {e}"),
         })?;
         let Ok(data) = frame.into_data() else {
@@ -481,11 +541,39 @@ async fn read_body(
     }
     if (out.len() as u64) < want {
         return Err(FetchError::Transport {
-            url: url.to_string(),
+            url: redact(url),
             reason: format!("body ended after {} of {want} bytes", out.len()),
         });
     }
     Ok(Bytes::from(out))
+}
+
+/// The most a response body buffer is allocated for up front (it grows
+/// as bytes arrive): 64 MiB, more than any chunk or TOC read.
+const MAX_BODY_PREALLOC: u64 = 64 << 20;
+
+/// Runs `fut` as its own task, so that a panic in it (a bug) becomes
+/// [`FetchError::Internal`], logged once, instead of unwinding through the
+/// scheduler's bookkeeping or dropping the answer.
+async fn caught<T: Send + 'static>(
+    url: &str,
+    fut: impl std::future::Future<Output = Result<T, FetchError>> + Send + 'static,
+) -> Result<T, FetchError> {
+    match tokio::spawn(fut).await {
+        Ok(r) => r,
+        Err(e) => {
+            let reason = if e.is_panic() {
+                format!("panicked: {}", panic_message(&*e.into_panic()))
+            } else {
+                "cancelled".to_string()
+            };
+            tracing::error!(url = %Shown(url), reason, "a fetch task failed; its waiters get an error and the fetcher goes on");
+            Err(FetchError::Internal {
+                url: redact(url),
+                reason,
+            })
+        }
+    }
 }
 
 /// A range `(LAST_BYTES, n)` asks for the blob's last `n` bytes
@@ -575,7 +663,7 @@ impl Inner {
     ) -> Result<(http::response::Parts, hyper::body::Incoming), FetchError> {
         let uri: Uri = url
             .parse()
-            .map_err(|e| FetchError::Invalid(format!("{url}: {e}")))?;
+            .map_err(|e| FetchError::Invalid(format!("{}: {e}", Shown(url))))?;
         let mut req = Request::builder()
             .method(method)
             .uri(uri)
@@ -608,11 +696,11 @@ impl Inner {
             .await
             .map_err(|e| match tls_error(&e) {
                 Some(reason) => FetchError::Tls {
-                    url: url.to_string(),
+                    url: redact(url),
                     reason,
                 },
                 None => FetchError::Transport {
-                    url: url.to_string(),
+                    url: redact(url),
                     reason: format!("{e:?}"),
                 },
             })?;
@@ -631,12 +719,7 @@ impl Inner {
         range: Option<(u64, u64)>,
         method: http::Method,
     ) -> Result<(http::response::Parts, hyper::body::Incoming), FetchError> {
-        let cached = self
-            .redirects
-            .lock()
-            .expect("redirects")
-            .get(&loc.url)
-            .cloned();
+        let cached = lock(&self.redirects).get(&loc.url).cloned();
         if let Some(target) = cached {
             let (head, body) = self
                 .send_to(&target, &[], None, range, method.clone())
@@ -644,8 +727,8 @@ impl Inner {
             if head.status != StatusCode::FORBIDDEN && head.status != StatusCode::UNAUTHORIZED {
                 return Ok((head, body));
             }
-            tracing::info!(url = %loc.url, status = head.status.as_u16(), "blob storage refused the redirect URL; asking the registry again");
-            self.redirects.lock().expect("redirects").remove(&loc.url);
+            tracing::info!(url = %Shown(&loc.url), status = head.status.as_u16(), "blob storage refused the redirect URL; asking the registry again");
+            lock(&self.redirects).remove(&loc.url);
         }
         let mut authorization = self.authorization(&loc.url).await?;
         let mut answered = false;
@@ -662,7 +745,7 @@ impl Inner {
             if head.status == StatusCode::UNAUTHORIZED {
                 if answered {
                     return Err(FetchError::Unauthorized {
-                        url: loc.url.clone(),
+                        url: redact(&loc.url),
                         reason: "the registry refused the credentials".into(),
                     });
                 }
@@ -683,18 +766,19 @@ impl Inner {
             if head.status.is_redirection()
                 && let Some(target) = head.headers.get(LOCATION).and_then(|v| v.to_str().ok())
             {
-                if !target.starts_with("http://") && !target.starts_with("https://") {
-                    return Err(FetchError::BadResponse {
-                        url: loc.url.clone(),
-                        reason: format!("relative redirect {target:?}"),
+                // Only to http(s), never down from https to http: the
+                // refusal is final (a retry would be redirected the same).
+                if let Err(reason) = crate::urls::check_redirect(&loc.url, target) {
+                    tracing::warn!(url = %Shown(&loc.url), target = %Shown(target), reason, "refused a redirect");
+                    return Err(FetchError::RedirectRefused {
+                        url: redact(&loc.url),
+                        target: redact(target),
+                        reason: reason.to_string(),
                     });
                 }
                 let target = target.to_string();
                 drop(body);
-                self.redirects
-                    .lock()
-                    .expect("redirects")
-                    .insert(loc.url.clone(), target.clone());
+                lock(&self.redirects).insert(loc.url.clone(), target.clone());
                 return self.send_to(&target, &[], None, range, method).await;
             }
             return Ok((head, body));
@@ -705,13 +789,7 @@ impl Inner {
     /// before (nothing until it asks).
     async fn authorization(&self, url: &str) -> Result<Option<String>, FetchError> {
         let host = host_of(url);
-        let challenge = self
-            .auth
-            .challenges
-            .lock()
-            .expect("auth")
-            .get(&host)
-            .cloned();
+        let challenge = lock(&self.auth.challenges).get(&host).cloned();
         match challenge {
             None => Ok(None),
             Some(Challenge::Basic) => self.basic_authorization(&host, url).await.map(Some),
@@ -745,20 +823,16 @@ impl Inner {
         let challenge =
             Challenge::parse(challenges.iter().map(String::as_str)).ok_or_else(|| {
                 FetchError::Unauthorized {
-                    url: url.to_string(),
+                    url: redact(url),
                     reason: "401 without a Basic or Bearer challenge".into(),
                 }
             })?;
-        self.auth
-            .challenges
-            .lock()
-            .expect("auth")
-            .insert(host.clone(), challenge.clone());
+        lock(&self.auth.challenges).insert(host.clone(), challenge.clone());
         if challenge == Challenge::Basic {
             let header = self.basic_authorization(&host, url).await?;
             if failed == Some(header.as_str()) {
                 return Err(FetchError::Unauthorized {
-                    url: url.to_string(),
+                    url: redact(url),
                     reason: "the registry refused the credentials".into(),
                 });
             }
@@ -780,10 +854,7 @@ impl Inner {
 
     fn token_slot(&self, host: &str, url: &str) -> TokenSlot {
         let scope = crate::auth::pull_scope(url).unwrap_or_default();
-        self.auth
-            .tokens
-            .lock()
-            .expect("auth")
+        lock(&self.auth.tokens)
             .entry((host.to_string(), scope))
             .or_default()
             .clone()
@@ -798,9 +869,12 @@ impl Inner {
         let h = host.to_string();
         tokio::task::spawn_blocking(move || source.lookup(&h))
             .await
-            .map_err(|e| FetchError::Invalid(e.to_string()))?
+            .map_err(|e| FetchError::Internal {
+                url: redact(url),
+                reason: format!("credential lookup: {e}"),
+            })?
             .map_err(|e| FetchError::Unauthorized {
-                url: url.to_string(),
+                url: redact(url),
                 reason: e.to_string(),
             })
     }
@@ -809,7 +883,7 @@ impl Inner {
         match self.credentials(host, url).await? {
             Some(c) if !c.username.is_empty() => Ok(crate::auth::basic_header(&c)),
             _ => Err(FetchError::Unauthorized {
-                url: url.to_string(),
+                url: redact(url),
                 reason: format!("{host} asks for a username and password and none is configured"),
             }),
         }
@@ -832,6 +906,16 @@ impl Inner {
         else {
             return Err(FetchError::Invalid("not a bearer challenge".into()));
         };
+        // The realm gets our credentials (the password grant): never over
+        // plain http for an https registry. Final: not retried.
+        if let Err(reason) = crate::urls::check_realm(url, realm) {
+            tracing::warn!(url = %Shown(url), realm = %Shown(realm), reason, "refused a token realm; no credentials sent");
+            return Err(FetchError::RealmRefused {
+                url: redact(url),
+                realm: redact(realm),
+                reason: reason.to_string(),
+            });
+        }
         let mut scopes: Vec<String> = crate::auth::pull_scope(url).into_iter().collect();
         if let Some(s) = scope
             && !scopes.contains(s)
@@ -840,16 +924,17 @@ impl Inner {
         }
         let creds = self.credentials(host, url).await?;
         let unauthorized = |reason: String| FetchError::Unauthorized {
-            url: url.to_string(),
+            url: redact(url),
             reason,
         };
+        let shown_realm = Shown(realm);
         let mut status = None;
         if let Some(c) = &creds {
             let form = token_form(c, service.as_deref(), &scopes);
             let req = Request::post(realm.as_str())
                 .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
                 .body(Full::from(form))
-                .map_err(|e| unauthorized(format!("token realm {realm:?}: {e}")))?;
+                .map_err(|e| unauthorized(format!("token realm {shown_realm}: {e}")))?;
             let (head, body) = self.request(realm, req).await?;
             match head.status {
                 StatusCode::OK => return self.token_from(realm, body, url).await,
@@ -865,7 +950,7 @@ impl Inner {
                 }
                 s => {
                     return Err(unauthorized(format!(
-                        "token server {realm} answered {}",
+                        "token server {shown_realm} answered {}",
                         s.as_u16()
                     )));
                 }
@@ -886,7 +971,7 @@ impl Inner {
             .await?;
         if head.status != StatusCode::OK {
             return Err(unauthorized(format!(
-                "token server {realm} answered {}{}",
+                "token server {shown_realm} answered {}{}",
                 head.status.as_u16(),
                 status.map_or(String::new(), |s| format!(
                     " (and {} to the OAuth2 form)",
@@ -905,9 +990,10 @@ impl Inner {
     ) -> Result<Token, FetchError> {
         const MAX_ANSWER: usize = 1 << 20;
         let unauthorized = |reason: String| FetchError::Unauthorized {
-            url: url.to_string(),
+            url: redact(url),
             reason,
         };
+        let realm = Shown(realm);
         let limited = http_body_util::Limited::new(body, MAX_ANSWER);
         let bytes = limited
             .collect()
@@ -916,13 +1002,14 @@ impl Inner {
             .to_bytes();
         let (token, expires_in) = crate::auth::parse_token_answer(&bytes)
             .ok_or_else(|| unauthorized(format!("token server {realm} sent no token")))?;
-        // Docker's default lifetime; renewed a little early so a request
-        // does not leave with a token about to lapse.
-        let lifetime = Duration::from_secs(expires_in.unwrap_or(60).max(1));
-        let margin = (lifetime / 10).min(Duration::from_secs(10));
+        // expires_in is untrusted: clamped (u64::MAX seconds overflowed
+        // the Instant, a panic in the fetch task).
+        let now = std::time::Instant::now();
         Ok(Token {
             header: format!("Bearer {token}"),
-            expires: std::time::Instant::now() + lifetime - margin,
+            expires: now
+                .checked_add(crate::auth::token_lifetime(expires_in))
+                .unwrap_or(now),
         })
     }
 
@@ -938,17 +1025,20 @@ impl Inner {
             .send(loc, Some((start, end)), http::Method::GET)
             .await
             .map_err(|e| (e, None))?;
+        // Any number of seconds is a valid Duration; fetch_range caps the
+        // wait at backoff_max.
         let retry_after = head
             .headers
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
+        // end >= start: read_range builds them so.
         let want = end - start + 1;
         let bad = |reason: String| {
             (
                 FetchError::BadResponse {
-                    url: url.clone(),
+                    url: redact(url),
                     reason,
                 },
                 None,
@@ -957,7 +1047,7 @@ impl Inner {
         let past_end = || {
             (
                 FetchError::RangeNotSatisfiable {
-                    url: url.clone(),
+                    url: redact(url),
                     start,
                     end,
                 },
@@ -974,7 +1064,8 @@ impl Inner {
                     .ok_or_else(|| bad("206 without a usable Content-Range".into()))?;
                 if cr.0 != start || cr.1 < end {
                     // Cut at the blob's end: the asked range runs past it.
-                    if cr.0 == start && cr.2.is_some_and(|total| cr.1 + 1 == total) {
+                    if cr.0 == start && cr.2.is_some_and(|total| cr.1.checked_add(1) == Some(total))
+                    {
                         return Err(past_end());
                     }
                     return Err(bad(format!(
@@ -986,12 +1077,12 @@ impl Inner {
             }
             // The whole blob: read only what was asked, then stop.
             StatusCode::OK => start,
-            StatusCode::NOT_FOUND => return Err((FetchError::NotFound { url: url.clone() }, None)),
+            StatusCode::NOT_FOUND => return Err((FetchError::NotFound { url: redact(url) }, None)),
             StatusCode::RANGE_NOT_SATISFIABLE => return Err(past_end()),
             s => {
                 return Err((
                     FetchError::Status {
-                        url: url.clone(),
+                        url: redact(url),
                         status: s.as_u16(),
                     },
                     retry_after,
@@ -1026,7 +1117,7 @@ impl Inner {
             tx,
         };
         let start_now = {
-            let mut s = self.sched.lock().expect("scheduler");
+            let mut s = lock(&self.sched);
             self.enqueue(&mut s, loc, waiter)
         };
         if let Some((id, fetch_loc, start, end)) = start_now {
@@ -1088,14 +1179,18 @@ impl Inner {
 
     fn spawn_fetch(self: Arc<Self>, id: u64, loc: BlobLocation, start: u64, end: u64) {
         tokio::spawn(async move {
-            let result = self.fetch_range(&loc, start, end).await;
+            // A panic in the fetch (a bug) is caught as an error here, so
+            // the bookkeeping below always runs: the host's in-flight count
+            // and the single-flight entry are released and every waiter is
+            // answered.
+            let result = self.clone().fetch_caught(&loc, start, end).await;
             let (done, next) = {
-                let mut s = self.sched.lock().expect("scheduler");
+                let mut s = lock(&self.sched);
                 let done = s.running.remove(&id);
                 let max = self.config.max_in_flight_per_host;
                 let host = s.hosts.entry(host_of(&loc.url)).or_default();
                 host.warmed = true;
-                host.in_flight -= 1;
+                host.in_flight = host.in_flight.saturating_sub(1);
                 let mut start = Vec::new();
                 while host.in_flight < host.limit(max)
                     && let Some(f) = host.queue.pop_front()
@@ -1113,9 +1208,19 @@ impl Inner {
             match result {
                 Ok(bytes) => {
                     for w in done.waiters {
-                        let part =
-                            bytes.slice((w.start - start) as usize..=(w.end - start) as usize);
-                        let _ = w.tx.send(Ok(part));
+                        // fetch_range returns exactly end - start + 1
+                        // bytes and every waiter lies inside; checked all
+                        // the same, since a slice out of range panics.
+                        let (lo, hi) = (w.start - start, w.end - start);
+                        let part = if hi < bytes.len() as u64 {
+                            Ok(bytes.slice(lo as usize..=hi as usize))
+                        } else {
+                            Err(FetchError::Internal {
+                                url: redact(&loc.url),
+                                reason: format!("{} bytes for range {start}-{end}", bytes.len()),
+                            })
+                        };
+                        let _ = w.tx.send(part);
                     }
                 }
                 // A merged range can fail for one part (past the end) that
@@ -1126,12 +1231,12 @@ impl Inner {
                         .iter()
                         .any(|w| (w.start, w.end) != (start, end)) =>
                 {
-                    tracing::debug!(url = %loc.url, error = %e, "merged range failed; retrying parts alone");
+                    tracing::debug!(url = %Shown(&loc.url), error = %e, "merged range failed; retrying parts alone");
                     for w in done.waiters {
                         let inner = self.clone();
                         let loc = loc.clone();
                         tokio::spawn(async move {
-                            let _ = w.tx.send(inner.fetch_range(&loc, w.start, w.end).await);
+                            let _ = w.tx.send(inner.fetch_caught(&loc, w.start, w.end).await);
                         });
                     }
                 }
@@ -1142,6 +1247,22 @@ impl Inner {
                 }
             }
         });
+    }
+
+    /// [`Inner::fetch_range`] with a panic caught as an error (see
+    /// [`caught`]).
+    async fn fetch_caught(
+        self: Arc<Self>,
+        loc: &BlobLocation,
+        start: u64,
+        end: u64,
+    ) -> Result<Bytes, FetchError> {
+        let l = loc.clone();
+        caught(
+            &loc.url,
+            async move { self.fetch_range(&l, start, end).await },
+        )
+        .await
     }
 
     /// `[start, end]` (inclusive) with per-attempt timeouts and bounded
@@ -1156,11 +1277,13 @@ impl Inner {
         let timeout = self.timeout(loc);
         let mut attempt = 0u32;
         loop {
+            #[cfg(feature = "testing")]
+            crate::testing::injected_panic(&loc.url);
             let result = match tokio::time::timeout(timeout, self.attempt(loc, offset, end)).await {
                 Ok(r) => r,
                 Err(_) => Err((
                     FetchError::Timeout {
-                        url: loc.url.clone(),
+                        url: redact(&loc.url),
                         after: timeout,
                     },
                     None,
@@ -1186,9 +1309,9 @@ impl Inner {
                 .min(self.config.backoff_max);
             // Jitter: wait in [d, 2d).
             let wait = retry_after
-                .unwrap_or(backoff + backoff.mul_f64(fastrand::f64()))
+                .unwrap_or_else(|| backoff.saturating_add(backoff.mul_f64(fastrand::f64())))
                 .min(self.config.backoff_max);
-            tracing::debug!(url = %loc.url, attempt, error = %err, wait_ms = wait.as_millis() as u64, "retrying");
+            tracing::debug!(url = %Shown(&loc.url), attempt, error = %err, wait_ms = wait.as_millis() as u64, "retrying");
             tokio::time::sleep(wait).await;
             attempt += 1;
         }
@@ -1205,7 +1328,7 @@ impl Inner {
         k: u64,
     ) -> Result<Option<(u64, Bytes)>, FetchError> {
         let timeout = self.timeout(loc);
-        let url = loc.url.clone();
+        let url = redact(&loc.url);
         let run = async {
             let (head, mut body) = self
                 .send(loc, Some((LAST_BYTES, k.max(1))), http::Method::GET)
@@ -1229,24 +1352,26 @@ impl Inner {
             else {
                 return Ok(None);
             };
-            // What a suffix range must be: the end of the blob, at most k.
-            if end + 1 != total || end < start || end - start + 1 > k.max(1) {
-                return Ok(None);
-            }
-            let tail = read_body(&mut body, &url, 0, end - start + 1).await?;
+            // What a suffix range must be: the end of the blob, at most k
+            // bytes (numbers from the wire: checked).
+            let len = match end.checked_sub(start).and_then(|d| d.checked_add(1)) {
+                Some(len) if end.checked_add(1) == Some(total) && len <= k.max(1) => len,
+                _ => return Ok(None),
+            };
+            let tail = read_body(&mut body, &loc.url, 0, len).await?;
             Ok(Some((total, tail)))
         };
         tokio::time::timeout(timeout, run)
             .await
             .unwrap_or(Err(FetchError::Timeout {
-                url: loc.url.clone(),
+                url: redact(&loc.url),
                 after: timeout,
             }))
     }
 
     async fn blob_size(&self, loc: &BlobLocation) -> Result<u64, FetchError> {
         let timeout = self.timeout(loc);
-        let url = loc.url.clone();
+        let url = redact(&loc.url);
         let run = async {
             let (head, _) = self.send(loc, Some((0, 1)), http::Method::GET).await?;
             let size = match head.status {
@@ -1284,7 +1409,7 @@ impl Inner {
         tokio::time::timeout(timeout, run)
             .await
             .unwrap_or(Err(FetchError::Timeout {
-                url: loc.url.clone(),
+                url: redact(&loc.url),
                 after: timeout,
             }))
     }
@@ -1320,6 +1445,20 @@ mod tests {
     }
 
     #[test]
+    fn locations_and_errors_show_no_query_userinfo_or_header_values() {
+        let loc = BlobLocation {
+            url: "https://u:pw@s3.example/b/o?X-Amz-Signature=SIG".into(),
+            headers: vec![("authorization".into(), "Bearer TOKEN".into())],
+            request_timeout: None,
+        };
+        let shown = format!("{loc:?}");
+        assert!(shown.contains("https://s3.example/b/o?REDACTED"), "{shown}");
+        for secret in ["SIG", "TOKEN", "pw@"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+    }
+
+    #[test]
     fn retry_policy() {
         let s = |status| FetchError::Status {
             url: String::new(),
@@ -1328,5 +1467,20 @@ mod tests {
         assert!(s(429).retryable() && s(503).retryable() && s(500).retryable());
         assert!(!s(501).retryable() && !s(404).retryable() && !s(403).retryable());
         assert!(!FetchError::NotFound { url: String::new() }.retryable());
+        let refused = FetchError::RedirectRefused {
+            url: String::new(),
+            target: String::new(),
+            reason: String::new(),
+        };
+        let realm = FetchError::RealmRefused {
+            url: String::new(),
+            realm: String::new(),
+            reason: String::new(),
+        };
+        let internal = FetchError::Internal {
+            url: String::new(),
+            reason: String::new(),
+        };
+        assert!(!refused.retryable() && !realm.retryable() && !internal.retryable());
     }
 }

@@ -23,8 +23,10 @@ pub struct ResolverConfig {
     pub mirrors: HashMap<String, Vec<MirrorConfig>>,
 }
 
-/// Where to send a registry request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where to send a registry request. Its `Debug` shows the base as
+/// [`crate::urls::Shown`] does and the headers' names only (they may carry
+/// credentials).
+#[derive(Clone, PartialEq, Eq)]
 pub struct Endpoint {
     /// `scheme://host[:port][/prefix]` with no trailing slash.
     pub base: String,
@@ -32,6 +34,18 @@ pub struct Endpoint {
     pub namespace: Option<String>,
     pub request_timeout: Option<Duration>,
     pub headers: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.headers.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("Endpoint")
+            .field("base", &crate::urls::Shown(&self.base))
+            .field("namespace", &self.namespace)
+            .field("request_timeout", &self.request_timeout)
+            .field("headers", &names)
+            .finish()
+    }
 }
 
 impl Endpoint {
@@ -46,15 +60,37 @@ impl Endpoint {
     }
 }
 
+/// Whether `host` (`host[:port]`, as a reference names it) is this machine
+/// by a literal: "localhost", an IPv4 loopback address (127.0.0.0/8) or
+/// IPv6 `::1`, with or without a port (containerd's rule). Such a registry
+/// is spoken to in plain HTTP. The name is parsed as an address, so a DNS
+/// name that merely starts with "127." (`127.evil.example`) gets https.
 fn is_local(host: &str) -> bool {
-    let name = host.rsplit_once(':').map_or(host, |(h, p)| {
-        if p.bytes().all(|b| b.is_ascii_digit()) {
-            h
-        } else {
-            host
-        }
-    });
-    matches!(name, "localhost" | "127.0.0.1" | "[::1]" | "::1") || name.starts_with("127.")
+    use std::net::IpAddr;
+    let loopback = |name: &str| {
+        name.eq_ignore_ascii_case("localhost")
+            || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    };
+    let is_port = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+    // `[v6]` or `[v6]:port`.
+    if let Some(rest) = host.strip_prefix('[') {
+        let Some((addr, after)) = rest.split_once(']') else {
+            return false;
+        };
+        let port_ok = after.is_empty() || after.strip_prefix(':').is_some_and(is_port);
+        return port_ok
+            && addr
+                .parse::<std::net::Ipv6Addr>()
+                .is_ok_and(|ip| ip.is_loopback());
+    }
+    // A bare address (`::1`) before a port is split off it.
+    if loopback(host) {
+        return true;
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if is_port(port) && !name.contains(':') => loopback(name),
+        _ => false,
+    }
 }
 
 fn base_of(host: &str, insecure: bool) -> String {
@@ -155,5 +191,63 @@ mod tests {
             "http://127.0.0.1:5000"
         );
         assert_eq!(c.endpoints("ghcr.io")[0].base, "https://ghcr.io");
+    }
+
+    #[test]
+    fn only_loopback_literals_are_plain_http() {
+        for local in [
+            "localhost",
+            "localhost:5000",
+            "LOCALHOST:5000",
+            "127.0.0.1",
+            "127.0.0.1:5000",
+            "127.1.2.3:80",
+            "127.255.255.255",
+            "::1",
+            "[::1]",
+            "[::1]:5000",
+            "[0:0:0:0:0:0:0:1]:5000",
+        ] {
+            assert!(is_local(local), "{local}");
+            assert!(base_of(local, false).starts_with("http://"), "{local}");
+        }
+        for remote in [
+            "127.evil.example",
+            "127.evil.example:5000",
+            "127.0.0.1.evil.example",
+            "127.1",
+            "127.0.0.1:",
+            "127.0.0.1:5000x",
+            "localhost.evil.example",
+            "evil-localhost:5000",
+            "[::1]evil",
+            "[::2]:5000",
+            "::ffff:127.0.0.1",
+            "128.0.0.1:5000",
+            "[127.0.0.1]:5000",
+        ] {
+            assert!(!is_local(remote), "{remote}");
+            assert!(base_of(remote, false).starts_with("https://"), "{remote}");
+        }
+        let c = ResolverConfig::default();
+        assert_eq!(
+            c.endpoints("127.evil.example")[0].base,
+            "https://127.evil.example"
+        );
+    }
+
+    #[test]
+    fn endpoint_debug_hides_credentials() {
+        let e = Endpoint {
+            base: "https://u:pw@mirror.example".into(),
+            namespace: None,
+            request_timeout: None,
+            headers: vec![("authorization".into(), "Bearer s3cret".into())],
+        };
+        let shown = format!("{e:?}");
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("pw@"),
+            "{shown}"
+        );
     }
 }

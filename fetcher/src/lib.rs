@@ -5,6 +5,8 @@
 //! - [`client`]: the HTTP/1.1 + HTTP/2 client on its own runtime thread,
 //!   range reads with timeouts and bounded retries, the blob tail in one
 //!   round trip, a [`ringstar_core::BlobRead`] over a registry blob.
+//! - [`urls`]: how URLs are shown (presigned queries redacted), where a
+//!   redirect may go and which token realm may receive credentials.
 //!
 //! It knows nothing of FUSE or the tree.
 
@@ -14,6 +16,7 @@ pub mod hosts;
 pub mod reference;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod urls;
 
 pub use auth::{CredentialSource, Credentials, DockerConfig, StaticCredentials};
 pub use client::{BlobLocation, FetchError, Fetcher, FetcherConfig, RemoteBlob};

@@ -1,7 +1,9 @@
 //! Test and benchmark harness (feature `testing`): Debian's
 //! docker-registry on a free loopback port, blob pushes through the
 //! registry API, certificates made with openssl, a counting TCP forwarder
-//! and a delay proxy that models a shared WAN link.
+//! and a delay proxy that models a shared WAN link, blob storage behind a
+//! registry's redirects, a log capture, and a panic injected into the
+//! fetch task.
 
 #![allow(clippy::missing_panics_doc)]
 
@@ -151,11 +153,37 @@ impl Registry {
         Self::start_inner(storage, tls, auth, access_log)
     }
 
+    /// Serves `storage` (kept by the caller) and answers every blob GET
+    /// with a redirect to `baseurl` + the blob's storage path (the
+    /// registry's `redirect` storage middleware, as with S3 or a CDN),
+    /// logging requests to `access_log`.
+    pub fn start_redirecting(
+        storage: &Path,
+        tls: Option<(&Path, &Path)>,
+        baseurl: &str,
+        access_log: &Path,
+    ) -> Registry {
+        let middleware = format!(
+            "middleware:\n  storage:\n    - name: redirect\n      options:\n        baseurl: {baseurl}\n"
+        );
+        Self::start_extra(storage, tls, None, Some(access_log), &middleware)
+    }
+
     fn start_inner(
         storage: &Path,
         tls: Option<(&Path, &Path)>,
         auth: Option<&RegistryAuth>,
         access_log: Option<&Path>,
+    ) -> Registry {
+        Self::start_extra(storage, tls, auth, access_log, "")
+    }
+
+    fn start_extra(
+        storage: &Path,
+        tls: Option<(&Path, &Path)>,
+        auth: Option<&RegistryAuth>,
+        access_log: Option<&Path>,
+        extra_yaml: &str,
     ) -> Registry {
         let bin = "/usr/bin/docker-registry";
         assert!(
@@ -197,6 +225,7 @@ impl Registry {
             )),
             None => {}
         }
+        yaml.push_str(extra_yaml);
         std::fs::write(&config, yaml).unwrap();
         let access_log = access_log.map(Path::to_path_buf);
         let child = spawn_registry(&config, access_log.as_deref());
@@ -277,6 +306,15 @@ impl Registry {
             request_timeout: None,
         }
     }
+
+    /// The blob's https location (a registry started with TLS).
+    pub fn tls_location(&self, repo: &str, digest: &str) -> BlobLocation {
+        BlobLocation {
+            url: format!("https://{}/v2/{repo}/blobs/{digest}", self.addr),
+            headers: Vec::new(),
+            request_timeout: None,
+        }
+    }
 }
 
 /// One request of docker-registry's access log.
@@ -344,7 +382,8 @@ fn openssl(dir: &Path, args: &[&str]) {
     assert!(st.success(), "openssl {args:?}");
 }
 
-/// A CA and a server certificate for 127.0.0.1 signed by it.
+/// A CA (`ca.pem`) and a server certificate (`server.pem`, `server.key`)
+/// for 127.0.0.1 and localhost signed by it.
 pub fn make_certs(dir: &Path) {
     openssl(
         dir,
@@ -381,7 +420,7 @@ pub fn make_certs(dir: &Path) {
     );
     std::fs::write(
         dir.join("ext.cnf"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n",
     )
     .unwrap();
     openssl(
@@ -545,6 +584,8 @@ pub struct TokenServer {
     pub root_cert: std::path::PathBuf,
     requests: Arc<Mutex<Vec<TokenRequest>>>,
     policy: Arc<Mutex<TokenPolicy>>,
+    /// Serves https.
+    tls: bool,
 }
 
 /// Settings of a [`TokenServer`].
@@ -558,6 +599,9 @@ pub struct TokenServerOptions {
     pub oauth: bool,
     /// `expires_in` told to clients (`None`: left out).
     pub expires_in: Option<u64>,
+    /// Serve over TLS with this (certificate, key) (see [`make_certs`]);
+    /// the realm is then `https://localhost:PORT/token`.
+    pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 fn b64url(data: &[u8]) -> String {
@@ -576,7 +620,7 @@ fn unix_now() -> i64 {
 type RawRequest = (String, String, Vec<(String, String)>, Vec<u8>);
 
 /// One HTTP/1.1 request from a stream.
-fn read_request(r: &mut BufReader<TcpStream>) -> Option<RawRequest> {
+fn read_request<S: Read>(r: &mut BufReader<S>) -> Option<RawRequest> {
     let mut line = String::new();
     r.read_line(&mut line).ok()?;
     let mut parts = line.split_whitespace();
@@ -667,7 +711,9 @@ impl TokenServer {
         .unwrap();
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap().to_string();
+        let tls = options.tls.as_ref().map(|(c, k)| tls_server_config(c, k));
         let server = TokenServer {
+            tls: tls.is_some(),
             addr,
             service: "ringstar-test-registry".into(),
             issuer: "ringstar-test-issuer".into(),
@@ -686,7 +732,11 @@ impl TokenServer {
                 let Ok(conn) = conn else { break };
                 let (me, key, x5c, options) =
                     (me.clone(), key.clone(), x5c.clone(), options.clone());
-                std::thread::spawn(move || me.serve(conn, &key, &x5c, &options));
+                let tls = tls.clone();
+                std::thread::spawn(move || match tls {
+                    Some(cfg) => me.serve(tls_stream(conn, cfg), &key, &x5c, &options),
+                    None => me.serve(conn, &key, &x5c, &options),
+                });
             }
         });
         server
@@ -694,7 +744,12 @@ impl TokenServer {
 
     /// The realm URL for the registry's config.
     pub fn realm(&self) -> String {
-        format!("http://{}/token", self.addr)
+        if self.tls {
+            let port = self.addr.rsplit_once(':').map_or("", |(_, p)| p);
+            format!("https://localhost:{port}/token")
+        } else {
+            format!("http://{}/token", self.addr)
+        }
     }
 
     pub fn registry_auth(&self) -> RegistryAuth {
@@ -716,14 +771,13 @@ impl TokenServer {
         self.policy.lock().unwrap().stale.push(seconds_ago);
     }
 
-    fn serve(
+    fn serve<S: Read + Write>(
         &self,
-        conn: TcpStream,
+        conn: S,
         key: &ring::signature::EcdsaKeyPair,
         x5c: &str,
         options: &TokenServerOptions,
     ) {
-        let mut w = conn.try_clone().unwrap();
         let mut r = BufReader::new(conn);
         while let Some((method, target, headers, body)) = read_request(&mut r) {
             let query = target.split_once('?').map_or("", |(_, q)| q);
@@ -799,7 +853,11 @@ impl TokenServer {
                 "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
                 body.len()
             );
-            if w.write_all(resp.as_bytes()).is_err() {
+            let w = r.get_mut();
+            if w.write_all(resp.as_bytes())
+                .and_then(|()| w.flush())
+                .is_err()
+            {
                 break;
             }
         }
@@ -980,4 +1038,213 @@ fn copy_limited(
     }
     let _ = to.shutdown(std::net::Shutdown::Both);
     let _ = from.shutdown(std::net::Shutdown::Both);
+}
+
+/// A rustls server configuration for `cert` and `key` (PEM files, as
+/// [`make_certs`] writes them), speaking HTTP/1.1.
+pub fn tls_server_config(cert: &Path, key: &Path) -> Arc<rustls::ServerConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(key).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(cfg)
+}
+
+/// The server side of TLS over an accepted connection (the handshake
+/// happens on first use).
+pub fn tls_stream(
+    conn: TcpStream,
+    cfg: Arc<rustls::ServerConfig>,
+) -> rustls::StreamOwned<rustls::ServerConnection, TcpStream> {
+    rustls::StreamOwned::new(rustls::ServerConnection::new(cfg).unwrap(), conn)
+}
+
+/// Blob storage behind a registry's redirects (S3, a CDN): serves the
+/// files under `root` by request path (the query, where a presigned URL
+/// carries its signature, is ignored), whole or one `Range: bytes=A-B`,
+/// one request per connection, over TLS when given (certificate, key).
+/// Records each request target.
+#[derive(Debug, Clone)]
+pub struct BlobStorage {
+    pub addr: String,
+    pub requests: Arc<Mutex<Vec<String>>>,
+}
+
+impl BlobStorage {
+    pub fn start(root: &Path, tls: Option<(&Path, &Path)>) -> BlobStorage {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let storage = BlobStorage {
+            addr: l.local_addr().unwrap().to_string(),
+            requests: Arc::default(),
+        };
+        let tls = tls.map(|(c, k)| tls_server_config(c, k));
+        let root = root.to_path_buf();
+        let requests = storage.requests.clone();
+        std::thread::spawn(move || {
+            for conn in l.incoming() {
+                let Ok(conn) = conn else { break };
+                let (root, requests, tls) = (root.clone(), requests.clone(), tls.clone());
+                std::thread::spawn(move || match tls {
+                    Some(cfg) => serve_file(tls_stream(conn, cfg), &root, &requests),
+                    None => serve_file(conn, &root, &requests),
+                });
+            }
+        });
+        storage
+    }
+}
+
+fn serve_file<S: Read + Write>(conn: S, root: &Path, requests: &Mutex<Vec<String>>) {
+    let mut r = BufReader::new(conn);
+    let Some((_method, target, headers, _)) = read_request(&mut r) else {
+        return;
+    };
+    requests.lock().unwrap().push(target.clone());
+    let path = target.split(['?', '#']).next().unwrap_or("");
+    let file = (!path.contains(".."))
+        .then(|| std::fs::read(root.join(path.trim_start_matches('/'))).ok())
+        .flatten();
+    let range = headers
+        .iter()
+        .find(|(k, _)| k == "range")
+        .and_then(|(_, v)| v.strip_prefix("bytes="))
+        .and_then(|v| v.split_once('-'))
+        .and_then(|(a, b)| Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?)));
+    let (head, body) = match (file, range) {
+        (None, _) => ("404 Not Found".to_string(), Vec::new()),
+        (Some(data), Some((a, b))) if a <= b && a < data.len() => {
+            let b = b.min(data.len() - 1);
+            (
+                format!(
+                    "206 Partial Content\r\nContent-Range: bytes {a}-{b}/{}",
+                    data.len()
+                ),
+                data[a..=b].to_vec(),
+            )
+        }
+        (Some(data), _) => ("200 OK".to_string(), data),
+    };
+    let w = r.get_mut();
+    let _ = write!(
+        w,
+        "HTTP/1.1 {head}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .and_then(|()| w.write_all(&body))
+    .and_then(|()| w.flush());
+}
+
+/// Log lines captured from `tracing` for the whole test process.
+#[derive(Debug, Clone)]
+pub struct LogCapture {
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl LogCapture {
+    /// Every line so far (`LEVEL message field=value ...`).
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// The lines that contain `needle` (tests in one process share the
+    /// capture: filter by something of the test's own, like an address).
+    pub fn matching(&self, needle: &str) -> Vec<String> {
+        self.lines()
+            .into_iter()
+            .filter(|l| l.contains(needle))
+            .collect()
+    }
+}
+
+struct CaptureSubscriber {
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+struct LineVisitor(String);
+
+impl tracing::field::Visit for LineVisitor {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        use std::fmt::Write as _;
+        if field.name() == "message" {
+            let _ = write!(self.0, " {value:?}");
+        } else {
+            let _ = write!(self.0, " {}={value:?}", field.name());
+        }
+    }
+}
+
+impl tracing::Subscriber for CaptureSubscriber {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        let mut v = LineVisitor(event.metadata().level().to_string());
+        event.record(&mut v);
+        self.lines.lock().unwrap().push(v.0);
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// Captures every `tracing` event of this process from now on (installs a
+/// global subscriber on first call; later calls share it). The fetcher
+/// logs from its own thread, so a thread-local subscriber would miss it.
+pub fn capture_logs() -> LogCapture {
+    static CAPTURE: std::sync::OnceLock<LogCapture> = std::sync::OnceLock::new();
+    CAPTURE
+        .get_or_init(|| {
+            let lines = Arc::new(Mutex::new(Vec::new()));
+            tracing::subscriber::set_global_default(CaptureSubscriber {
+                lines: lines.clone(),
+            })
+            .expect("another global tracing subscriber is set");
+            LogCapture { lines }
+        })
+        .clone()
+}
+
+/// Planned panics: (URL substring, how many fetch attempts still panic).
+static PANICS: Mutex<Vec<(String, usize)>> = Mutex::new(Vec::new());
+
+/// Makes the next `times` fetch attempts of a URL containing `needle`
+/// panic inside the fetcher's fetch task: a bug the fetcher must contain.
+pub fn inject_panics(needle: &str, times: usize) {
+    PANICS.lock().unwrap().push((needle.to_string(), times));
+}
+
+/// Disarms the panics planned for `needle`.
+pub fn stop_panics(needle: &str) {
+    PANICS.lock().unwrap().retain(|(n, _)| n != needle);
+}
+
+/// Called by the fetch task at each attempt: panics if one is planned.
+pub(crate) fn injected_panic(url: &str) {
+    let hit = {
+        let mut plan = PANICS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        plan.iter_mut()
+            .find(|(needle, n)| *n > 0 && url.contains(needle.as_str()))
+            .map(|(_, n)| *n -= 1)
+            .is_some()
+    };
+    if hit {
+        panic!("injected panic (testing::inject_panics)");
+    }
 }
