@@ -67,7 +67,7 @@ pub enum ResolveError {
     Fetch {
         reference: String,
         digest: Digest,
-        source: FetchError,
+        source: Box<FetchError>,
     },
     #[error("blob {digest}: the registry says {actual} bytes, the manifest {expected}")]
     SizeMismatch {
@@ -104,7 +104,7 @@ pub fn resolve(
     let fetch_err = |e| ResolveError::Fetch {
         reference: source.reference.to_string(),
         digest,
-        source: e,
+        source: Box::new(e),
     };
     let endpoints = resolver.endpoints(&source.reference.host);
     // One round trip finds the blob, its size and its tail (footer and,
