@@ -256,7 +256,9 @@ fn toc_json_stream<'a>(
             let dec = zstd::stream::read::Decoder::new(compressed)
                 .map_err(|e| Error::BadToc(format!("zstd: {e}")))?
                 .single_frame();
-            Ok((Box::new(dec.take(want)), want))
+            // One byte more than promised, so a frame that inflates to
+            // more than the footer says is refused, not cut short.
+            Ok((Box::new(dec.take(want.saturating_add(1))), want))
         }
     }
 }
@@ -363,5 +365,48 @@ impl Layer {
             toc_digest,
             tree,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn zstd_chunked(json: &[u8], declared: u64) -> Vec<u8> {
+        let frame = zstd::encode_all(json, 3).unwrap();
+        let mut blob = vec![0x50, 0x2a, 0x4d, 0x18];
+        blob.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+        blob.extend_from_slice(&frame);
+        blob.extend_from_slice(
+            &Footer::ZstdChunked {
+                toc_offset: 8,
+                toc_compressed_len: frame.len() as u64,
+                toc_uncompressed_len: declared,
+            }
+            .encode(),
+        );
+        blob
+    }
+
+    #[test]
+    fn a_zstd_toc_must_inflate_to_exactly_what_the_footer_says() {
+        let json = br#"{"version":1,"entries":[{"name":"d","type":"dir"}]}"#;
+        let n = json.len() as u64;
+        let open = |declared| {
+            let b = zstd_chunked(json, declared);
+            Layer::open(&b[..], b.len() as u64, &OpenOptions::default())
+        };
+        let layer = open(n).unwrap();
+        assert_eq!(layer.toc_digest, Digest::of(json));
+        assert!(layer.tree.lookup_path("d").is_some());
+        for declared in [n - 1, n + 1] {
+            let err = open(declared).unwrap_err();
+            assert!(
+                matches!(err, Error::BadToc(_) | Error::Limit(_)),
+                "{declared}: {err}"
+            );
+        }
+        let err = open(u64::MAX).unwrap_err();
+        assert!(matches!(err, Error::Limit(_)), "{err}");
     }
 }
