@@ -4,10 +4,12 @@
     fuzz/seed-corpus.py [TESTDATA_DIR]   (default ../shared/testdata/estargz)
 
 Writes fuzz/corpus/<target>/: blob tails for `footer`, TOC JSON for `toc`,
-the TOC member's tar for `tar_header`, whole small blobs for `layer_open`.
+the TOC member's tar for `tar_header`, whole small blobs for `layer_open`,
+TOC JSON plus the payload before it for `layer_toc`.
 """
 import gzip
 import os
+import struct
 import sys
 import zlib
 
@@ -46,8 +48,21 @@ for fn in sorted(os.listdir(src)):
         put("tar_header", name, tar)
         json_len = int(tar[124:136].rstrip(b"\0 ") or b"0", 8)
         put("toc", name, tar[512:512 + json_len])
+        # layer_toc: flags, LE32 JSON length, JSON, the payload before the TOC.
+        toc_json = tar[512:512 + json_len]
+        put("layer_toc", name, b"\0" + struct.pack("<I", len(toc_json)) + toc_json + blob[:off])
         break
-    # A real member for chunk_inflate: (size, inner, zstd, data) is decoded by
-    # libfuzzer's Arbitrary; raw gzip bytes are still a useful start.
-    put("chunk_inflate", name, gzip.compress(blob[:256]))
+    if blob[-8:] == b"GnUlInUx":
+        toc_off, toc_len, raw_len = struct.unpack("<QQQ", blob[-40:-16])
+        try:
+            import subprocess
+            toc_json = subprocess.run(["zstd", "-dc"], input=blob[toc_off:toc_off + toc_len],
+                                      capture_output=True, check=True).stdout
+            put("layer_toc", name, b"\1" + struct.pack("<I", len(toc_json)) + toc_json + blob[:toc_off - 8])
+        except (OSError, subprocess.CalledProcessError):
+            pass
+    # A real member for chunk_inflate: LE64 size, LE64 inner offset, a
+    # compression byte (bit 0: zstd), then the member.
+    head = blob[:256]
+    put("chunk_inflate", name, struct.pack("<QQB", len(head) - 16, 16, 0) + gzip.compress(head))
 print("seed corpus in", corpus)

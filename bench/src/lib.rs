@@ -46,6 +46,21 @@ pub fn toc_json_of(blob: &[u8]) -> anyhow::Result<Vec<u8>> {
     Ok(tar[512..512 + size].to_vec())
 }
 
+/// A data end for parsing `json` alone: just past its last member, so
+/// every chunk's span stays within what the parser accepts
+/// (`ringstar_core::limits::MAX_CHUNK_SPAN`).
+pub fn toc_data_end(json: &[u8]) -> u64 {
+    let doc: serde_json::Value = serde_json::from_slice(json).expect("TOC JSON");
+    let last = doc["entries"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["offset"].as_u64())
+        .max()
+        .unwrap_or(0);
+    last + (1 << 20)
+}
+
 /// A deterministic pseudo-random generator (xorshift), so inputs are the
 /// same on every run without a dependency.
 #[derive(Debug, Clone)]

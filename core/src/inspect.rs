@@ -7,11 +7,12 @@ use std::collections::BTreeMap;
 use base64::Engine as _;
 use serde::Serialize;
 
-use crate::blob::BlobRead;
+use crate::blob::{BlobRead, BlobReader};
 use crate::digest::{Digest, Hasher};
 use crate::error::ChunkError;
 use crate::inflate::ChunkReader;
 use crate::layer::Layer;
+use crate::limits::BLOB_READ_PIECE;
 use crate::tree::{FileKind, NodeId};
 
 /// One entry, field names as in the conformance testdata.
@@ -49,7 +50,11 @@ pub struct Record {
 }
 
 /// Reads a regular file's whole content through inflate + verify, calling
-/// `sink` with each verified chunk.
+/// `sink` with pieces of at most 64 KiB as they inflate. Memory stays
+/// fixed whatever sizes the TOC declares: compressed bytes come in pieces
+/// ([`BLOB_READ_PIECE`]) and nothing is allocated by a chunk's size. A
+/// chunk's pieces reach `sink` before its digest is checked: on an error,
+/// discard what `sink` got.
 pub fn read_file<B: BlobRead + ?Sized>(
     layer: &Layer,
     blob: &B,
@@ -58,18 +63,15 @@ pub fn read_file<B: BlobRead + ?Sized>(
     mut sink: impl FnMut(&[u8]),
 ) -> Result<(), ChunkError> {
     let tree = &layer.tree;
-    let mut buf = Vec::new();
     for chunk in tree.chunks(node) {
-        let compressed = blob.read_at(chunk.offset, chunk.compressed_len() as usize)?;
-        buf.resize(chunk.size as usize, 0);
-        reader.read(
+        let compressed = BlobReader::new(blob, chunk.offset, chunk.next_offset, BLOB_READ_PIECE);
+        reader.stream(
             layer.compression,
             chunk,
+            compressed,
             tree.chunk_digest(node, chunk),
-            &compressed,
-            &mut buf,
+            &mut sink,
         )?;
-        sink(&buf);
     }
     Ok(())
 }

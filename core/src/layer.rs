@@ -1,13 +1,15 @@
 //! Opening a layer: footer → TOC → verified tree, from nothing but the
 //! blob's size and ranged reads.
 
-use std::io::Read;
+use std::cell::RefCell;
+use std::io::{self, Read};
 use std::time::Instant;
 
-use crate::blob::BlobRead;
-use crate::digest::Digest;
+use crate::blob::{BlobRead, BlobReader};
+use crate::digest::{Digest, Hasher};
 use crate::error::Error;
 use crate::footer::{Footer, MAX_FOOTER_SIZE};
+use crate::limits::{BLOB_READ_PIECE, MAX_TOC_BYTES, MAX_TOC_STRING_BYTES};
 use crate::tar::Scanner;
 use crate::toc::{self, Limits, TOC_NAME};
 use crate::tree::LayerTree;
@@ -28,7 +30,8 @@ pub struct OpenOptions {
     /// How many bytes of the blob's tail the first read takes, so footer
     /// and TOC usually arrive in one round trip.
     pub tail_bytes: u64,
-    /// Largest TOC accepted, compressed or not.
+    /// Largest TOC accepted, compressed or not (the decompressed TOC is
+    /// parsed as it streams, so this bounds work, not memory).
     pub max_toc_bytes: u64,
     pub limits: Limits,
 }
@@ -38,7 +41,7 @@ impl Default for OpenOptions {
         OpenOptions {
             toc_digest: None,
             tail_bytes: 512 * 1024,
-            max_toc_bytes: 512 << 20,
+            max_toc_bytes: MAX_TOC_BYTES,
             limits: Limits::default(),
         }
     }
@@ -108,42 +111,140 @@ fn locate(footer: Footer, blob_size: u64) -> Result<TocLocation, Error> {
     }
 }
 
-fn read_bounded(mut r: impl Read, limit: u64, what: &str) -> Result<Vec<u8>, Error> {
-    let mut out = Vec::new();
-    (&mut r)
-        .take(limit + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| Error::BadToc(format!("decompressing the {what}: {e}")))?;
-    if out.len() as u64 > limit {
-        return Err(Error::Limit(format!("{what} inflates past {limit} bytes")));
-    }
-    Ok(out)
+/// Counts, hashes and bounds the TOC JSON as the parser reads it, and
+/// refuses a JSON string longer than [`MAX_TOC_STRING_BYTES`] before the
+/// parser buffers it.
+struct TocJson<R> {
+    inner: R,
+    hasher: Hasher,
+    read: u64,
+    limit: u64,
+    in_string: bool,
+    escaped: bool,
+    string_len: usize,
+    /// Why reading stopped early, for the error the parser reports.
+    refused: Option<String>,
 }
 
-/// Extracts `stargz.index.json` from the TOC member's tar.
-fn toc_from_tar(tar: &[u8]) -> Result<&[u8], Error> {
-    let mut scanner = Scanner::new(tar, tar.len() as u64);
-    let first = scanner
-        .next_entry()
-        .map_err(|e| Error::BadToc(format!("TOC tar: {e}")))?
-        .ok_or_else(|| Error::BadToc("TOC member holds no tar entry".into()))?;
-    if first.entry.name != TOC_NAME {
-        return Err(Error::BadToc(format!(
-            "TOC member's first entry is {:?}, not {TOC_NAME}",
-            first.entry.name
-        )));
+impl<R: Read> TocJson<R> {
+    fn new(inner: R, limit: u64) -> Self {
+        TocJson {
+            inner,
+            hasher: Hasher::new(),
+            read: 0,
+            limit,
+            in_string: false,
+            escaped: false,
+            string_len: 0,
+            refused: None,
+        }
     }
-    let start = first.data_offset as usize;
-    Ok(&tar[start..start + first.entry.size as usize])
+
+    fn refuse(&mut self, why: String) -> io::Error {
+        self.refused = Some(why.clone());
+        io::Error::other(why)
+    }
+
+    /// Reads (and hashes) whatever the parser left, for the digest.
+    fn drain(&mut self) -> io::Result<()> {
+        io::copy(self, &mut io::sink()).map(drop)
+    }
 }
 
-/// Decompresses a TOC's bytes to its JSON.
-fn toc_json(loc: &TocLocation, compressed: &[u8], max: u64) -> Result<Vec<u8>, Error> {
+impl<R: Read> Read for TocJson<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(why) = &self.refused {
+            return Err(io::Error::other(why.clone()));
+        }
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        if self.read > self.limit {
+            let limit = self.limit;
+            return Err(self.refuse(format!("TOC inflates past {limit} bytes")));
+        }
+        let got = &buf[..n];
+        self.hasher.update(got);
+        for &b in got {
+            if !self.in_string {
+                if b == b'"' {
+                    self.in_string = true;
+                    self.string_len = 0;
+                }
+                continue;
+            }
+            if self.escaped {
+                self.escaped = false;
+            } else if b == b'\\' {
+                self.escaped = true;
+            } else if b == b'"' {
+                self.in_string = false;
+                continue;
+            }
+            self.string_len += 1;
+            if self.string_len > MAX_TOC_STRING_BYTES {
+                return Err(self.refuse(format!(
+                    "a TOC string longer than {MAX_TOC_STRING_BYTES} bytes"
+                )));
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// Reads a stream through [`BlobRead`] offsets, forward only, so the tar
+/// [`Scanner`] can find the TOC entry's header in a decompressing stream.
+struct Forward<R> {
+    inner: RefCell<(R, u64)>,
+}
+
+impl<R: Read> BlobRead for Forward<R> {
+    fn read_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let mut g = self.inner.borrow_mut();
+        let (r, pos) = &mut *g;
+        let gap = offset
+            .checked_sub(*pos)
+            .ok_or_else(|| io::Error::other("TOC tar read backwards"))?;
+        io::copy(&mut (&mut *r).take(gap), &mut io::sink())?;
+        // `len` is a header block or a PAX/GNU record (at most
+        // tar::MAX_META_SIZE), never a payload.
+        let mut buf = vec![0u8; len];
+        r.read_exact(&mut buf)?;
+        *pos = offset + len as u64;
+        Ok(buf)
+    }
+}
+
+/// The stream of the TOC's JSON bytes, and how many there must be.
+fn toc_json_stream<'a>(
+    loc: &TocLocation,
+    compressed: impl Read + 'a,
+    max: u64,
+) -> Result<(Box<dyn Read + 'a>, u64), Error> {
     match loc.compression {
         Compression::Gzip => {
             // One member only: GzDecoder stops at the end of the first.
-            let tar = read_bounded(flate2::read::GzDecoder::new(compressed), max, "TOC")?;
-            Ok(toc_from_tar(&tar)?.to_vec())
+            let tar = Forward {
+                inner: RefCell::new((flate2::read::GzDecoder::new(compressed), 0)),
+            };
+            let first = Scanner::new(&tar, u64::MAX)
+                .next_entry()
+                .map_err(|e| Error::BadToc(format!("TOC tar: {e}")))?
+                .ok_or_else(|| Error::BadToc("TOC member holds no tar entry".into()))?;
+            if first.entry.name != TOC_NAME {
+                return Err(Error::BadToc(format!(
+                    "TOC member's first entry is {:?}, not {TOC_NAME}",
+                    first.entry.name
+                )));
+            }
+            let len = first.entry.size;
+            if len > max {
+                return Err(Error::Limit(format!("TOC of {len} bytes exceeds {max}")));
+            }
+            let (dec, pos) = tar.inner.into_inner();
+            if pos != first.data_offset {
+                return Err(Error::BadToc("TOC tar entry is not where it says".into()));
+            }
+            Ok((Box::new(dec.take(len)), len))
         }
         Compression::Zstd => {
             let want = loc.uncompressed_len.unwrap_or(0);
@@ -152,19 +253,59 @@ fn toc_json(loc: &TocLocation, compressed: &[u8], max: u64) -> Result<Vec<u8>, E
                     "zstd:chunked TOC of {want} bytes exceeds {max}"
                 )));
             }
-            let dec = zstd::stream::read::Decoder::with_buffer(compressed)
+            let dec = zstd::stream::read::Decoder::new(compressed)
                 .map_err(|e| Error::BadToc(format!("zstd: {e}")))?
                 .single_frame();
-            let json = read_bounded(dec, want, "TOC")?;
-            if json.len() as u64 != want {
-                return Err(Error::BadToc(format!(
-                    "zstd:chunked TOC inflates to {} bytes, footer says {want}",
-                    json.len()
-                )));
-            }
-            Ok(json)
+            // One byte more than promised, so a frame that inflates to
+            // more than the footer says is refused, not cut short.
+            Ok((Box::new(dec.take(want.saturating_add(1))), want))
         }
     }
+}
+
+/// Inflates and parses the TOC in one pass, hashing the JSON as it goes.
+/// On a parse error with a digest to check, the rest is read too, so a
+/// TOC that is not the one the label names says so rather than why it
+/// does not parse.
+fn parse_toc(
+    loc: &TocLocation,
+    compressed: impl Read,
+    opts: &OpenOptions,
+) -> Result<(Digest, LayerTree, u64), Error> {
+    let (json, want) = toc_json_stream(loc, compressed, opts.max_toc_bytes)?;
+    let mut json = TocJson::new(json, opts.max_toc_bytes);
+    let parsed = toc::parse_reader(
+        io::BufReader::with_capacity(64 * 1024, &mut json),
+        loc.data_end,
+        loc.compression,
+        opts.limits,
+    );
+    let parsed = match (parsed, json.refused.take()) {
+        (_, Some(why)) => return Err(Error::Limit(why)),
+        (Err(e), _) => {
+            if let Some(expected) = opts.toc_digest
+                && json.drain().is_ok()
+            {
+                let actual = json.hasher.finish();
+                if actual != expected {
+                    return Err(Error::TocDigestMismatch { expected, actual });
+                }
+            }
+            return Err(e);
+        }
+        (Ok(tree), None) => tree,
+    };
+    if json.read != want {
+        return Err(Error::BadToc(format!(
+            "TOC inflates to {} bytes, {} says {want}",
+            json.read,
+            match loc.compression {
+                Compression::Gzip => "its tar header",
+                Compression::Zstd => "the zstd:chunked footer",
+            }
+        )));
+    }
+    Ok((json.hasher.finish(), parsed, json.read))
 }
 
 impl Layer {
@@ -190,15 +331,15 @@ impl Layer {
         if toc_len > opts.max_toc_bytes {
             return Err(Error::Limit(format!("compressed TOC of {toc_len} bytes")));
         }
-        let fetched;
-        let compressed: &[u8] = if loc.start >= tail_start {
-            &tail[(loc.start - tail_start) as usize..(loc.end - tail_start) as usize]
+        // The TOC is read in pieces and parsed as it inflates: nothing
+        // here is sized by what the layer claims.
+        let (toc_digest, tree, toc_bytes) = if loc.start >= tail_start {
+            let part = &tail[(loc.start - tail_start) as usize..(loc.end - tail_start) as usize];
+            parse_toc(&loc, part, opts)?
         } else {
-            fetched = blob.read_at(loc.start, toc_len as usize)?;
-            &fetched
+            let r = BlobReader::new(blob, loc.start, loc.end, BLOB_READ_PIECE);
+            parse_toc(&loc, r, opts)?
         };
-        let json = toc_json(&loc, compressed, opts.max_toc_bytes)?;
-        let toc_digest = Digest::of(&json);
         if let Some(expected) = opts.toc_digest
             && expected != toc_digest
         {
@@ -207,10 +348,9 @@ impl Layer {
                 actual: toc_digest,
             });
         }
-        let tree = toc::parse(&json, loc.data_end, opts.limits)?;
         tracing::debug!(
             blob_size,
-            toc_bytes = json.len(),
+            toc_bytes,
             entries = tree.toc_entries(),
             nodes = tree.len(),
             tree_bytes = tree.memory_bytes(),
@@ -225,5 +365,48 @@ impl Layer {
             toc_digest,
             tree,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn zstd_chunked(json: &[u8], declared: u64) -> Vec<u8> {
+        let frame = zstd::encode_all(json, 3).unwrap();
+        let mut blob = vec![0x50, 0x2a, 0x4d, 0x18];
+        blob.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+        blob.extend_from_slice(&frame);
+        blob.extend_from_slice(
+            &Footer::ZstdChunked {
+                toc_offset: 8,
+                toc_compressed_len: frame.len() as u64,
+                toc_uncompressed_len: declared,
+            }
+            .encode(),
+        );
+        blob
+    }
+
+    #[test]
+    fn a_zstd_toc_must_inflate_to_exactly_what_the_footer_says() {
+        let json = br#"{"version":1,"entries":[{"name":"d","type":"dir"}]}"#;
+        let n = json.len() as u64;
+        let open = |declared| {
+            let b = zstd_chunked(json, declared);
+            Layer::open(&b[..], b.len() as u64, &OpenOptions::default())
+        };
+        let layer = open(n).unwrap();
+        assert_eq!(layer.toc_digest, Digest::of(json));
+        assert!(layer.tree.lookup_path("d").is_some());
+        for declared in [n - 1, n + 1] {
+            let err = open(declared).unwrap_err();
+            assert!(
+                matches!(err, Error::BadToc(_) | Error::Limit(_)),
+                "{declared}: {err}"
+            );
+        }
+        let err = open(u64::MAX).unwrap_err();
+        assert!(matches!(err, Error::Limit(_)), "{err}");
     }
 }

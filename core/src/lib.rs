@@ -11,6 +11,7 @@
 //! - [`whiteout`]: the overlay lower-layer view of a directory.
 //! - [`writer`]: tar → eStargz.
 //! - [`inspect`]: the raw per-entry listing behind `ringstar inspect`.
+//! - [`limits`]: every bound put on numbers from a layer, with its reason.
 //! - [`store`]: the content-addressed, crash-safe store of verified chunks.
 
 pub mod blob;
@@ -20,6 +21,7 @@ pub mod footer;
 pub mod inflate;
 pub mod inspect;
 pub mod layer;
+pub mod limits;
 pub mod name;
 pub mod store;
 pub mod tar;
@@ -28,7 +30,7 @@ pub mod tree;
 pub mod whiteout;
 pub mod writer;
 
-pub use blob::BlobRead;
+pub use blob::{BlobRead, BlobReader};
 pub use digest::Digest;
 pub use error::{ChunkError, Error};
 pub use layer::{Layer, OpenOptions};

@@ -19,6 +19,22 @@ pub fn clean(name: &str) -> String {
     parts.join("/")
 }
 
+/// Why a cleaned name cannot be listed, if it cannot: a component with a
+/// NUL byte (no file name can hold one: the kernel would cut it short, and
+/// FUSE replies separate names by NUL), or a whiteout of `.` or `..`
+/// (`.wh..`, `.wh...`, or a bare `.wh.`), which would show as a second `.`
+/// or `..` in its directory. Every component counts, so nothing can sit
+/// under such a name either.
+pub fn refused(clean_name: &str) -> Option<&'static str> {
+    if clean_name.contains('\0') {
+        return Some("a NUL byte in the name");
+    }
+    clean_name
+        .split('/')
+        .any(|part| matches!(part, ".wh." | ".wh.." | ".wh..."))
+        .then_some("a whiteout of \".\" or \"..\" (or of nothing)")
+}
+
 /// The parent of a cleaned name (`""` for top-level names and the root).
 pub fn parent(clean_name: &str) -> &str {
     match clean_name.rfind('/') {
@@ -56,6 +72,30 @@ mod tests {
             ("...", "..."),
         ] {
             assert_eq!(clean(raw), want, "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn refuses_nul_and_dot_whiteouts_in_any_component() {
+        for bad in [
+            "a\0b",
+            "d/x\0",
+            ".wh..",
+            "d/.wh...",
+            "d/.wh.",
+            ".wh../child",
+        ] {
+            assert!(refused(bad).is_some(), "{bad:?}");
+        }
+        for good in [
+            "a",
+            ".wh.x",
+            "d/.wh..wh..opq",
+            "...",
+            ".wh....",
+            "d/.wh.a.b",
+        ] {
+            assert_eq!(refused(good), None, "{good:?}");
         }
     }
 

@@ -12,6 +12,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
 use crate::error::Error;
+use crate::inflate::check_geometry;
+use crate::layer::Compression;
+use crate::limits::{MAX_CHUNK_SPAN, MAX_TOC_ENTRIES};
 use crate::name;
 use crate::tar::EntryType;
 use crate::tree::{Chunk, Dirent, FileKind, LayerTree, NO_INDEX, Node, NodeId, StrRef, Xattr};
@@ -29,7 +32,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_entries: 8_000_000,
+            max_entries: MAX_TOC_ENTRIES,
         }
     }
 }
@@ -132,11 +135,48 @@ impl TocDocument<'_> {
     }
 }
 
-/// Parses TOC JSON into a tree. `data_end` is where the blob's payload
-/// members end (the TOC's own offset): every chunk must lie before it.
-pub fn parse(json: &[u8], data_end: u64, limits: Limits) -> Result<LayerTree, Error> {
-    let mut builder = Builder::new(limits);
-    let mut de = serde_json::Deserializer::from_slice(json);
+/// Parses TOC JSON held in memory into a tree. `data_end` is where the
+/// blob's payload members end (the TOC's own offset): every chunk must lie
+/// before it. `compression` is the payload's, which bounds how much a
+/// chunk's compressed span can inflate to.
+pub fn parse(
+    json: &[u8],
+    data_end: u64,
+    compression: Compression,
+    limits: Limits,
+) -> Result<LayerTree, Error> {
+    parse_with(
+        serde_json::Deserializer::from_slice(json),
+        data_end,
+        compression,
+        limits,
+    )
+}
+
+/// Parses TOC JSON as it is read: entries are visited one at a time and
+/// nothing holds the document, so memory follows the entries, not the
+/// bytes (whitespace, ignored keys). Wrap slow readers in a `BufReader`.
+pub fn parse_reader<R: std::io::Read>(
+    json: R,
+    data_end: u64,
+    compression: Compression,
+    limits: Limits,
+) -> Result<LayerTree, Error> {
+    parse_with(
+        serde_json::Deserializer::from_reader(json),
+        data_end,
+        compression,
+        limits,
+    )
+}
+
+fn parse_with<'de, R: serde_json::de::Read<'de>>(
+    mut de: serde_json::Deserializer<R>,
+    data_end: u64,
+    compression: Compression,
+    limits: Limits,
+) -> Result<LayerTree, Error> {
+    let mut builder = Builder::new(limits, compression);
     let parsed = DocSeed(&mut builder)
         .deserialize(&mut de)
         .and_then(|()| de.end());
@@ -223,8 +263,12 @@ struct Pending {
 
 struct Builder {
     limits: Limits,
+    compression: Compression,
     error: Option<Error>,
     entries_seen: usize,
+    /// The last non-chunk entry was dropped: its `chunk` entries go too
+    /// (they must not attach to the file before it).
+    dropping_chunks: bool,
     pending: Vec<Pending>,
     /// Cleaned name → index into `pending` of the entry that wins.
     by_name: HashMap<String, u32>,
@@ -239,16 +283,44 @@ struct Builder {
     gid_names: HashMap<u32, u32>,
 }
 
+/// Prefixes of the xattrs overlayfs interprets on its layers
+/// (`trusted.` normally, `user.` with the `userxattr` mount option):
+/// opaque, redirect, metacopy, origin, ... A layer must not carry them to
+/// the mount; the opaque-directory meaning comes from `.wh..wh..opq`
+/// markers instead (see [`crate::whiteout`]).
+pub const OVERLAY_XATTR_PREFIXES: [&str; 2] = ["trusted.overlay.", "user.overlay."];
+
+/// Whether `name` is an overlayfs control xattr.
+pub fn is_overlay_xattr(name: &str) -> bool {
+    OVERLAY_XATTR_PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
+/// Why an xattr from a TOC is not kept, if it is not.
+fn xattr_refused(name: &str) -> Option<&'static str> {
+    if is_overlay_xattr(name) {
+        Some("overlayfs interprets it")
+    } else if name.is_empty() {
+        Some("an empty name")
+    } else if name.contains('\0') {
+        // listxattr separates names by NUL: one would split in two.
+        Some("a NUL byte in the name")
+    } else {
+        None
+    }
+}
+
 fn num<T: TryFrom<i64>>(v: i64, name: &str, field: &str) -> Result<T, Error> {
     T::try_from(v).map_err(|_| Error::entry(name, format!("{field} {v} is out of range")))
 }
 
 impl Builder {
-    fn new(limits: Limits) -> Self {
+    fn new(limits: Limits, compression: Compression) -> Self {
         Builder {
             limits,
+            compression,
             error: None,
             entries_seen: 0,
+            dropping_chunks: false,
             pending: Vec::new(),
             by_name: HashMap::new(),
             chunks: Vec::new(),
@@ -312,9 +384,23 @@ impl Builder {
             )));
         }
         if e.kind == "chunk" {
+            if self.dropping_chunks {
+                return Ok(());
+            }
             return self.push_chunk(&e);
         }
         let clean = name::clean(&e.name);
+        self.dropping_chunks = false;
+        if let Some(why) = name::refused(&clean).or_else(|| {
+            e.link_name
+                .as_deref()
+                .filter(|l| l.contains('\0'))
+                .map(|_| "a link target with a NUL byte")
+        }) {
+            tracing::warn!(entry = ?clean, reason = why, "TOC entry dropped");
+            self.dropping_chunks = true;
+            return Ok(());
+        }
         let kind = match &*e.kind {
             "reg" => EntryType::Reg,
             "dir" => EntryType::Dir,
@@ -368,6 +454,10 @@ impl Builder {
         };
         let xattr_start = self.xattrs.len() as u32;
         for (k, v) in e.xattrs.iter().flatten() {
+            if let Some(why) = xattr_refused(k) {
+                tracing::warn!(entry = ?clean, xattr = ?k, reason = why, "TOC xattr dropped");
+                continue;
+            }
             let value = base64::engine::general_purpose::STANDARD
                 .decode(v.as_bytes())
                 .map_err(|err| Error::entry(&clean, format!("xattr {k}: {err}")))?;
@@ -531,28 +621,39 @@ impl Builder {
     }
 
     /// `next_offset` of each chunk: the next member start in TOC order (an
-    /// entry with `innerOffset == 0`); the data end for the last.
+    /// entry with `innerOffset == 0`); the data end for the last. Each
+    /// chunk's compressed span must be at most [`MAX_CHUNK_SPAN`], and its
+    /// `innerOffset` and size what that span could inflate to.
     fn resolve_next_offsets(&mut self, data_end: u64) -> Result<(), Error> {
         let mut next = data_end;
         for i in (0..self.chunks.len()).rev() {
             let c = &mut self.chunks[i];
             c.next_offset = next;
-            if c.offset >= next {
-                let offset = c.offset;
-                let owner = self
-                    .pending
-                    .iter()
-                    .find(|p| (p.chunk_start..p.chunk_start + p.chunk_len).contains(&(i as u32)));
-                return Err(Error::entry(
-                    owner.map_or("?", |p| p.name.as_str()),
-                    format!(
-                        "chunk at offset {offset} does not lie before the next member ({next}); data ends at {data_end}"
-                    ),
-                ));
-            }
+            let c = *c;
             if c.inner_offset == 0 {
                 next = c.offset;
             }
+            let why = if c.offset >= c.next_offset {
+                format!(
+                    "chunk at offset {} does not lie before the next member ({}); data ends at {data_end}",
+                    c.offset, c.next_offset
+                )
+            } else if c.compressed_len() > MAX_CHUNK_SPAN {
+                format!(
+                    "chunk at offset {} spans {} compressed bytes, more than {MAX_CHUNK_SPAN}",
+                    c.offset,
+                    c.compressed_len()
+                )
+            } else if let Err(why) = check_geometry(self.compression, &c) {
+                why
+            } else {
+                continue;
+            };
+            let owner = self
+                .pending
+                .iter()
+                .find(|p| (p.chunk_start..p.chunk_start + p.chunk_len).contains(&(i as u32)));
+            return Err(Error::entry(owner.map_or("?", |p| p.name.as_str()), why));
         }
         Ok(())
     }
@@ -871,11 +972,19 @@ mod tests {
 
     fn parse_entries(entries: serde_json::Value) -> Result<LayerTree, Error> {
         let doc = json!({ "version": 1, "entries": entries, "unknownKey": [1, 2] });
-        parse(
-            &serde_json::to_vec(&doc).unwrap(),
-            1 << 20,
-            Limits::default(),
-        )
+        let json = serde_json::to_vec(&doc).unwrap();
+        let tree = parse(&json, 1 << 20, Compression::Gzip, Limits::default());
+        // The streaming parser agrees with the in-memory one.
+        let streamed = parse_reader(&json[..], 1 << 20, Compression::Gzip, Limits::default());
+        match (&tree, &streamed) {
+            (Ok(a), Ok(b)) => assert_eq!(a.walk(), b.walk()),
+            (Err(a), Err(b)) => assert_eq!(
+                a.to_string().split(" at line ").next(),
+                b.to_string().split(" at line ").next()
+            ),
+            _ => panic!("parse and parse_reader disagree: {tree:?} vs {streamed:?}"),
+        }
+        tree
     }
 
     fn reason(entries: serde_json::Value) -> String {
@@ -967,7 +1076,7 @@ mod tests {
             .map(|i| json!({"name": format!("f{i}"), "type": "reg"}))
             .collect();
         let doc = serde_json::to_vec(&json!({ "entries": entries })).unwrap();
-        let err = parse(&doc, 1 << 20, Limits { max_entries: 10 }).unwrap_err();
+        let err = parse(&doc, 1 << 20, Compression::Gzip, Limits { max_entries: 10 }).unwrap_err();
         assert!(matches!(err, Error::Limit(_)), "{err}");
     }
 
@@ -1013,8 +1122,149 @@ mod tests {
 
     #[test]
     fn trailing_bytes_after_the_json_are_refused() {
-        assert!(parse(b"{\"entries\":[]} x", 10, Limits::default()).is_err());
-        assert!(parse(b"{\"entries\":[]}\n\t ", 10, Limits::default()).is_ok());
+        for p in [parse, |j: &[u8], d, c, l| parse_reader(j, d, c, l)] {
+            assert!(
+                p(
+                    b"{\"entries\":[]} x",
+                    10,
+                    Compression::Gzip,
+                    Limits::default()
+                )
+                .is_err()
+            );
+            assert!(
+                p(
+                    b"{\"entries\":[]}\n\t ",
+                    10,
+                    Compression::Gzip,
+                    Limits::default()
+                )
+                .is_ok()
+            );
+        }
+    }
+
+    #[test]
+    fn impossible_inner_offsets_are_refused_at_validation() {
+        // #14: 1<<46 made the inflate scratch buffer ask for 64 TiB;
+        // i64::MAX overflowed its capacity. Both are refused here, as is
+        // an offset the member's compressed bytes could not inflate to.
+        for (inner, size, next, needle) in [
+            (
+                1i64 << 46,
+                10i64,
+                20i64,
+                "innerOffset 70368744177664 exceeds",
+            ),
+            (i64::MAX, 10, 20, "exceeds"),
+            (1 << 20, 10, 20, "inflates to at most"),
+            (0, 1 << 30, 20, "inflates to at most"),
+        ] {
+            let got = reason(json!([
+                {"name": "a", "type": "reg", "size": 1, "offset": 10, "digest": D},
+                {"name": "b", "type": "reg", "size": size, "offset": 10, "innerOffset": inner},
+                {"name": "c", "type": "reg", "size": 1, "offset": next},
+            ]));
+            assert!(got.contains(needle), "{inner}: {got}");
+            assert!(got.contains("\"b\""), "names the entry: {got}");
+        }
+        // A packed member that could hold it is fine: 10 compressed bytes
+        // of gzip stand for up to 10 320.
+        parse_entries(json!([
+            {"name": "a", "type": "reg", "size": 1, "offset": 10},
+            {"name": "b", "type": "reg", "size": 100, "offset": 10, "innerOffset": 10_000},
+            {"name": "c", "type": "reg", "size": 1, "offset": 20},
+        ]))
+        .unwrap();
+    }
+
+    #[test]
+    fn chunk_spans_are_bounded() {
+        let end = 2 * MAX_CHUNK_SPAN;
+        let json = |second: u64| {
+            serde_json::to_vec(&json!({"entries": [
+                {"name": "a", "type": "reg", "size": 1, "offset": 10},
+                {"name": "b", "type": "reg", "size": 1, "offset": second},
+            ]}))
+            .unwrap()
+        };
+        // a spans [10, 10 + MAX_CHUNK_SPAN + 1): one byte too many.
+        let err = parse(
+            &json(11 + MAX_CHUNK_SPAN),
+            end,
+            Compression::Gzip,
+            Limits::default(),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&err, Error::BadEntry { name, reason } if name == "a" && reason.contains("spans")),
+            "{err}"
+        );
+        // The last chunk's span ends at the data end.
+        let err = parse(&json(20), end, Compression::Zstd, Limits::default()).unwrap_err();
+        assert!(
+            matches!(&err, Error::BadEntry { name, .. } if name == "b"),
+            "{err}"
+        );
+        parse(
+            &json(10 + MAX_CHUNK_SPAN),
+            20 + MAX_CHUNK_SPAN,
+            Compression::Gzip,
+            Limits::default(),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn overlay_xattrs_never_reach_the_tree() {
+        let b64 = |v: &str| base64::engine::general_purpose::STANDARD.encode(v);
+        let tree = parse_entries(json!([
+            {"name": "d", "type": "dir", "xattrs": {
+                "trusted.overlay.opaque": b64("y"),
+                "trusted.overlay.redirect": b64("/etc"),
+                "trusted.overlay.metacopy": "",
+                "trusted.overlay.origin": b64("x"),
+                "user.overlay.redirect": b64("/etc"),
+                "user.keep": b64("1"),
+                "security.capability": b64("c"),
+                "user.bad\u{0}name": b64("z"),
+                "": b64("z"),
+            }},
+        ]))
+        .unwrap();
+        let d = tree.lookup_path("d").unwrap();
+        let names: Vec<&str> = tree.xattrs(d).map(|(k, _)| k).collect();
+        assert_eq!(names, ["security.capability", "user.keep"]);
+    }
+
+    #[test]
+    fn bad_names_are_dropped_not_listed() {
+        let tree = parse_entries(json!([
+            {"name": "ok", "type": "reg", "size": 2, "offset": 10, "chunkSize": 1},
+            {"name": "ok", "type": "chunk", "offset": 20, "chunkOffset": 1},
+            {"name": "nul\u{0}name", "type": "reg", "size": 4, "offset": 30, "chunkSize": 2},
+            // These chunks belonged to the dropped file, not to `ok`.
+            {"name": "nul\u{0}name", "type": "chunk", "offset": 40, "chunkOffset": 2},
+            {"name": "d/.wh..", "type": "reg"},
+            {"name": "d/.wh...", "type": "reg"},
+            {"name": "d/.wh.", "type": "reg"},
+            {"name": ".wh../under", "type": "reg"},
+            {"name": "dir\u{0}/child", "type": "dir"},
+            {"name": "link", "type": "symlink", "linkName": "a\u{0}b"},
+            {"name": "d/.wh.gone", "type": "reg"},
+        ]))
+        .unwrap();
+        let root: Vec<&str> = tree.children(NodeId::ROOT).map(|(n, _)| n).collect();
+        assert_eq!(root, ["d", "ok"]);
+        let ok = tree.lookup_path("ok").unwrap();
+        assert_eq!(tree.chunks(ok).len(), 2);
+        let d = tree.lookup_path("d").unwrap();
+        let view: Vec<(&str, bool)> = crate::whiteout::entries_from(&tree, d, 0)
+            .map(|(_, e)| (e.name, e.whiteout))
+            .collect();
+        assert_eq!(view, [("gone", true)]);
+        assert!(crate::whiteout::lookup(&tree, d, ".").is_none());
+        assert!(crate::whiteout::lookup(&tree, d, "..").is_none());
     }
 
     #[test]

@@ -195,7 +195,7 @@ impl Chunk {
 
     /// The compressed range `[offset, next_offset)` length.
     pub fn compressed_len(&self) -> u64 {
-        self.next_offset - self.offset
+        self.next_offset.saturating_sub(self.offset)
     }
 }
 

@@ -93,15 +93,17 @@ pub fn is_opaque(tree: &LayerTree, dir: NodeId) -> bool {
     tree.lookup(dir, OPAQUE_MARKER).is_some()
 }
 
-/// The xattrs the mount shows for an entry: its own, plus the opaque
-/// marker on opaque directories. Whiteouts have none.
+/// The xattrs the mount shows for an entry: its own, minus every
+/// overlayfs control xattr (`trusted.overlay.*`, `user.overlay.*`: the
+/// tree builder already drops them, this keeps the view safe on its own),
+/// plus the opaque marker on opaque directories. Whiteouts have none.
 pub fn xattrs<'t>(tree: &'t LayerTree, entry: ViewEntry<'t>) -> Vec<(&'t str, &'t [u8])> {
     if entry.whiteout {
         return Vec::new();
     }
     let mut out: Vec<(&str, &[u8])> = tree
         .xattrs(entry.node)
-        .filter(|(k, _)| *k != OPAQUE_XATTR)
+        .filter(|(k, _)| !crate::toc::is_overlay_xattr(k))
         .collect();
     if tree.node(entry.node).kind() == FileKind::Dir && is_opaque(tree, entry.node) {
         out.push((OPAQUE_XATTR, b"y"));
@@ -124,7 +126,16 @@ mod tests {
                 entry_type: Some(*kind),
                 mode: 0o755,
                 xattrs: if *name == "a/" {
-                    vec![("user.keep".into(), b"1".to_vec())]
+                    vec![
+                        ("user.keep".into(), b"1".to_vec()),
+                        ("trusted.overlay.redirect".into(), b"/etc".to_vec()),
+                        ("trusted.overlay.metacopy".into(), Vec::new()),
+                        ("user.overlay.origin".into(), b"x".to_vec()),
+                        ("trusted.overlay.opaque".into(), b"n".to_vec()),
+                    ]
+                } else if *name == "b/" {
+                    // Opaque by xattr only: not opaque, and not shown.
+                    vec![("trusted.overlay.opaque".into(), b"y".to_vec())]
                 } else {
                     Vec::new()
                 },
@@ -146,6 +157,7 @@ mod tests {
             ("a/", EntryType::Dir),
             ("a/.wh..wh..opq", EntryType::Reg),
             ("a/kept", EntryType::Reg),
+            ("b/", EntryType::Dir),
             ("b/.wh.gone", EntryType::Reg),
             ("b/.wh.both", EntryType::Reg),
             ("b/both", EntryType::Reg),
@@ -175,11 +187,13 @@ mod tests {
         assert!(is_opaque(t, a));
         let a_entry = lookup(t, NodeId::ROOT, "a").unwrap();
         let x = xattrs(t, a_entry);
-        assert!(x.contains(&("user.keep", &b"1"[..])), "{x:?}");
-        assert!(x.contains(&(OPAQUE_XATTR, &b"y"[..])), "{x:?}");
+        // Only the layer's own ordinary xattr and the opaque marker's
+        // meaning: no overlayfs control xattr from the TOC (#14).
+        assert_eq!(x, [("user.keep", &b"1"[..]), (OPAQUE_XATTR, &b"y"[..])]);
         assert!(lookup(t, a, OPAQUE_MARKER).is_none());
         let b = t.lookup_path("b").unwrap();
         assert!(!is_opaque(t, b));
+        assert!(xattrs(t, lookup(t, NodeId::ROOT, "b").unwrap()).is_empty());
         // The real `both` wins over its whiteout; `gone` shows as a whiteout
         // (listed in raw-name order, where `.wh.gone` sorts first).
         let mut listed = names(b);

@@ -12,6 +12,7 @@ use base64::Engine as _;
 use crate::blob::BlobRead;
 use crate::digest::{Digest, Hasher};
 use crate::footer::Footer;
+use crate::limits::MAX_CHUNK_SPAN;
 use crate::name;
 use crate::tar::{self, Entry, EntryType, Located, Scanner, TarError};
 use crate::toc::{self, TOC_NAME, TocDocument, TocEntry};
@@ -70,10 +71,22 @@ pub struct Built {
     pub missing_prioritized: Vec<String>,
 }
 
+/// Largest chunk size the writer takes: half of what a reader accepts as
+/// one member's compressed span ([`MAX_CHUNK_SPAN`]), leaving the other
+/// half for deflate's expansion of incompressible data and the headers
+/// that share the last chunk's member.
+pub const MAX_WRITER_CHUNK_SIZE: u64 = MAX_CHUNK_SPAN / 2;
+
 /// Converts a tar stream into an eStargz blob written to `out`.
 pub fn build(input: impl Read, out: impl Write, opts: &WriterOptions) -> Result<Built, WriteError> {
     if opts.chunk_size == 0 {
         return Err(WriteError::Option("chunk size must be positive".into()));
+    }
+    if opts.chunk_size > MAX_WRITER_CHUNK_SIZE {
+        return Err(WriteError::Option(format!(
+            "chunk size {} exceeds {MAX_WRITER_CHUNK_SIZE}: readers refuse members spanning more than {MAX_CHUNK_SPAN} bytes",
+            opts.chunk_size
+        )));
     }
     if !(0..=12).contains(&opts.compression_level) {
         return Err(WriteError::Option(format!(
@@ -576,6 +589,21 @@ mod tests {
         let layer = Layer::open(&blob[..], blob.len() as u64, &OpenOptions::default()).unwrap();
         assert!(layer.tree.lookup(NodeId::ROOT, TOC_NAME).is_none());
         assert!(layer.tree.prefetch_landmark().is_none());
+    }
+
+    #[test]
+    fn chunk_sizes_readers_would_refuse_are_refused() {
+        let tar = tar_of(&[("f", EntryType::Reg, b"x", "")]);
+        for chunk_size in [MAX_WRITER_CHUNK_SIZE + 1, u64::MAX] {
+            let opts = WriterOptions {
+                chunk_size,
+                ..WriterOptions::default()
+            };
+            assert!(matches!(
+                build_to_vec(&tar[..], &opts),
+                Err(WriteError::Option(_))
+            ));
+        }
     }
 
     #[test]

@@ -32,6 +32,7 @@ fn every_regression_input_passes_its_target() {
         ("tar_header", checks::tar_header),
         ("layer_open", checks::layer_open),
         ("chunk_inflate", checks::chunk_inflate),
+        ("layer_toc", checks::layer_toc),
     ]
     .into_iter()
     .map(|(t, f)| run(t, f))

@@ -21,8 +21,9 @@ use std::process::{Command, ExitCode};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
-use ringstar_bench::{Rng, generated_toc, testdata, texty_bytes, toc_json_of};
+use ringstar_bench::{Rng, generated_toc, testdata, texty_bytes, toc_data_end, toc_json_of};
 use ringstar_core::inflate::ChunkReader;
+use ringstar_core::layer::Compression;
 use ringstar_core::store::{FileKey, Store, StoreChunk};
 use ringstar_core::toc::{self, Limits, TocDocument, TocEntry};
 use ringstar_core::writer::{WriterOptions, build_to_vec};
@@ -51,8 +52,8 @@ const WORKLOADS: &[&str] = &[
 // --- the workloads: each `workload_*` is all that is counted -----------
 
 #[inline(never)]
-fn workload_toc_parse(json: &[u8]) -> usize {
-    toc::parse(json, u64::MAX / 2, Limits::default())
+fn workload_toc_parse(json: &[u8], data_end: u64) -> usize {
+    toc::parse(json, data_end, Compression::Gzip, Limits::default())
         .expect("TOC parses")
         .len()
 }
@@ -345,7 +346,8 @@ fn deep_tree(count: usize, depth: usize) -> (LayerTree, Vec<String>) {
         entries,
     }
     .to_json();
-    let tree = toc::parse(&json, u64::MAX / 2, Limits::default()).expect("TOC parses");
+    let tree =
+        toc::parse(&json, u64::MAX / 2, Compression::Gzip, Limits::default()).expect("TOC parses");
     (tree, paths)
 }
 
@@ -396,11 +398,11 @@ fn run_workload(name: &str) -> anyhow::Result<()> {
         "toc_parse_many_files" => {
             let blob = std::fs::read(testdata().join("many-files.blob"))?;
             let json = toc_json_of(&blob)?;
-            workload_toc_parse(black_box(&json)) as u64
+            workload_toc_parse(black_box(&json), toc_data_end(&json)) as u64
         }
         "toc_parse_100k" => {
             let json = generated_toc(100_000);
-            workload_toc_parse(black_box(&json)) as u64
+            workload_toc_parse(black_box(&json), toc_data_end(&json)) as u64
         }
         "inflate_verify_1mib" => workload_inflate_verify(&one_file_layer(8 << 20, 1 << 20)),
         "inflate_verify_50kib" => workload_inflate_verify(&one_file_layer(2 << 20, 50_000)),

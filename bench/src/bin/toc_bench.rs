@@ -14,6 +14,7 @@ use std::process::Command;
 
 use peak_alloc::PeakAlloc;
 use ringstar_bench::{Rng, generated_toc, median_time, report, testdata, texty_bytes, toc_json_of};
+use ringstar_core::layer::Compression;
 use ringstar_core::tar::{self, Entry, EntryType};
 use ringstar_core::toc::{self, Limits};
 use ringstar_core::writer::{self, WriterOptions};
@@ -23,10 +24,10 @@ use ringstar_core::{Layer, OpenOptions};
 static HEAP: PeakAlloc = PeakAlloc;
 
 fn bench(label: &str, json: &[u8], runs: usize) {
-    let data_end = u64::MAX / 2;
+    let data_end = ringstar_bench::toc_data_end(json);
     let limits = Limits::default();
     let parse_time = median_time(runs, || {
-        toc::parse(json, data_end, limits).expect("TOC parses");
+        toc::parse(json, data_end, Compression::Gzip, limits).expect("TOC parses");
     });
     let dom_time = median_time(runs, || {
         serde_json::from_slice::<serde_json::Value>(json).expect("JSON parses");
@@ -34,7 +35,7 @@ fn bench(label: &str, json: &[u8], runs: usize) {
     // Memory: retained tree, and the peak while building it.
     let base = HEAP.current_usage();
     HEAP.reset_peak_usage();
-    let tree = toc::parse(json, data_end, limits).expect("TOC parses");
+    let tree = toc::parse(json, data_end, Compression::Gzip, limits).expect("TOC parses");
     let peak = HEAP.peak_usage() - base;
     let retained = HEAP.current_usage() - base;
     let entries = tree.toc_entries();
