@@ -29,6 +29,11 @@ pub fn refused(clean_name: &str) -> Option<&'static str> {
     if clean_name.contains('\0') {
         return Some("a NUL byte in the name");
     }
+    // Most names hold no whiteout at all: one substring search, then
+    // the components only for those that do.
+    if !clean_name.contains(".wh.") {
+        return None;
+    }
     clean_name
         .split('/')
         .any(|part| matches!(part, ".wh." | ".wh.." | ".wh..."))

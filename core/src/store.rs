@@ -534,11 +534,17 @@ impl Store {
         self.index.lock().expect("store index")
     }
 
-    /// The mapping of one life of an entry (`key`, `id`) at `path`.
-    fn mapping(&self, key: &Digest, id: u64, path: &Path) -> io::Result<Arc<Mmap>> {
+    /// The mapping of one life of an entry (`key`, `id`); the file's path
+    /// is made only when it is not mapped yet.
+    fn mapping(&self, key: &Digest, id: u64, complete: bool) -> io::Result<Arc<Mmap>> {
         if let Some(m) = self.maps.lock().expect("maps").get(&(*key, id)) {
             return Ok(m.clone());
         }
+        let path = if complete {
+            self.complete_path(key, id)
+        } else {
+            self.partial_paths(key, id).0
+        };
         let m = Arc::new(map(&File::open(path)?)?);
         self.maps.lock().expect("maps").put((*key, id), m.clone());
         Ok(m)
@@ -563,12 +569,12 @@ impl Store {
         };
         for _ in 0..READ_ATTEMPTS {
             let mut to_check = Vec::new();
-            let (key, id, path) = {
+            let (key, id, complete) = {
                 let mut index = self.lock();
                 if let Some(e) = index.complete(file) {
                     let (key, id) = (file.content, e.id);
                     index.touch(&key);
-                    (key, id, self.complete_path(&key, id))
+                    (key, id, true)
                 } else {
                     let Some((p, id)) = index.partial(file) else {
                         return Err(all());
@@ -586,10 +592,10 @@ impl Store {
                         return Err(missing);
                     }
                     index.touch(&file.layout);
-                    (file.layout, id, self.partial_paths(&file.layout, id).0)
+                    (file.layout, id, false)
                 }
             };
-            let m = match self.mapping(&key, id, &path) {
+            let m = match self.mapping(&key, id, complete) {
                 Ok(m) => m,
                 // Evicted or promoted since: look again.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
