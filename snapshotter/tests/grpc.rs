@@ -428,6 +428,13 @@ fn socket_mode_and_systemd_notifications() {
         .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
     let socket = dir.path().join("run/r.sock");
+    // A root that exists with a wide mode is narrowed to 0700 (#14).
+    std::fs::create_dir(dir.path().join("root")).unwrap();
+    std::fs::set_permissions(
+        dir.path().join("root"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
     let daemon = |config: &str| {
         Command::new(env!("CARGO_BIN_EXE_ringstar-snapshotter"))
             .arg("--root")
@@ -450,6 +457,13 @@ fn socket_mode_and_systemd_notifications() {
     assert_eq!(&buf[..n], b"READY=1");
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o660, "socket mode {mode:o}");
+    for d in ["root", "root/store"] {
+        let mode = std::fs::metadata(dir.path().join(d))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700, "{d} mode {mode:o}");
+    }
     Command::new("kill")
         .arg("-INT")
         .arg(child.id().to_string())

@@ -106,6 +106,10 @@ impl Daemon {
             .mode(0o700)
             .create(root)
             .map_err(|e| start_err(format!("creating {}", root.display()), e))?;
+        // The root holds every tenant's cached files and snapshots: only
+        // root reads it, even when it existed with a wider mode.
+        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| start_err(format!("chmod 0700 {}", root.display()), e))?;
         let r = &config.ringstar;
         let mut fetcher_config = FetcherConfig {
             credentials: Some(Arc::new(DockerConfig::from_env())),
