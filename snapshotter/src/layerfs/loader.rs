@@ -394,7 +394,11 @@ impl Loader {
                 me.count_fetched(&fetched);
                 if let Some(generation) = sequential {
                     layer.seq_arrived(generation);
-                    me.advance(&layer);
+                    // Whatever happens to the next window, this one's
+                    // chunks go to the pool below and answer their reads.
+                    if let Err(p) = catch_unwind(AssertUnwindSafe(|| me.advance(&layer))) {
+                        tracing::error!(layer = %layer.digest, panic = crate::faults::message(&*p), "read-ahead panicked");
+                    }
                 }
                 // One job per chunk: both workers inflate, and the first
                 // chunk's reader is answered before the last is inflated.
