@@ -40,22 +40,37 @@ pub fn max_inflated(compression: Compression, compressed_len: u64) -> u64 {
 /// Why a chunk's geometry cannot be real, if it cannot: `innerOffset`
 /// beyond [`MAX_INNER_OFFSET`], or a chunk ending past what its compressed
 /// span could inflate to. Shared by TOC validation and the readers.
-pub fn check_geometry(compression: Compression, chunk: &Chunk) -> Result<(), String> {
+pub fn check_geometry(compression: Compression, chunk: &Chunk) -> Result<(), GeometryError> {
     if chunk.inner_offset > MAX_INNER_OFFSET {
-        return Err(format!(
-            "innerOffset {} exceeds {MAX_INNER_OFFSET}",
-            chunk.inner_offset
-        ));
+        return Err(GeometryError::InnerOffset(chunk.inner_offset));
     }
     let span = chunk.compressed_len();
     let most = max_inflated(compression, span);
     match chunk.inner_offset.checked_add(chunk.size) {
         Some(end) if end <= most => Ok(()),
-        _ => Err(format!(
-            "chunk ends {} + {} bytes into a member of {span} compressed bytes, which inflates to at most {most}",
-            chunk.inner_offset, chunk.size
-        )),
+        _ => Err(GeometryError::Unreachable {
+            inner_offset: chunk.inner_offset,
+            size: chunk.size,
+            span,
+            most,
+        }),
     }
+}
+
+/// A chunk no member could hold.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GeometryError {
+    #[error("innerOffset {0} exceeds {MAX_INNER_OFFSET}")]
+    InnerOffset(u64),
+    #[error(
+        "chunk ends {inner_offset} + {size} bytes into a member of {span} compressed bytes, which inflates to at most {most}"
+    )]
+    Unreachable {
+        inner_offset: u64,
+        size: u64,
+        span: u64,
+        most: u64,
+    },
 }
 
 /// Reusable state for inflating chunks: one per thread.
@@ -124,7 +139,7 @@ impl ChunkReader {
                 chunk.size
             )));
         }
-        check_geometry(compression, chunk).map_err(ChunkError::BadRequest)?;
+        check_geometry(compression, chunk).map_err(|e| ChunkError::BadRequest(e.to_string()))?;
         // Bounded by MAX_INNER_OFFSET above.
         let inner = chunk.inner_offset;
         match compression {
@@ -149,7 +164,7 @@ impl ChunkReader {
         mut sink: impl FnMut(&[u8]),
     ) -> Result<(), ChunkError> {
         let expected = expected.ok_or(ChunkError::Unverifiable)?;
-        check_geometry(compression, chunk).map_err(ChunkError::BadRequest)?;
+        check_geometry(compression, chunk).map_err(|e| ChunkError::BadRequest(e.to_string()))?;
         let mut h = Hasher::new();
         let mut emit = |b: &[u8]| {
             h.update(b);

@@ -645,7 +645,7 @@ impl Builder {
                     c.compressed_len()
                 )
             } else if let Err(why) = check_geometry(self.compression, &c) {
-                why
+                why.to_string()
             } else {
                 continue;
             };
