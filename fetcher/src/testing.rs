@@ -37,6 +37,23 @@ impl Drop for Registry {
     }
 }
 
+/// Credentials for one host, as a credential source (a fetcher's config).
+pub fn static_credentials(
+    host: &str,
+    user: &str,
+    secret: &str,
+) -> Arc<dyn crate::CredentialSource> {
+    let mut table = crate::StaticCredentials::default();
+    table.0.insert(
+        host.to_string(),
+        crate::Credentials {
+            username: user.into(),
+            secret: secret.into(),
+        },
+    );
+    Arc::new(table)
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -8,9 +8,7 @@ use std::time::Duration;
 use ringstar_fetcher::testing::{
     Registry, RegistryAuth, TokenServer, TokenServerOptions, write_htpasswd,
 };
-use ringstar_fetcher::{
-    Credentials, DockerConfig, FetchError, Fetcher, FetcherConfig, StaticCredentials,
-};
+use ringstar_fetcher::{DockerConfig, FetchError, Fetcher, FetcherConfig};
 
 fn blob_bytes(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 7 % 253) as u8).collect()
@@ -24,22 +22,6 @@ fn config(credentials: Option<Arc<dyn ringstar_fetcher::CredentialSource>>) -> F
         credentials,
         ..FetcherConfig::default()
     }
-}
-
-fn static_creds(
-    host: &str,
-    user: &str,
-    secret: &str,
-) -> Arc<dyn ringstar_fetcher::CredentialSource> {
-    let mut table = StaticCredentials::default();
-    table.0.insert(
-        host.to_string(),
-        Credentials {
-            username: user.into(),
-            secret: secret.into(),
-        },
-    );
-    Arc::new(table)
 }
 
 /// Pushes `data` through an open registry on `storage`, then serves the
@@ -71,7 +53,10 @@ fn basic_auth_from_htpasswd() {
     );
     let loc = reg.location("team/app", &digest);
 
-    let f = Fetcher::new(config(Some(static_creds(&reg.addr, "alice", "s3cret")))).unwrap();
+    let f = Fetcher::new(config(Some(ringstar_fetcher::testing::static_credentials(
+        &reg.addr, "alice", "s3cret",
+    ))))
+    .unwrap();
     assert_eq!(
         &f.read_range(&loc, 100, 1000).unwrap()[..],
         &data[100..1100]
@@ -86,7 +71,10 @@ fn basic_auth_from_htpasswd() {
         }
         other => panic!("want Unauthorized, got {other:?}"),
     }
-    let wrong = Fetcher::new(config(Some(static_creds(&reg.addr, "alice", "guess")))).unwrap();
+    let wrong = Fetcher::new(config(Some(ringstar_fetcher::testing::static_credentials(
+        &reg.addr, "alice", "guess",
+    ))))
+    .unwrap();
     let err = wrong.read_range(&loc, 0, 10).unwrap_err();
     assert!(matches!(err, FetchError::Unauthorized { .. }), "{err:?}");
     assert!(
@@ -142,7 +130,10 @@ fn bearer_tokens_are_fetched_once_cached_and_scoped() {
 
     // A token the registry stops accepting while we still hold it: the
     // 401 refreshes it once and the read goes on.
-    let f = Fetcher::new(config(Some(static_creds(&reg.addr, "bob", "pw")))).unwrap();
+    let f = Fetcher::new(config(Some(ringstar_fetcher::testing::static_credentials(
+        &reg.addr, "bob", "pw",
+    ))))
+    .unwrap();
     tokens.issue_stale(58); // valid for ~2 s more (60 s leeway)
     assert_eq!(&f.read_range(&loc, 10, 10).unwrap()[..], &data[10..20]);
     std::thread::sleep(Duration::from_secs(3));
@@ -150,7 +141,10 @@ fn bearer_tokens_are_fetched_once_cached_and_scoped() {
     assert_eq!(tokens.requests().len(), 3);
 
     // Wrong password: the token server refuses, a typed error.
-    let wrong = Fetcher::new(config(Some(static_creds(&reg.addr, "bob", "nope")))).unwrap();
+    let wrong = Fetcher::new(config(Some(ringstar_fetcher::testing::static_credentials(
+        &reg.addr, "bob", "nope",
+    ))))
+    .unwrap();
     assert!(matches!(
         wrong.read_range(&loc, 0, 10),
         Err(FetchError::Unauthorized { .. })
@@ -180,7 +174,10 @@ fn token_flows_classic_get_anonymous_identity_token_and_expiry() {
         "c/app",
         &data,
     );
-    let f = Fetcher::new(config(Some(static_creds(&reg.addr, "carol", "pw")))).unwrap();
+    let f = Fetcher::new(config(Some(ringstar_fetcher::testing::static_credentials(
+        &reg.addr, "carol", "pw",
+    ))))
+    .unwrap();
     let loc = reg.location("c/app", &digest);
     assert_eq!(&f.read_range(&loc, 0, 100).unwrap()[..], &data[..100]);
     let asked: Vec<_> = classic
@@ -234,7 +231,12 @@ fn token_flows_classic_get_anonymous_identity_token_and_expiry() {
         },
     );
     let (reg, digest) = registry_with(&id_dir.join("storage"), &id.registry_auth(), "i/app", &data);
-    let f = Fetcher::new(config(Some(static_creds(&reg.addr, "", "refresh-me")))).unwrap();
+    let f = Fetcher::new(config(Some(ringstar_fetcher::testing::static_credentials(
+        &reg.addr,
+        "",
+        "refresh-me",
+    ))))
+    .unwrap();
     let loc = reg.location("i/app", &digest);
     assert_eq!(&f.read_range(&loc, 5, 5).unwrap()[..], &data[5..10]);
     let asked = id.requests();

@@ -16,9 +16,7 @@ use ringstar_fetcher::testing::{
     BlobStorage, Fault, FaultProxy, Registry, RegistryAuth, TokenServer, TokenServerOptions,
     capture_logs, inject_panics, make_certs, stop_panics, write_htpasswd,
 };
-use ringstar_fetcher::{
-    BlobLocation, Credentials, DockerConfig, FetchError, Fetcher, FetcherConfig, StaticCredentials,
-};
+use ringstar_fetcher::{BlobLocation, DockerConfig, FetchError, Fetcher, FetcherConfig};
 
 fn blob_bytes(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 17 % 239) as u8).collect()
@@ -41,22 +39,6 @@ fn tls_config(certs: &Path) -> FetcherConfig {
         ca_file: Some(certs.join("ca.pem")),
         ..config()
     }
-}
-
-fn static_creds(
-    host: &str,
-    user: &str,
-    secret: &str,
-) -> Arc<dyn ringstar_fetcher::CredentialSource> {
-    let mut table = StaticCredentials::default();
-    table.0.insert(
-        host.to_string(),
-        Credentials {
-            username: user.into(),
-            secret: secret.into(),
-        },
-    );
-    Arc::new(table)
 }
 
 fn tls_pair(certs: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
@@ -190,7 +172,9 @@ fn an_http_realm_of_an_https_registry_gets_no_credentials() {
             Some(&tokens.registry_auth()),
         );
         let f = Fetcher::new(FetcherConfig {
-            credentials: Some(static_creds(&reg.addr, "dave", "pw")),
+            credentials: Some(ringstar_fetcher::testing::static_credentials(
+                &reg.addr, "dave", "pw",
+            )),
             ..tls_config(&certs)
         })
         .unwrap();

@@ -14,17 +14,7 @@ use ringstar_core::writer::WriterOptions;
 use ringstar_fetcher::testing::{DelayProxy, FaultProxy, Registry};
 use ringstar_snapshotter::layerfs::{BackgroundConfig, LoaderConfig, STATE_DIR};
 
-use common::{Mounted, content, estargz, tar_of};
-
-fn no_background() -> LoaderConfig {
-    LoaderConfig {
-        background: BackgroundConfig {
-            enabled: false,
-            ..BackgroundConfig::default()
-        },
-        ..LoaderConfig::default()
-    }
-}
+use common::{Mounted, content, estargz, no_background, tar_of};
 
 /// Registry GETs seen by `proxy` so far.
 fn gets(proxy: &FaultProxy) -> usize {

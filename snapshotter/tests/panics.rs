@@ -8,24 +8,13 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Mounted, content, estargz, tar_of};
+use common::{Mounted, content, estargz, no_background, tar_of};
 use ringstar_core::writer::WriterOptions;
 use ringstar_fetcher::testing::Registry;
 use ringstar_fetcher::{Reference, ResolverConfig};
 use ringstar_snapshotter::daemon::remote::{Remote, RemoteSettings, Wanted};
 use ringstar_snapshotter::faults;
 use ringstar_snapshotter::layerfs::resolve::LayerSource;
-use ringstar_snapshotter::layerfs::{BackgroundConfig, LoaderConfig};
-
-fn no_background() -> LoaderConfig {
-    LoaderConfig {
-        background: BackgroundConfig {
-            enabled: false,
-            ..BackgroundConfig::default()
-        },
-        ..LoaderConfig::default()
-    }
-}
 
 #[test]
 fn panics_are_contained() {

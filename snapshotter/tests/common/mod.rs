@@ -35,6 +35,17 @@ pub fn fetcher_config() -> FetcherConfig {
     }
 }
 
+/// The loader's defaults without background fetch (tests count requests).
+pub fn no_background() -> LoaderConfig {
+    LoaderConfig {
+        background: ringstar_snapshotter::layerfs::BackgroundConfig {
+            enabled: false,
+            ..Default::default()
+        },
+        ..LoaderConfig::default()
+    }
+}
+
 /// A mounted layer filesystem with its store and loader.
 pub struct Mounted {
     pub fs: Arc<LayerFs>,
