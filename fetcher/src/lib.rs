@@ -21,4 +21,4 @@ pub mod urls;
 pub use auth::{CredentialSource, Credentials, DockerConfig, StaticCredentials};
 pub use client::{BlobLocation, FetchError, Fetcher, FetcherConfig, RemoteBlob};
 pub use hosts::{Endpoint, MirrorConfig, ResolverConfig};
-pub use reference::Reference;
+pub use reference::{ParseReferenceError, Reference};

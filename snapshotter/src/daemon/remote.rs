@@ -15,10 +15,12 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use ringstar_core::Digest;
-use ringstar_fetcher::{Fetcher, Reference, ResolverConfig};
+use ringstar_core::digest::ParseDigestError;
+use ringstar_fetcher::{Fetcher, ParseReferenceError, Reference, ResolverConfig};
 use ringstar_fusedev::{Ino, Session};
 
-use crate::layerfs::resolve::{LayerSource, resolve};
+use crate::layerfs::AddLayerError;
+use crate::layerfs::resolve::{LayerSource, ResolveError, resolve};
 use crate::layerfs::{LayerFs, RemoteLayer};
 
 /// Labels containerd (unpacker, CRI) and ctr-remote send with a layer's
@@ -89,22 +91,16 @@ pub struct Wanted {
 pub fn wanted(
     labels: &BTreeMap<String, String>,
     settings: &RemoteSettings,
-) -> Result<Wanted, String> {
+) -> Result<Wanted, LabelError> {
     let get = |a: &str, b: &str| labels.get(a).or_else(|| labels.get(b)).cloned();
-    let reference = get(labels::CRI_REF, labels::STARGZ_REF).ok_or("no image reference label")?;
-    let digest = get(labels::CRI_DIGEST, labels::STARGZ_DIGEST).ok_or("no layer digest label")?;
-    let reference: Reference = reference
-        .parse()
-        .map_err(|e| format!("image reference: {e}"))?;
-    let digest: Digest = digest
-        .parse()
-        .map_err(|e| format!("layer digest {digest:?}: {e}"))?;
+    let reference = get(labels::CRI_REF, labels::STARGZ_REF).ok_or(LabelError::NoReference)?;
+    let digest = get(labels::CRI_DIGEST, labels::STARGZ_DIGEST).ok_or(LabelError::NoDigest)?;
+    let reference: Reference = reference.parse()?;
+    let digest: Digest = digest.parse().map_err(LabelError::Digest)?;
     let (toc_digest, verify) = if settings.disable_verification {
         (None, false)
     } else if let Some(t) = labels.get(labels::TOC_DIGEST) {
-        let d = t
-            .parse::<Digest>()
-            .map_err(|e| format!("TOC digest {t:?}: {e}"))?;
+        let d = t.parse::<Digest>().map_err(LabelError::TocDigest)?;
         (Some(d), true)
     } else if settings.allow_no_verification
         && labels
@@ -114,7 +110,7 @@ pub fn wanted(
         tracing::warn!(layer = %digest, "mounting without TOC verification (skipverify label)");
         (None, false)
     } else {
-        return Err("digest of TOC JSON must be passed (no toc.digest label)".into());
+        return Err(LabelError::NoTocDigest);
     };
     let others = get(labels::CRI_LAYERS, labels::STARGZ_LAYERS)
         .unwrap_or_default()
@@ -140,6 +136,43 @@ pub fn wanted(
     })
 }
 
+/// Why a Prepare's labels do not name a remote layer (it is then pulled
+/// normally).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LabelError {
+    #[error("no image reference label")]
+    NoReference,
+    #[error("no layer digest label")]
+    NoDigest,
+    #[error("image reference: {0}")]
+    Reference(#[from] ParseReferenceError),
+    #[error("layer digest: {0}")]
+    Digest(ParseDigestError),
+    #[error("TOC digest: {0}")]
+    TocDigest(ParseDigestError),
+    #[error("digest of TOC JSON must be passed (no toc.digest label)")]
+    NoTocDigest,
+}
+
+/// Why a remote layer cannot be served.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LayerError {
+    #[error(transparent)]
+    Resolve(Arc<ResolveError>),
+    #[error("resolve panicked: {0}")]
+    Panicked(String),
+    #[error("TOC digest is {actual}, the label says {expected}")]
+    TocMismatch { actual: Digest, expected: Digest },
+    #[error("resolving took longer than {0:?}")]
+    Timeout(Duration),
+    #[error("cannot show the layer: {0}")]
+    Show(#[from] AddLayerError),
+    #[error("layer was released meanwhile")]
+    Released,
+    #[error("not being restored")]
+    NotRestoring,
+}
+
 /// Resolves at once, at most: the labels of one Prepare name every layer
 /// of its image, and each resolve is a thread blocked on the registry.
 const RESOLVERS: usize = 4;
@@ -148,7 +181,7 @@ const RESOLVERS: usize = 4;
 enum State {
     Resolving,
     Ready(Arc<RemoteLayer>),
-    Failed(String),
+    Failed(LayerError),
 }
 
 #[derive(Debug)]
@@ -270,14 +303,14 @@ impl Remote {
                 name.clone(),
                 self.settings.tail_bytes,
             )
-            .map_err(|e| e.to_string())
+            .map_err(|e| LayerError::Resolve(Arc::new(e)))
         }))
-        .unwrap_or_else(|p| Err(format!("resolve panicked: {}", crate::faults::message(&*p))))
+        .unwrap_or_else(|p| Err(LayerError::Panicked(crate::faults::message(&*p).into())))
         .and_then(|layer| match want {
-            Some(w) if layer.layer.toc_digest != w => Err(format!(
-                "TOC digest is {}, the label says {w}",
-                layer.layer.toc_digest
-            )),
+            Some(w) if layer.layer.toc_digest != w => Err(LayerError::TocMismatch {
+                actual: layer.layer.toc_digest,
+                expected: w,
+            }),
             _ => Ok(layer),
         });
         let mut slots = self.slots.lock().expect("slots");
@@ -289,7 +322,7 @@ impl Remote {
                     if slot.show_when_ready {
                         if let Err(e) = self.fs.add_layer(layer.clone()) {
                             tracing::warn!(layer = %digest, reason = %e, "cannot show the layer");
-                            slot.state = State::Failed(e);
+                            slot.state = State::Failed(e.into());
                             drop(slots);
                             self.changed.notify_all();
                             return;
@@ -339,7 +372,7 @@ impl Remote {
         self: &Arc<Self>,
         source: &LayerSource,
         deadline: Instant,
-    ) -> Result<Arc<RemoteLayer>, String> {
+    ) -> Result<Arc<RemoteLayer>, LayerError> {
         let mut retried = false;
         let name = source.layer_name();
         loop {
@@ -357,10 +390,7 @@ impl Remote {
                 Some(State::Resolving) => {
                     let now = Instant::now();
                     if now >= deadline {
-                        return Err(format!(
-                            "resolving took longer than {:?}",
-                            self.settings.resolve_timeout
-                        ));
+                        return Err(LayerError::Timeout(self.settings.resolve_timeout));
                     }
                     let _ = self
                         .changed
@@ -374,7 +404,7 @@ impl Remote {
     /// The layer a remote Prepare asked for, resolved, verified and shown
     /// in the mount; its name there. Starts resolving the image's other
     /// layers too.
-    pub fn claim(self: &Arc<Self>, wanted: &Wanted) -> Result<Arc<RemoteLayer>, String> {
+    pub fn claim(self: &Arc<Self>, wanted: &Wanted) -> Result<Arc<RemoteLayer>, LayerError> {
         // Its own layer first: the resolvers take the queue in order.
         self.preresolve(wanted.source.clone());
         for other in &wanted.others {
@@ -388,20 +418,20 @@ impl Remote {
         {
             // A layer snapshots use stays; one only pre-resolved goes.
             self.forget_unshown(&layer.name);
-            return Err(format!(
-                "TOC digest is {}, the label says {want}",
-                layer.layer.toc_digest
-            ));
+            return Err(LayerError::TocMismatch {
+                actual: layer.layer.toc_digest,
+                expected: want,
+            });
         }
         self.show(&layer)?;
         self.start_fetching(&layer);
         Ok(layer)
     }
 
-    fn show(&self, layer: &Arc<RemoteLayer>) -> Result<(), String> {
+    fn show(&self, layer: &Arc<RemoteLayer>) -> Result<(), LayerError> {
         let mut slots = self.slots.lock().expect("slots");
         let Some(slot) = slots.get_mut(&layer.name) else {
-            return Err("layer was released meanwhile".into());
+            return Err(LayerError::Released);
         };
         if !slot.mounted {
             self.fs.add_layer(layer.clone())?;
@@ -414,7 +444,7 @@ impl Remote {
     /// Waits until every layer of `layers` is served and (unless
     /// `noprefetch`) prefetched, within the prefetch timeout; a layer that
     /// cannot be served is an error (the snapshot is unavailable).
-    pub fn check(self: &Arc<Self>, layers: &[LayerSource]) -> Result<(), String> {
+    pub fn check(self: &Arc<Self>, layers: &[LayerSource]) -> Result<(), LayerError> {
         let deadline = Instant::now() + self.settings.resolve_timeout;
         let mut ready = Vec::new();
         for source in layers {
@@ -434,7 +464,7 @@ impl Remote {
 
     /// Waits (bounded) until one layer is served, without waiting for
     /// its prefetch.
-    pub fn check_one(self: &Arc<Self>, source: &LayerSource) -> Result<(), String> {
+    pub fn check_one(self: &Arc<Self>, source: &LayerSource) -> Result<(), LayerError> {
         let deadline = Instant::now() + self.settings.resolve_timeout;
         self.serve(source, deadline).map(|_| ())
     }
@@ -445,17 +475,17 @@ impl Remote {
         self: &Arc<Self>,
         source: &LayerSource,
         deadline: Instant,
-    ) -> Result<Arc<RemoteLayer>, String> {
-        let layer = self
-            .ready(source, deadline)
-            .map_err(|e| format!("layer {}: {e}", source.digest))?;
+    ) -> Result<Arc<RemoteLayer>, LayerError> {
+        let layer = self.ready(source, deadline)?;
         if let Some(want) = source.toc_digest
             && layer.layer.toc_digest != want
         {
-            return Err(format!("layer {}: TOC digest changed", source.digest));
+            return Err(LayerError::TocMismatch {
+                actual: layer.layer.toc_digest,
+                expected: want,
+            });
         }
-        self.show(&layer)
-            .map_err(|e| format!("layer {}: {e}", source.digest))?;
+        self.show(&layer)?;
         self.start_fetching(&layer);
         Ok(layer)
     }
@@ -466,7 +496,7 @@ impl Remote {
     }
 
     /// Whether a restored layer could be resolved (waits for it).
-    pub fn restored(self: &Arc<Self>, source: &LayerSource) -> Result<(), String> {
+    pub fn restored(self: &Arc<Self>, source: &LayerSource) -> Result<(), LayerError> {
         let deadline = Instant::now() + self.settings.resolve_timeout;
         let name = source.layer_name();
         let mut slots = self.slots.lock().expect("slots");
@@ -474,11 +504,11 @@ impl Remote {
             match slots.get(&name).map(|s| &s.state) {
                 Some(State::Ready(_)) => return Ok(()),
                 Some(State::Failed(e)) => return Err(e.clone()),
-                None => return Err("not being restored".into()),
+                None => return Err(LayerError::NotRestoring),
                 Some(State::Resolving) => {
                     let now = Instant::now();
                     if now >= deadline {
-                        return Err("restore timed out".into());
+                        return Err(LayerError::Timeout(self.settings.resolve_timeout));
                     }
                     slots = self
                         .changed
@@ -595,7 +625,12 @@ mod tests {
             (labels::STARGZ_DIGEST, D1),
         ];
         let s = RemoteSettings::default();
-        assert!(wanted(&labels(&base), &s).unwrap_err().contains("TOC"));
+        assert!(
+            wanted(&labels(&base), &s)
+                .unwrap_err()
+                .to_string()
+                .contains("TOC")
+        );
         let mut skip = base.to_vec();
         skip.push((labels::SKIP_VERIFY, "true"));
         assert!(wanted(&labels(&skip), &s).is_err());

@@ -129,7 +129,7 @@ impl Snapshots {
         out
     }
 
-    fn source_of(&self, rec: &Record) -> Result<LayerSource, String> {
+    fn source_of(&self, rec: &Record) -> Result<LayerSource, remote::LabelError> {
         remote::wanted(&rec.labels, self.remote.settings()).map(|w| w.source)
     }
 

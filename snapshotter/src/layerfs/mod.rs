@@ -173,20 +173,20 @@ impl LayerFs {
 
     /// Adds a layer as directory `layer.name`. Refused when the name is
     /// taken, not a single path component, or the tree too big.
-    pub fn add_layer(&self, layer: Arc<RemoteLayer>) -> Result<(), String> {
+    pub fn add_layer(&self, layer: Arc<RemoteLayer>) -> Result<(), AddLayerError> {
         if layer.name.is_empty()
             || layer.name.contains('/')
             || layer.name == "."
             || layer.name == ".."
         {
-            return Err(format!("bad layer name {:?}", layer.name));
+            return Err(AddLayerError::BadName(layer.name.clone()));
         }
         if layer.tree().len() >= MAX_NODES {
-            return Err("layer has too many entries".into());
+            return Err(AddLayerError::TooBig(layer.tree().len()));
         }
         let mut l = self.layers.write().expect("layers");
         if l.by_name.contains_key(&layer.name) {
-            return Err(format!("layer {:?} is already mounted", layer.name));
+            return Err(AddLayerError::Taken(layer.name.clone()));
         }
         let slot = self.next_slot.fetch_add(1, Ordering::AcqRel);
         l.by_name.insert(layer.name.clone(), slot);
@@ -401,6 +401,17 @@ impl LayerFs {
             .read(&file, &chunks, offset, buf)
             .map_err(|missing| missing.into_iter().map(|m| first + m).collect())
     }
+}
+
+/// Why a layer cannot be shown in the mount.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AddLayerError {
+    #[error("bad layer name {0:?}")]
+    BadName(String),
+    #[error("layer has too many entries ({0})")]
+    TooBig(usize),
+    #[error("layer {0:?} is already mounted")]
+    Taken(String),
 }
 
 /// The store's view of the chunks of `node` that `[offset, offset+len)`
