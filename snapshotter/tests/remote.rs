@@ -26,6 +26,10 @@ fn source(registry: &str, digest: &str, toc: Option<&str>) -> LayerSource {
     }
 }
 
+/// The tests of this binary one at a time: one counts the resolver
+/// threads of the process, which the other's daemon would add to.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Threads of this process whose name starts with `prefix`.
 fn threads(prefix: &str) -> usize {
     std::fs::read_dir("/proc/self/task")
@@ -56,12 +60,14 @@ fn remote_over(m: &mut Mounted) -> std::sync::Arc<Remote> {
 /// no limit).
 #[test]
 fn resolves_run_a_few_at_a_time() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let reg = Registry::start();
     let stalled = FaultProxy::start(reg.addr.clone());
     stalled.plan(std::iter::repeat_n(Fault::Stall, 64));
     let store = tempfile::tempdir().unwrap();
     let mut m = Mounted::new(store.path(), 1 << 30, no_background());
-    // Other tests' resolvers may be alive in this process.
+    // The other test's resolvers may still be winding down (they only
+    // go away, never come, while this one runs).
     let before = threads("resolve");
     let remote = remote_over(&mut m);
     let digests: Vec<String> = (0..25).map(|i| format!("sha256:{i:064x}")).collect();
@@ -100,6 +106,7 @@ fn resolves_run_a_few_at_a_time() {
 /// starts its prefetch.
 #[test]
 fn nothing_is_prefetched_before_the_toc_is_verified() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let reg = Registry::start();
     let opts = WriterOptions::default();
     let (first, first_toc) = estargz(&tar_of(&[("a.txt", b"a")], &[]), &opts);
