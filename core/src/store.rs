@@ -60,6 +60,11 @@ const RECORD_LEN: usize = 48;
 const MAPPINGS: usize = 1024;
 /// Held (`flock`, exclusive) by the process that has the store open.
 const LOCK_FILE: &str = "lock";
+/// How long opening waits for that lock: a previous user giving it up (a
+/// process exiting, or this process's last fetches of a store it just
+/// closed finishing) lets go within moments; a second daemon on the same
+/// store holds it for good, and is refused after this.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// What the store's directories are made (and kept): only root reads the
 /// cached contents of every tenant's images.
 const DIR_MODE: u32 = 0o700;
@@ -364,10 +369,16 @@ impl Store {
             .write(true)
             .open(&lock_path)
             .map_err(io_at(&lock_path))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => return Err(StoreError::Locked(root.into())),
-            Err(fs::TryLockError::Error(e)) => return Err(io_at(&lock_path)(e)),
+        let asked = std::time::Instant::now();
+        loop {
+            match lock.try_lock() {
+                Ok(()) => break,
+                Err(fs::TryLockError::WouldBlock) if asked.elapsed() < LOCK_WAIT => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(fs::TryLockError::WouldBlock) => return Err(StoreError::Locked(root.into())),
+                Err(fs::TryLockError::Error(e)) => return Err(io_at(&lock_path)(e)),
+            }
         }
         let (complete_dir, partial_dir) = (root.join("complete"), root.join("partial"));
         private_dir(&complete_dir)?;

@@ -270,16 +270,27 @@ impl World {
         match snap {
             Snap::Legacy => 0,
             Snap::Ringstar => std::fs::read_dir(root.join("fuse")).map_or(0, |d| d.count()),
-            Snap::Peer => std::fs::read_to_string("/proc/self/mounts")
-                .unwrap_or_default()
-                .lines()
-                .filter(|l| {
-                    let f: Vec<&str> = l.split(' ').collect();
-                    f.len() > 2
-                        && f[1].starts_with(root.to_str().unwrap_or("-"))
-                        && f[2].starts_with("fuse")
-                })
-                .count(),
+            Snap::Peer => {
+                let fuse_mounts: Vec<String> = std::fs::read_to_string("/proc/self/mounts")
+                    .unwrap_or_default()
+                    .lines()
+                    .filter_map(|l| {
+                        let f: Vec<&str> = l.split(' ').collect();
+                        (f.len() > 2
+                            && f[1].starts_with(root.to_str().unwrap_or("-"))
+                            && f[2].starts_with("fuse"))
+                        .then(|| f[1].to_string())
+                    })
+                    .collect();
+                // A ringstar build as the peer: one FUSE mount at
+                // ROOT/fuse with a directory per layer (as above).
+                let one = root.join("fuse");
+                if fuse_mounts.len() == 1 && Path::new(&fuse_mounts[0]) == one {
+                    std::fs::read_dir(&one).map_or(0, |d| d.count())
+                } else {
+                    fuse_mounts.len()
+                }
+            }
         }
     }
 
