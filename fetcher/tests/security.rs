@@ -45,6 +45,22 @@ fn tls_pair(certs: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     (certs.join("server.pem"), certs.join("server.key"))
 }
 
+/// A scratch dir with test certificates in `certs/`: (dir, certs dir,
+/// server certificate, server key).
+fn with_certs() -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    std::path::PathBuf,
+    std::path::PathBuf,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    make_certs(&certs);
+    let (cert, key) = tls_pair(&certs);
+    (dir, certs, cert, key)
+}
+
 /// Blob GETs of `digest` in the registry's access log.
 fn blob_gets(reg: &Registry, digest: &str) -> usize {
     reg.requests()
@@ -59,11 +75,7 @@ fn blob_gets(reg: &Registry, digest: &str) -> usize {
 #[test]
 fn https_redirects_to_another_host_are_followed_and_downgrades_refused() {
     let logs = capture_logs();
-    let dir = tempfile::tempdir().unwrap();
-    let certs = dir.path().join("certs");
-    std::fs::create_dir(&certs).unwrap();
-    make_certs(&certs);
-    let (cert, key) = tls_pair(&certs);
+    let (dir, certs, cert, key) = with_certs();
     let storage = dir.path().join("storage");
     std::fs::create_dir(&storage).unwrap();
     let data = blob_bytes(100_000);
@@ -145,11 +157,7 @@ fn https_redirects_to_another_host_are_followed_and_downgrades_refused() {
 #[test]
 fn an_http_realm_of_an_https_registry_gets_no_credentials() {
     let logs = capture_logs();
-    let dir = tempfile::tempdir().unwrap();
-    let certs = dir.path().join("certs");
-    std::fs::create_dir(&certs).unwrap();
-    make_certs(&certs);
-    let (cert, key) = tls_pair(&certs);
+    let (dir, certs, cert, key) = with_certs();
     let data = blob_bytes(20_000);
 
     for tls_realm in [false, true] {
