@@ -255,6 +255,11 @@ impl World {
     }
 
     /// `ctr ARGS`, its stdout; an error with its output when it fails.
+    /// Where a container's output is written (its log URI's file).
+    pub fn output_path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.out"))
+    }
+
     pub fn ctr(&self, args: &[&str]) -> anyhow::Result<String> {
         sh(self.ctr_cmd("ctr").args(args))
     }
