@@ -52,7 +52,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 # A short fuzz pass over every target, so a fresh CI machine fuzzes too
 # (cargo-fuzz is installed when missing: ~3 min once).
-fuzz_seconds=${FUZZ_SECONDS:-20}
+fuzz_seconds=${FUZZ_SECONDS:-15}
 if [ "$fuzz_seconds" -gt 0 ]; then
   if ! cargo fuzz --version >/dev/null 2>&1; then
     step "installing cargo-fuzz"
