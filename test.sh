@@ -87,7 +87,7 @@ awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += 
 # What follows runs whatever the tests said, so a failure there hides
 # nothing after it; the script still exits non-zero at the end.
 step "release build (hellobench, the daemon, the performance gate)"
-cargo build --release --locked -q -p ringstar-hellobench -p ringstar-snapshotter -p ringstar-bench
+cargo build --release --locked -q -p ringstar-hellobench -p ringstar-daemon -p ringstar-cli -p ringstar-bench
 
 # The startup benchmark's quick mode: a busybox image through overlayfs and
 # ringstar (lazily, or it fails), cold, on loopback (docs/hellobench.md).

@@ -1,5 +1,5 @@
 // The `config` fuzz target's checks, shared with
-// snapshotter/tests/fuzz_regressions.rs (included, not a module of its own).
+// daemon/tests/fuzz_regressions.rs (included, not a module of its own).
 
 /// The daemon's TOML config: parse, then every derived setting, and an
 /// instant plus every timeout it gives (an operator's absurd number is
@@ -8,7 +8,7 @@ pub fn config(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let Ok(loaded) = ringstar_snapshotter::daemon::config::Config::parse(text) else {
+    let Ok(loaded) = ringstar_daemon::config::Config::parse(text) else {
         return;
     };
     let c = loaded.config;

@@ -27,5 +27,5 @@ if [ ! -x "$peer" ]; then
   "$bench_env/10-build-stargz-grpc.sh" >/dev/null
 fi
 
-cargo build --release --locked -q -p ringstar-hellobench -p ringstar-snapshotter
+cargo build --release --locked -q -p ringstar-hellobench -p ringstar-daemon
 exec target/release/hellobench --peer "$peer" "$@"

@@ -17,6 +17,7 @@
 pub mod blob;
 pub mod digest;
 pub mod error;
+pub mod faults;
 pub mod footer;
 pub mod inflate;
 pub mod inspect;

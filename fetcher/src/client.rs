@@ -1277,8 +1277,7 @@ impl Inner {
         let timeout = self.timeout(loc);
         let mut attempt = 0u32;
         loop {
-            #[cfg(feature = "testing")]
-            crate::testing::injected_panic(&loc.url);
+            ringstar_core::faults::point_for("fetch", &loc.url);
             let result = match tokio::time::timeout(timeout, self.attempt(loc, offset, end)).await {
                 Ok(r) => r,
                 Err(_) => Err((

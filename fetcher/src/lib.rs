@@ -14,8 +14,6 @@ pub mod auth;
 pub mod client;
 pub mod hosts;
 pub mod reference;
-#[cfg(feature = "testing")]
-pub mod testing;
 pub mod urls;
 
 pub use auth::{CredentialSource, Credentials, DockerConfig, StaticCredentials};

@@ -5,10 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ringstar_fetcher::testing::{
-    Registry, RegistryAuth, TokenServer, TokenServerOptions, write_htpasswd,
-};
 use ringstar_fetcher::{DockerConfig, FetchError, Fetcher, FetcherConfig};
+use ringstar_testkit::{Registry, RegistryAuth, TokenServer, TokenServerOptions, write_htpasswd};
 
 fn blob_bytes(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 7 % 253) as u8).collect()
@@ -53,7 +51,7 @@ fn basic_auth_from_htpasswd() {
     );
     let loc = reg.location("team/app", &digest);
 
-    let f = Fetcher::new(config(Some(ringstar_fetcher::testing::static_credentials(
+    let f = Fetcher::new(config(Some(ringstar_testkit::static_credentials(
         &reg.addr, "alice", "s3cret",
     ))))
     .unwrap();
@@ -71,7 +69,7 @@ fn basic_auth_from_htpasswd() {
         }
         other => panic!("want Unauthorized, got {other:?}"),
     }
-    let wrong = Fetcher::new(config(Some(ringstar_fetcher::testing::static_credentials(
+    let wrong = Fetcher::new(config(Some(ringstar_testkit::static_credentials(
         &reg.addr, "alice", "guess",
     ))))
     .unwrap();
@@ -130,7 +128,7 @@ fn bearer_tokens_are_fetched_once_cached_and_scoped() {
 
     // A token the registry stops accepting while we still hold it: the
     // 401 refreshes it once and the read goes on.
-    let f = Fetcher::new(config(Some(ringstar_fetcher::testing::static_credentials(
+    let f = Fetcher::new(config(Some(ringstar_testkit::static_credentials(
         &reg.addr, "bob", "pw",
     ))))
     .unwrap();
@@ -141,7 +139,7 @@ fn bearer_tokens_are_fetched_once_cached_and_scoped() {
     assert_eq!(tokens.requests().len(), 3);
 
     // Wrong password: the token server refuses, a typed error.
-    let wrong = Fetcher::new(config(Some(ringstar_fetcher::testing::static_credentials(
+    let wrong = Fetcher::new(config(Some(ringstar_testkit::static_credentials(
         &reg.addr, "bob", "nope",
     ))))
     .unwrap();
@@ -174,7 +172,7 @@ fn token_flows_classic_get_anonymous_identity_token_and_expiry() {
         "c/app",
         &data,
     );
-    let f = Fetcher::new(config(Some(ringstar_fetcher::testing::static_credentials(
+    let f = Fetcher::new(config(Some(ringstar_testkit::static_credentials(
         &reg.addr, "carol", "pw",
     ))))
     .unwrap();
@@ -231,7 +229,7 @@ fn token_flows_classic_get_anonymous_identity_token_and_expiry() {
         },
     );
     let (reg, digest) = registry_with(&id_dir.join("storage"), &id.registry_auth(), "i/app", &data);
-    let f = Fetcher::new(config(Some(ringstar_fetcher::testing::static_credentials(
+    let f = Fetcher::new(config(Some(ringstar_testkit::static_credentials(
         &reg.addr,
         "",
         "refresh-me",

@@ -5,8 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use ringstar_fetcher::testing::{Fault, FaultProxy, Registry};
 use ringstar_fetcher::{BlobLocation, FetchError, Fetcher, FetcherConfig};
+use ringstar_testkit::{Fault, FaultProxy, Registry};
 
 fn blob_bytes(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 13 % 241) as u8).collect()

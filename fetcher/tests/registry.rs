@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use ringstar_core::{BlobRead, Digest, Layer, OpenOptions};
-use ringstar_fetcher::testing::{DelayProxy, Registry, free_port, make_certs};
 use ringstar_fetcher::{BlobLocation, FetchError, Fetcher, FetcherConfig, RemoteBlob};
+use ringstar_testkit::{DelayProxy, Registry, free_port, make_certs};
 
 fn quick_config() -> FetcherConfig {
     FetcherConfig {
@@ -396,7 +396,7 @@ fn blobs_resolve_through_mirrors_in_order_and_follow_a_redirect() {
 #[test]
 fn a_blob_is_found_with_its_tail_in_one_request() {
     use ringstar_fetcher::ResolverConfig;
-    use ringstar_fetcher::testing::FaultProxy;
+    use ringstar_testkit::FaultProxy;
     let reg = Registry::start();
     let proxy = FaultProxy::start(reg.addr.clone());
     let f = Fetcher::new(quick_config()).unwrap();

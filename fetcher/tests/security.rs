@@ -12,11 +12,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use ringstar_fetcher::testing::{
+use ringstar_fetcher::{BlobLocation, DockerConfig, FetchError, Fetcher, FetcherConfig};
+use ringstar_testkit::{
     BlobStorage, Fault, FaultProxy, Registry, RegistryAuth, TokenServer, TokenServerOptions,
     capture_logs, inject_panics, make_certs, stop_panics, write_htpasswd,
 };
-use ringstar_fetcher::{BlobLocation, DockerConfig, FetchError, Fetcher, FetcherConfig};
 
 fn blob_bytes(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 17 % 239) as u8).collect()
@@ -180,7 +180,7 @@ fn an_http_realm_of_an_https_registry_gets_no_credentials() {
             Some(&tokens.registry_auth()),
         );
         let f = Fetcher::new(FetcherConfig {
-            credentials: Some(ringstar_fetcher::testing::static_credentials(
+            credentials: Some(ringstar_testkit::static_credentials(
                 &reg.addr, "dave", "pw",
             )),
             ..tls_config(&certs)

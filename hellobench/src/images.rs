@@ -10,9 +10,8 @@ use std::process::Command;
 
 use anyhow::Context as _;
 use ringstar_core::writer::WriterOptions;
-use ringstar_snapshotter::image::{
-    Image, LayerFormat, RunConfig, build_image, busybox_layers, push_plain_http,
-};
+use ringstar_image::{Image, LayerFormat, RunConfig, build_image, push_plain_http};
+use ringstar_testkit::images::busybox_layers;
 
 use crate::rootfs::{self, resolve_in_root, sh, umount_below};
 
@@ -291,13 +290,13 @@ pub fn prepare(
                         allow_missing_prioritized: true,
                         ..WriterOptions::default()
                     };
-                    layers.push(ringstar_snapshotter::image::build_layer(
+                    layers.push(ringstar_image::build_layer(
                         i,
                         t,
                         &LayerFormat::Estargz(opts),
                     )?);
                 }
-                ringstar_snapshotter::image::assemble(layers, &run)
+                ringstar_image::assemble(layers, &run)
             }
             other => anyhow::bail!("no variant {other:?} (org, esgz-noopt, esgz)"),
         };

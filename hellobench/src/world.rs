@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use ringstar_fetcher::testing::{AccessLogEntry, DelayProxy, Registry, access_log_entries};
+use ringstar_testkit::{AccessLogEntry, DelayProxy, Registry, access_log_entries};
 
 use crate::rootfs::{sh, umount_below};
 
@@ -196,7 +196,7 @@ impl World {
         let d = &self.dir;
         std::fs::write(
             d.join("containerd.toml"),
-            ringstar_snapshotter::daemon::containerd_config(
+            ringstar_testkit::containerd::containerd_config(
                 d,
                 &[
                     ("ringstar", &self.snap_sock(Snap::Ringstar)),

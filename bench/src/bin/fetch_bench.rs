@@ -12,8 +12,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use ringstar_bench::{Rng, report};
-use ringstar_fetcher::testing::{DelayProxy, Registry, make_certs};
 use ringstar_fetcher::{BlobLocation, Fetcher, FetcherConfig};
+use ringstar_testkit::{DelayProxy, Registry, make_certs};
 
 const RANGES: u64 = 64;
 const RANGE_LEN: u64 = 64 << 10;

@@ -30,11 +30,11 @@ use ringstar_core::store::Store;
 use ringstar_core::tar::{self, Entry, EntryType};
 use ringstar_core::writer::{WriterOptions, build_to_vec};
 use ringstar_core::{Digest, FileKind};
-use ringstar_fetcher::testing::{DelayProxy, Registry};
 use ringstar_fetcher::{Fetcher, FetcherConfig, ResolverConfig};
 use ringstar_fusedev::{MountOptions, Session, UringKnob};
-use ringstar_snapshotter::layerfs::resolve::{LayerSource, resolve};
-use ringstar_snapshotter::layerfs::{BackgroundConfig, LayerFs, Loader, LoaderConfig};
+use ringstar_layerfs::resolve::{LayerSource, resolve};
+use ringstar_layerfs::{BackgroundConfig, LayerFs, Loader, LoaderConfig};
+use ringstar_testkit::{DelayProxy, Registry};
 
 /// "A few thousand real files".
 const MAX_FILES: usize = 4000;
