@@ -49,6 +49,8 @@ step "cargo fmt --check"
 cargo fmt --all -- --check
 step "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+step "structural checks (docs/architecture.md)"
+cargo run -q --locked -p ringstar-structure || failed+=("structural checks")
 
 # A short fuzz pass over every target, so a fresh CI machine fuzzes too
 # (cargo-fuzz is installed when missing: ~3 min once).
