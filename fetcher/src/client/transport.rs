@@ -1,0 +1,154 @@
+//! One HTTP exchange: the TLS settings and connector, a request built
+//! from a URL, headers, an optional range and authorization, and a
+//! failure told apart as TLS (final) or transport (retried).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{ACCEPT_ENCODING, AUTHORIZATION, RANGE};
+use http::{Request, Uri};
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use crate::urls::{Shown, redact};
+
+use super::{FetchError, FetcherConfig, Inner};
+
+pub(super) type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// A response's head and its body, not read yet.
+pub(super) type Response = (http::response::Parts, hyper::body::Incoming);
+
+/// A range `(LAST_BYTES, n)` asks for the blob's last `n` bytes
+/// (`Range: bytes=-n`).
+pub(super) const LAST_BYTES: u64 = u64::MAX;
+
+/// The system roots plus `config.ca_file`, on rustls with ring.
+pub(super) fn tls_config(config: &FetcherConfig) -> std::io::Result<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for cert in native.certs {
+        let _ = roots.add(cert);
+    }
+    if let Some(path) = &config.ca_file {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        for cert in CertificateDer::pem_file_iter(path).map_err(std::io::Error::other)? {
+            roots
+                .add(cert.map_err(std::io::Error::other)?)
+                .map_err(std::io::Error::other)?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    // ALPN (h2, http/1.1) is set by the connector builder from the
+    // protocols it enables.
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(std::io::Error::other)?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// The pooled client: HTTP/2 where ALPN offers it (and `config.http2`),
+/// HTTP/1.1 keep-alive otherwise. Must run inside the runtime.
+pub(super) fn https_client(config: &FetcherConfig, tls: rustls::ClientConfig) -> HttpsClient {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(config.connect_timeout));
+    http.set_nodelay(true);
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1();
+    let https = if config.http2 {
+        builder.enable_http2().wrap_connector(http)
+    } else {
+        builder.wrap_connector(http)
+    };
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(16)
+        .build(https)
+}
+
+/// The rustls error behind a request failure, if TLS is what failed
+/// (tokio-rustls wraps it in an io::Error somewhere down the chain).
+fn tls_error(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(t) = err.downcast_ref::<rustls::Error>() {
+            return Some(t.to_string());
+        }
+        // io::Error::source() skips the error it wraps: step into it.
+        cur = match err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner),
+            None => err.source(),
+        };
+    }
+    None
+}
+
+impl Inner {
+    /// Sends one request to `url` with these headers; returns the
+    /// response head and the rest of it.
+    pub(super) async fn send_to(
+        &self,
+        url: &str,
+        headers: &[(String, String)],
+        authorization: Option<&str>,
+        range: Option<(u64, u64)>,
+        method: http::Method,
+    ) -> Result<Response, FetchError> {
+        let uri: Uri = url
+            .parse()
+            .map_err(|e| FetchError::Invalid(format!("{}: {e}", Shown(url))))?;
+        let mut req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(ACCEPT_ENCODING, "identity");
+        match range {
+            Some((LAST_BYTES, n)) => req = req.header(RANGE, format!("bytes=-{n}")),
+            Some((start, end)) => req = req.header(RANGE, format!("bytes={start}-{end}")),
+            None => {}
+        }
+        for (k, v) in headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        if let Some(a) = authorization {
+            req = req.header(AUTHORIZATION, a);
+        }
+        let req = req
+            .body(Full::default())
+            .map_err(|e| FetchError::Invalid(format!("{}: {e}", Shown(url))))?;
+        self.request(url, req).await
+    }
+
+    /// Sends `req` (to `url`, as errors name it).
+    pub(super) async fn request(
+        &self,
+        url: &str,
+        req: Request<Full<Bytes>>,
+    ) -> Result<Response, FetchError> {
+        let resp = self
+            .client
+            .request(req)
+            .await
+            .map_err(|e| match tls_error(&e) {
+                Some(reason) => FetchError::Tls {
+                    url: redact(url),
+                    reason,
+                },
+                None => FetchError::Transport {
+                    url: redact(url),
+                    reason: format!("{e:?}"),
+                },
+            })?;
+        Ok(resp.into_parts())
+    }
+}

@@ -1,0 +1,102 @@
+//! Small helpers: a free port, a one-shot HTTP/1.1 exchange, reading one
+//! request off a stream, form fields, a credential source for one host.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::Arc;
+
+/// Credentials for one host, as a credential source (a fetcher's config).
+pub fn static_credentials(
+    host: &str,
+    user: &str,
+    secret: &str,
+) -> Arc<dyn ringstar_fetcher::CredentialSource> {
+    let mut table = ringstar_fetcher::StaticCredentials::default();
+    table.0.insert(
+        host.to_string(),
+        ringstar_fetcher::Credentials {
+            username: user.into(),
+            secret: secret.into(),
+        },
+    );
+    Arc::new(table)
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A minimal HTTP/1.1 exchange (Connection: close): status, headers, body.
+pub fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    s.write_all(body).unwrap();
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    let status: u16 = line.split(' ').nth(1).unwrap().parse().unwrap();
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        let (k, v) = l.split_once(':').unwrap();
+        headers.push((k.to_ascii_lowercase(), v.trim().to_string()));
+    }
+    let mut rest = Vec::new();
+    let _ = r.read_to_end(&mut rest);
+    (status, headers, rest)
+}
+
+/// An HTTP/1.1 request as read: method, target, headers, body.
+pub(crate) type RawRequest = (String, String, Vec<(String, String)>, Vec<u8>);
+
+/// One HTTP/1.1 request from a stream.
+pub(crate) fn read_request<S: Read>(r: &mut BufReader<S>) -> Option<RawRequest> {
+    let mut line = String::new();
+    r.read_line(&mut line).ok()?;
+    let mut parts = line.split_whitespace();
+    let (method, target) = (parts.next()?.to_string(), parts.next()?.to_string());
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        r.read_line(&mut line).ok()?;
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        let (k, v) = l.split_once(':')?;
+        headers.push((k.to_ascii_lowercase(), v.trim().to_string()));
+    }
+    let len = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0usize);
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).ok()?;
+    Some((method, target, headers, body))
+}
+
+pub(crate) fn form_pairs(s: &str) -> Vec<(String, String)> {
+    form_urlencoded::parse(s.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
