@@ -406,9 +406,7 @@ fn a_hanging_credential_helper_fails_the_fetch_in_bounded_time() {
     let helpers = dir.path().join("bin");
     std::fs::create_dir(&helpers).unwrap();
     let helper = helpers.join("docker-credential-stuck");
-    std::fs::write(&helper, "#!/bin/sh\nexec sleep 120\n").unwrap();
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    ringstar_testkit::write_executable(&helper, "#!/bin/sh\nexec sleep 120\n");
     let docker = dir.path().join("config.json");
     std::fs::write(
         &docker,

@@ -100,3 +100,24 @@ pub(crate) fn form_pairs(s: &str) -> Vec<(String, String)> {
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect()
 }
+
+/// Writes an executable script that a test then runs, without the
+/// `ETXTBSY` race: a file this process opened for writing can still be
+/// open in a child that another test thread has forked but not yet
+/// exec'd, and exec'ing the script then fails with "Text file busy".
+/// So the bytes go through `cp` from a scratch copy: the only writer of
+/// the executable is a process that has exited before anyone runs it.
+pub fn write_executable(path: &std::path::Path, script: &str) {
+    let scratch = path.with_extension("scratch");
+    std::fs::write(&scratch, script).expect("writing the scratch copy");
+    let status = std::process::Command::new("cp")
+        .arg(&scratch)
+        .arg(path)
+        .status()
+        .expect("running cp");
+    assert!(status.success(), "cp {} failed", path.display());
+    std::fs::remove_file(&scratch).expect("removing the scratch copy");
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+        .expect("making it executable");
+}

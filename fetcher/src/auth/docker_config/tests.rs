@@ -5,10 +5,7 @@ use super::*;
 use crate::auth::helper::HELPER_TIMEOUT;
 
 fn helper_in(dir: &Path, name: &str, script: &str) {
-    let helper = dir.join(format!("docker-credential-{name}"));
-    std::fs::write(&helper, script).unwrap();
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    ringstar_testkit::write_executable(&dir.join(format!("docker-credential-{name}")), script);
 }
 
 #[test]
@@ -81,13 +78,10 @@ fn a_failing_helper_is_quoted_cut_at_a_character() {
 fn docker_config_entries_helpers_and_hub_key() {
     let dir = tempfile::tempdir().unwrap();
     let helper = dir.path().join("docker-credential-test");
-    std::fs::write(
-            &helper,
-            "#!/bin/sh\nread s\ncase \"$s\" in\n  helped.example) echo '{\"ServerURL\":\"helped.example\",\"Username\":\"hu\",\"Secret\":\"hs\"}';;\n  store.example) echo '{\"Username\":\"<token>\",\"Secret\":\"idt\"}';;\n  *) echo 'credentials not found in native keychain'; exit 1;;\nesac\n",
-        )
-        .unwrap();
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    ringstar_testkit::write_executable(
+        &helper,
+        "#!/bin/sh\nread s\ncase \"$s\" in\n  helped.example) echo '{\"ServerURL\":\"helped.example\",\"Username\":\"hu\",\"Secret\":\"hs\"}';;\n  store.example) echo '{\"Username\":\"<token>\",\"Secret\":\"idt\"}';;\n  *) echo 'credentials not found in native keychain'; exit 1;;\nesac\n",
+    );
     let cfg = dir.path().join("config.json");
     std::fs::write(
         &cfg,
