@@ -66,23 +66,40 @@ fn scheme(url: &str) -> Option<String> {
     is_scheme(s).then(|| s.to_ascii_lowercase())
 }
 
+/// Why a redirect target or a token realm was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum UrlRefusal {
+    #[error("not an http or https URL")]
+    NotHttp,
+    #[error("not an absolute URL")]
+    NotAbsolute,
+    #[error("not a valid URL")]
+    Invalid,
+    #[error("no host")]
+    NoHost,
+    #[error("a downgrade from https to plain http")]
+    Downgrade,
+    #[error("plain http for an https registry")]
+    PlainRealm,
+}
+
 /// May a response to a request for `from` redirect us to `to` (an
 /// untrusted `Location`)? Only to an absolute http or https URL with a
 /// host, and never from https down to plain http. Another host over https
 /// is fine: that is how registries send clients to blob storage (S3, CDNs).
 /// `Err` says why not.
-pub fn check_redirect(from: &str, to: &str) -> Result<(), &'static str> {
+pub fn check_redirect(from: &str, to: &str) -> Result<(), UrlRefusal> {
     let target = match scheme(to).as_deref() {
         Some(s @ ("http" | "https")) => s.to_string(),
-        Some(_) => return Err("not an http or https URL"),
-        None => return Err("not an absolute URL"),
+        Some(_) => return Err(UrlRefusal::NotHttp),
+        None => return Err(UrlRefusal::NotAbsolute),
     };
-    let uri: http::Uri = to.parse().map_err(|_| "not a valid URL")?;
+    let uri: http::Uri = to.parse().map_err(|_| UrlRefusal::Invalid)?;
     if uri.host().is_none_or(str::is_empty) {
-        return Err("no host");
+        return Err(UrlRefusal::NoHost);
     }
     if target == "http" && scheme(from).as_deref() != Some("http") {
-        return Err("a downgrade from https to plain http");
+        return Err(UrlRefusal::Downgrade);
     }
     Ok(())
 }
@@ -92,17 +109,17 @@ pub fn check_redirect(from: &str, to: &str) -> Result<(), &'static str> {
 /// `registry_url`? Over https always (Docker Hub's realm is
 /// auth.docker.io); over plain http only when the registry itself is plain
 /// http (a local or declared-insecure registry), never for an https one.
-pub fn check_realm(registry_url: &str, realm: &str) -> Result<(), &'static str> {
+pub fn check_realm(registry_url: &str, realm: &str) -> Result<(), UrlRefusal> {
     match scheme(realm).as_deref() {
         Some("https") => {}
         Some("http") if scheme(registry_url).as_deref() == Some("http") => {}
-        Some("http") => return Err("plain http for an https registry"),
-        Some(_) => return Err("not an http or https URL"),
-        None => return Err("not an absolute URL"),
+        Some("http") => return Err(UrlRefusal::PlainRealm),
+        Some(_) => return Err(UrlRefusal::NotHttp),
+        None => return Err(UrlRefusal::NotAbsolute),
     }
-    let uri: http::Uri = realm.parse().map_err(|_| "not a valid URL")?;
+    let uri: http::Uri = realm.parse().map_err(|_| UrlRefusal::Invalid)?;
     if uri.host().is_none_or(str::is_empty) {
-        return Err("no host");
+        return Err(UrlRefusal::NoHost);
     }
     Ok(())
 }
@@ -160,7 +177,7 @@ mod tests {
         assert_eq!(check_realm(http, "https://auth.example/token"), Ok(()));
         assert_eq!(
             check_realm(https, "http://auth.example/token"),
-            Err("plain http for an https registry")
+            Err(UrlRefusal::PlainRealm)
         );
         assert!(check_realm(https, "ftp://auth.example/token").is_err());
         assert!(check_realm(https, "/token").is_err());

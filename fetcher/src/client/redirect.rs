@@ -135,7 +135,7 @@ impl Inner {
         ask: Ask,
     ) -> Result<Response, FetchError> {
         if let Err(reason) = crate::urls::check_redirect(&loc.url, target) {
-            tracing::warn!(url = %Shown(&loc.url), target = %Shown(target), reason, "refused a redirect");
+            tracing::warn!(url = %Shown(&loc.url), target = %Shown(target), reason = %reason, "refused a redirect");
             return Err(FetchError::RedirectRefused {
                 url: redact(&loc.url),
                 target: redact(target),

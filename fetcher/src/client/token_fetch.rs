@@ -83,7 +83,7 @@ enum OAuth {
 /// final: not retried.
 pub(super) fn check_realm(url: &str, bearer: &Bearer<'_>) -> Result<(), FetchError> {
     crate::urls::check_realm(url, bearer.realm).map_err(|reason| {
-        tracing::warn!(url = %Shown(url), realm = %Shown(bearer.realm), reason, "refused a token realm; no credentials sent");
+        tracing::warn!(url = %Shown(url), realm = %Shown(bearer.realm), reason = %reason, "refused a token realm; no credentials sent");
         FetchError::RealmRefused {
             url: redact(url),
             realm: redact(bearer.realm),
