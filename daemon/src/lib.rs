@@ -13,6 +13,7 @@
 
 pub mod config;
 pub mod defaults;
+mod dirs;
 pub mod error;
 pub mod filter;
 pub mod grpc;

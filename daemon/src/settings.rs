@@ -11,8 +11,8 @@ use ringstar_fetcher::{DockerConfig, FetcherConfig, ResolverConfig};
 use ringstar_fusedev::{FuseUring, MountOptions};
 use ringstar_layerfs::{BackgroundConfig, LoaderConfig};
 
-use crate::config::{Config, NO_TIMEOUT};
-use crate::defaults;
+use crate::config::Config;
+use crate::defaults::{self, NO_TIMEOUT};
 use crate::remote::RemoteSettings;
 
 /// Everything the daemon's parts are configured with.

@@ -12,6 +12,8 @@ use std::time::Instant;
 
 use ringstar_layerfs::resolve::LayerSource;
 
+pub use crate::dirs::DiskUsage;
+use crate::dirs::{disk_usage, make_dirs};
 use crate::error::{
     AlreadyExists, FailedPrecondition, Internal, InvalidArgument, SnapError, Unavailable,
 };
@@ -25,13 +27,6 @@ pub struct MountSpec {
     pub kind: String,
     pub source: String,
     pub options: Vec<String>,
-}
-
-/// Disk usage of a snapshot's own files.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct DiskUsage {
-    pub size: i64,
-    pub inodes: i64,
 }
 
 /// A snapshot as containerd sees it.
@@ -564,46 +559,3 @@ fn disk_usage_error(key: &str, cause: std::io::Error) -> SnapError {
 }
 
 static NEXT_STAGING: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-fn make_dirs(dir: &Path, kind: Kind, owner: Option<(u32, u32)>) -> std::io::Result<()> {
-    std::fs::DirBuilder::new().mode(0o700).create(dir)?;
-    std::fs::DirBuilder::new()
-        .mode(0o755)
-        .create(dir.join("fs"))?;
-    if kind == Kind::Active {
-        std::fs::DirBuilder::new()
-            .mode(0o711)
-            .create(dir.join("work"))?;
-    }
-    if let Some((uid, gid)) = owner {
-        std::os::unix::fs::chown(dir.join("fs"), Some(uid), Some(gid))?;
-    }
-    Ok(())
-}
-
-/// Bytes (allocated blocks) and inodes under `dir`, each inode once, not
-/// crossing into other filesystems.
-pub fn disk_usage(dir: &Path) -> std::io::Result<DiskUsage> {
-    let top = std::fs::symlink_metadata(dir)?;
-    let mut seen = HashSet::new();
-    let mut usage = DiskUsage::default();
-    let mut stack = vec![dir.to_path_buf()];
-    seen.insert((top.dev(), top.ino()));
-    usage.inodes += 1;
-    usage.size += top.blocks() as i64 * 512;
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d)? {
-            let entry = entry?;
-            let md = entry.metadata()?;
-            if md.dev() != top.dev() || !seen.insert((md.dev(), md.ino())) {
-                continue;
-            }
-            usage.inodes += 1;
-            usage.size += md.blocks() as i64 * 512;
-            if md.is_dir() {
-                stack.push(entry.path());
-            }
-        }
-    }
-    Ok(usage)
-}
