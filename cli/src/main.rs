@@ -13,9 +13,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use ringstar_core::writer::{self, WriterOptions};
 use ringstar_core::{Digest, Layer, OpenOptions, inspect};
+use ringstar_daemon::config::FuseUringChoice;
+use ringstar_daemon::{Settings, defaults};
 
 #[derive(Parser)]
 #[command(
@@ -66,9 +68,18 @@ enum Command {
     Mount(MountArgs),
     /// Build an image from layer tars (base first) and push it to a
     /// plain-HTTP registry: eStargz by our writer (the TOC digest
-    /// annotation set), or plain gzip with --gzip. Prints the manifest
-    /// digest.
+    /// annotation set), or plain gzip with --format gzip. Prints the
+    /// manifest digest.
     Push(PushArgs),
+}
+
+/// How `push` writes its layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum PushFormat {
+    /// eStargz by our writer, lazily pulled by ringstar.
+    Estargz,
+    /// Plain gzip: what a non-lazy pull gets.
+    Gzip,
 }
 
 #[derive(clap::Args)]
@@ -78,8 +89,11 @@ struct PushArgs {
     /// Layer tars, base first (plain, gzip or zstd).
     #[arg(required = true)]
     layers: Vec<PathBuf>,
-    /// Plain gzip layers instead of eStargz.
-    #[arg(long)]
+    /// How the layers are written.
+    #[arg(long, value_enum, default_value_t = PushFormat::Estargz)]
+    format: PushFormat,
+    /// Plain gzip layers instead of eStargz (as --format gzip).
+    #[arg(long, conflicts_with = "format")]
     gzip: bool,
     /// The image's command (repeat for each argument).
     #[arg(long = "cmd", allow_hyphen_values = true)]
@@ -115,7 +129,7 @@ struct MountArgs {
     #[arg(long, default_value = "/var/lib/ringstar-mount/store")]
     store: PathBuf,
     /// Store bound in bytes.
-    #[arg(long, default_value_t = 10 << 30)]
+    #[arg(long, default_value_t = defaults::STORE_SIZE)]
     store_size: u64,
     /// Do not prefetch the layer's prioritized files.
     #[arg(long)]
@@ -123,17 +137,17 @@ struct MountArgs {
     /// Do not fetch the rest of the layer in the background.
     #[arg(long)]
     no_background_fetch: bool,
-    /// FUSE-over-io_uring: auto (the ring if the host's
-    /// /sys/module/fuse/parameters/enable_uring is already Y; never
-    /// written), on (set it, host-wide, and require the ring), off
-    /// (classic /dev/fuse).
-    #[arg(long, default_value = "auto")]
-    fuse_uring: ringstar_fusedev::FuseUring,
-    /// Hand fully fetched files to the kernel (FUSE passthrough).
-    #[arg(long)]
+    /// FUSE-over-io_uring (the daemon's `[ringstar] fuse_uring`).
+    #[arg(long, value_enum, default_value_t = FuseUringChoice::default())]
+    fuse_uring: FuseUringChoice,
+    /// Hand fully fetched files to the kernel (FUSE passthrough), as the
+    /// daemon does; `--passthrough=false` serves every read.
+    #[arg(long, default_value_t = defaults::PASSTHROUGH, num_args = 0..=1,
+          default_missing_value = "true", require_equals = true,
+          action = clap::ArgAction::Set)]
     passthrough: bool,
     /// Per-request registry timeout, seconds.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = defaults::request_timeout().as_secs())]
     request_timeout: u64,
     mountpoint: PathBuf,
 }
@@ -174,69 +188,71 @@ fn convert_cmd(input: &PathBuf, output: &PathBuf, opts: &WriterOptions) -> anyho
     Ok(())
 }
 
+impl MountArgs {
+    /// The daemon's settings with this command's flags applied.
+    fn settings(&self) -> Settings {
+        let mut s = Settings {
+            store_size: self.store_size,
+            passthrough: self.passthrough,
+            fuse_uring: self.fuse_uring.into(),
+            ..Settings::default()
+        };
+        s.fetcher.request_timeout = std::time::Duration::from_secs(self.request_timeout);
+        s.loader.background.enabled = !self.no_background_fetch;
+        s.remote.noprefetch = self.no_prefetch;
+        s
+    }
+
+    fn source(&self) -> ringstar_layerfs::resolve::LayerSource {
+        ringstar_layerfs::resolve::LayerSource {
+            reference: self.reference.clone(),
+            digest: self.digest,
+            size: None,
+            toc_digest: self.toc_digest,
+        }
+    }
+}
+
 fn mount_cmd(args: &MountArgs) -> anyhow::Result<()> {
     use std::sync::Arc;
 
-    use ringstar_fetcher::{DockerConfig, Fetcher, FetcherConfig, ResolverConfig};
-    use ringstar_fusedev::{MountOptions, Session};
-    use ringstar_layerfs::resolve::{LayerSource, resolve};
-    use ringstar_layerfs::{BackgroundConfig, LayerFs, Loader, LoaderConfig};
+    use ringstar_fetcher::Fetcher;
+    use ringstar_fusedev::Session;
+    use ringstar_layerfs::resolve::resolve;
+    use ringstar_layerfs::{LayerFs, Loader};
 
     anyhow::ensure!(
         args.toc_digest.is_some() || args.no_verify,
         "--toc-digest is needed to verify the layer (or --no-verify to skip that)"
     );
-    let fetcher = Fetcher::new(FetcherConfig {
-        request_timeout: std::time::Duration::from_secs(args.request_timeout),
-        credentials: Some(Arc::new(DockerConfig::from_env())),
-        ..FetcherConfig::default()
-    })?;
+    let settings = args.settings();
+    let fetcher = Fetcher::new(settings.fetcher.clone())?;
     let store = Arc::new(
-        ringstar_core::store::Store::open(&args.store, args.store_size)
+        ringstar_core::store::Store::open(&args.store, settings.store_size)
             .with_context(|| format!("opening the store at {}", args.store.display()))?,
     );
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let loader = Loader::new(
         store,
         fetcher.clone(),
-        workers,
-        LoaderConfig {
-            background: BackgroundConfig {
-                enabled: !args.no_background_fetch,
-                ..BackgroundConfig::default()
-            },
-            ..LoaderConfig::default()
-        },
+        settings.inflate_workers,
+        settings.loader.clone(),
     )?;
-    let source = LayerSource {
-        reference: args.reference.clone(),
-        digest: args.digest,
-        size: None,
-        toc_digest: args.toc_digest,
-    };
     let layer = resolve(
         &fetcher,
-        &ResolverConfig::default(),
-        &source,
+        &settings.resolver,
+        &args.source(),
         args.digest.to_string(),
-        512 << 10,
+        settings.remote.tail_bytes,
     )?;
     let layer = Arc::new(layer);
     let fs = Arc::new(LayerFs::single(
         loader.clone(),
         layer.clone(),
-        args.passthrough,
+        settings.passthrough,
     ));
-    let mut options = MountOptions {
-        fsname: "ringstar".into(),
-        subtype: "ringstar".into(),
-        passthrough: args.passthrough,
-        ..MountOptions::default()
-    };
-    args.fuse_uring.apply(&mut options);
-    let session = Session::mount(fs, &args.mountpoint, &options)
+    let session = Session::mount(fs, &args.mountpoint, &settings.mount_options())
         .with_context(|| format!("mounting at {}", args.mountpoint.display()))?;
-    if args.no_prefetch {
+    if settings.remote.noprefetch {
         layer.finish_prefetch();
     } else {
         loader.prefetch(&layer);
@@ -267,7 +283,7 @@ fn push_cmd(args: &PushArgs) -> anyhow::Result<()> {
         .iter()
         .map(|p| std::fs::read(p).with_context(|| format!("reading {}", p.display())))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let format = if args.gzip {
+    let format = if args.gzip || args.format == PushFormat::Gzip {
         LayerFormat::Gzip
     } else {
         LayerFormat::Estargz(WriterOptions {

@@ -12,6 +12,9 @@ use ringstar_fetcher::{MirrorConfig, ResolverConfig};
 use ringstar_fusedev::FuseUring;
 use serde::Deserialize;
 
+use crate::defaults;
+pub use crate::defaults::NO_TIMEOUT;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("reading {path}")]
@@ -19,8 +22,6 @@ pub enum ConfigError {
         path: String,
         source: std::io::Error,
     },
-    #[error("[{key}]: {message}")]
-    Invalid { key: &'static str, message: String },
     #[error("{path}: {source}")]
     Parse {
         path: String,
@@ -106,7 +107,7 @@ pub struct Ringstar {
     pub store_size: Option<u64>,
     /// FUSE transport, the older key: `auto` (as `fuse_uring`), `ring`
     /// (as `fuse_uring = "on"`), `classic` (as `"off"`).
-    pub transport: Option<String>,
+    pub transport: Option<TransportKey>,
     /// Threads that inflate and verify fetched chunks (default: CPUs).
     pub inflate_workers: Option<usize>,
     /// Bytes of a blob's tail fetched to find footer and TOC (512 KiB).
@@ -135,8 +136,56 @@ pub struct Ringstar {
 
 /// `[ringstar] fuse_uring`, checked as the file is read.
 fn de_fuse_uring<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<FuseUring>, D::Error> {
-    let s = String::deserialize(d)?;
-    s.parse().map(Some).map_err(serde::de::Error::custom)
+    FuseUringChoice::deserialize(d).map(|c| Some(c.into()))
+}
+
+/// How `fuse_uring` is spelt, in the config file (`[ringstar]
+/// fuse_uring`) and on the command line (`ringstar mount --fuse-uring`):
+/// the one parser of the setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum FuseUringChoice {
+    /// FUSE-over-io_uring if the host's
+    /// /sys/module/fuse/parameters/enable_uring is already Y (never
+    /// written); classic /dev/fuse otherwise.
+    #[default]
+    Auto,
+    /// Set that host-wide knob if needed (logged) and require the ring.
+    On,
+    /// Classic /dev/fuse.
+    Off,
+}
+
+impl From<FuseUringChoice> for FuseUring {
+    fn from(c: FuseUringChoice) -> FuseUring {
+        match c {
+            FuseUringChoice::Auto => FuseUring::Auto,
+            FuseUringChoice::On => FuseUring::On,
+            FuseUringChoice::Off => FuseUring::Off,
+        }
+    }
+}
+
+/// `[ringstar] transport`, the older key for [`FuseUringChoice`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportKey {
+    /// As `fuse_uring = "auto"`.
+    Auto,
+    /// As `fuse_uring = "on"`.
+    Ring,
+    /// As `fuse_uring = "off"`.
+    Classic,
+}
+
+impl From<TransportKey> for FuseUring {
+    fn from(t: TransportKey) -> FuseUring {
+        match t {
+            TransportKey::Auto => FuseUring::Auto,
+            TransportKey::Ring => FuseUring::On,
+            TransportKey::Classic => FuseUring::Off,
+        }
+    }
 }
 
 /// Keys ringstar reads; every other key is accepted and logged.
@@ -209,7 +258,7 @@ impl Config {
     pub fn prefetch_timeout(&self) -> Duration {
         match self.prefetch_timeout_sec {
             Some(s) if s > 0 => Duration::from_secs(s as u64).min(NO_TIMEOUT),
-            _ => Duration::from_secs(10),
+            _ => defaults::PREFETCH_TIMEOUT,
         }
     }
 
@@ -218,7 +267,7 @@ impl Config {
     pub fn unused_layer_ttl(&self) -> Duration {
         match self.resolve_result_entry_ttl_sec {
             Some(s) if s > 0 => Duration::from_secs(s as u64).min(NO_TIMEOUT),
-            _ => Duration::from_secs(120),
+            _ => defaults::UNUSED_LAYER_TTL,
         }
     }
 
@@ -226,7 +275,7 @@ impl Config {
     /// is the reference's 30 s.
     pub fn request_timeout(&self) -> Option<Duration> {
         match self.resolver.request_timeout_sec {
-            None | Some(0) => Some(Duration::from_secs(30)),
+            None | Some(0) => Some(defaults::request_timeout()),
             Some(s) => timeout_of(s),
         }
     }
@@ -265,34 +314,24 @@ impl Config {
 
     /// FUSE-over-io_uring and its host-wide knob: `[ringstar] fuse_uring`,
     /// or the older `transport` key (`ring` is `on`, `classic` is `off`).
-    pub fn fuse_uring(&self) -> Result<FuseUring, ConfigError> {
-        if let Some(f) = self.ringstar.fuse_uring {
-            return Ok(f);
-        }
-        match self.ringstar.transport.as_deref() {
-            None | Some("auto") => Ok(FuseUring::Auto),
-            Some("ring") => Ok(FuseUring::On),
-            Some("classic") => Ok(FuseUring::Off),
-            Some(t) => Err(ConfigError::Invalid {
-                key: "ringstar.transport",
-                message: format!("unknown transport {t:?} (auto, ring, classic)"),
-            }),
-        }
+    /// Both keys are checked as the file is read.
+    pub fn fuse_uring(&self) -> FuseUring {
+        self.ringstar
+            .fuse_uring
+            .or(self.ringstar.transport.map(FuseUring::from))
+            .unwrap_or(FuseUringChoice::default().into())
     }
 
     pub fn passthrough(&self) -> bool {
-        self.fuse.passthrough.unwrap_or(true)
+        self.fuse.passthrough.unwrap_or(defaults::PASSTHROUGH)
     }
 
     pub fn allow_invalid_mounts_on_restart(&self) -> bool {
         self.snapshotter
             .allow_invalid_mounts_on_restart
-            .unwrap_or(true)
+            .unwrap_or(defaults::ALLOW_INVALID_MOUNTS_ON_RESTART)
     }
 }
-
-/// "No timeout", as a duration the fetcher can add to an instant.
-pub const NO_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// A timeout in seconds; negative means none. No timeout is longer than
 /// [`NO_TIMEOUT`], so an instant plus any of them cannot overflow.

@@ -7,7 +7,7 @@
 
 use regex::Regex;
 
-use super::SnapError;
+use crate::error::{FilterError, InvalidArgument, SnapError};
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -43,10 +43,12 @@ impl Filters {
             if f.trim().is_empty() {
                 continue;
             }
-            out.push(
-                Filter::parse(f)
-                    .map_err(|e| SnapError::InvalidArgument(format!("filter {f:?}: {e}")))?,
-            );
+            out.push(Filter::parse(f).map_err(|cause| {
+                SnapError::InvalidArgument(InvalidArgument::Filter {
+                    filter: f.clone(),
+                    cause,
+                })
+            })?);
         }
         Ok(Filters(out))
     }
@@ -70,7 +72,7 @@ impl Filter {
         })
     }
 
-    pub fn parse(s: &str) -> Result<Filter, String> {
+    pub fn parse(s: &str) -> Result<Filter, FilterError> {
         let mut p = Parser {
             s: s.as_bytes(),
             at: 0,
@@ -89,7 +91,7 @@ impl Filter {
                 Op::NotEqual(p.value()?)
             } else if p.eat(b"~=") {
                 let v = p.value()?;
-                Op::Matches(Regex::new(&v).map_err(|e| e.to_string())?)
+                Op::Matches(Regex::new(&v)?)
             } else {
                 Op::Present
             };
@@ -99,7 +101,10 @@ impl Filter {
                 break;
             }
             if !p.eat(b",") {
-                return Err(format!("unexpected {:?} at {}", p.rest(), p.at));
+                return Err(FilterError::Unexpected {
+                    rest: p.rest(),
+                    at: p.at,
+                });
             }
         }
         Ok(Filter(selectors))
@@ -131,7 +136,7 @@ impl Parser<'_> {
         }
     }
 
-    fn field(&mut self) -> Result<String, String> {
+    fn field(&mut self) -> Result<String, FilterError> {
         if self.at < self.s.len() && self.s[self.at] == b'"' {
             return self.quoted(b'"');
         }
@@ -142,12 +147,12 @@ impl Parser<'_> {
             self.at += 1;
         }
         if start == self.at {
-            return Err(format!("expected a field at {}", self.at));
+            return Err(FilterError::ExpectedField { at: self.at });
         }
         Ok(String::from_utf8_lossy(&self.s[start..self.at]).into_owned())
     }
 
-    fn value(&mut self) -> Result<String, String> {
+    fn value(&mut self) -> Result<String, FilterError> {
         self.skip_space();
         match self.s.get(self.at) {
             Some(b'"') => self.quoted(b'"'),
@@ -161,7 +166,7 @@ impl Parser<'_> {
                     .trim()
                     .to_string();
                 if v.is_empty() {
-                    return Err(format!("expected a value at {start}"));
+                    return Err(FilterError::ExpectedValue { at: start });
                 }
                 Ok(v)
             }
@@ -170,7 +175,7 @@ impl Parser<'_> {
 
     /// A string between `q`s, with backslash escapes (`\n`, `\t`, `\\`,
     /// `\"`, `\/`).
-    fn quoted(&mut self, q: u8) -> Result<String, String> {
+    fn quoted(&mut self, q: u8) -> Result<String, FilterError> {
         let start = self.at;
         self.at += 1;
         let mut out = Vec::new();
@@ -178,7 +183,7 @@ impl Parser<'_> {
             let c = self.s[self.at];
             self.at += 1;
             if c == q {
-                return String::from_utf8(out).map_err(|e| e.to_string());
+                return String::from_utf8(out).map_err(|_| FilterError::NotUtf8 { at: start });
             }
             if c == b'\\' && self.at < self.s.len() {
                 let e = self.s[self.at];
@@ -193,7 +198,7 @@ impl Parser<'_> {
                 out.push(c);
             }
         }
-        Err(format!("unterminated quote at {start}"))
+        Err(FilterError::Unterminated { at: start })
     }
 }
 

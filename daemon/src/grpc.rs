@@ -9,9 +9,9 @@ use std::sync::Arc;
 use containerd_snapshots::api::types::Mount;
 use containerd_snapshots::{Info, Kind as ApiKind, Snapshotter, Usage};
 
-use super::SnapError;
-use super::metadata::Kind;
-use super::snapshots::{MountSpec, SnapshotInfo, Snapshots};
+use crate::error::{Internal, SnapError};
+use crate::metadata::Kind;
+use crate::snapshots::{MountSpec, SnapshotInfo, Snapshots};
 
 #[derive(Debug, Clone)]
 pub struct Service {
@@ -30,7 +30,7 @@ impl Service {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || f(&inner))
             .await
-            .map_err(|e| SnapError::Internal(format!("snapshotter call panicked: {e}")))?
+            .map_err(|e| SnapError::from(Internal::Call(e)))?
     }
 }
 

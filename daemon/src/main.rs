@@ -15,7 +15,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use ringstar_daemon::config::Config;
-use ringstar_daemon::{Daemon, Stop};
+use ringstar_daemon::{Daemon, Settings, Stop};
 
 const DEFAULT_CONFIG: &str = "/etc/ringstar/config.toml";
 
@@ -80,7 +80,8 @@ fn run(args: &Args) -> anyhow::Result<()> {
             signal(SignalKind::terminate())?,
         )
     };
-    let daemon = Daemon::start(&args.root, &loaded.config)?;
+    let settings = Settings::from_config(&loaded.config);
+    let daemon = Daemon::start(&args.root, &settings)?;
     let how = runtime.block_on(async {
         let stop = async {
             tokio::select! {

@@ -14,7 +14,11 @@ use std::time::SystemTime;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use super::SnapError;
+use ringstar_core::Digest;
+
+use crate::error::{
+    AlreadyExists, FailedPrecondition, Internal, InvalidArgument, NotFound, SnapError,
+};
 
 const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
@@ -40,8 +44,9 @@ impl Kind {
 /// A remote layer a committed snapshot is served from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RemoteRef {
-    /// The layer blob's digest.
-    pub digest: String,
+    /// The layer blob's digest (stored as its string).
+    #[serde(with = "digest_string")]
+    pub digest: Digest,
     /// Its directory in the layer filesystem.
     pub layer: String,
 }
@@ -85,12 +90,45 @@ pub struct Metadata {
     db: Database,
 }
 
-fn db_err(e: impl std::fmt::Display) -> SnapError {
-    SnapError::Internal(format!("metadata database: {e}"))
+/// A digest in a record: its string, as records always stored it.
+mod digest_string {
+    use ringstar_core::Digest;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Digest, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(d)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Digest, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+fn db_err(e: impl Into<redb::Error>) -> SnapError {
+    SnapError::from(Internal::Database(e.into()))
 }
 
 fn decode(key: &str, bytes: &[u8]) -> Result<Record, SnapError> {
-    serde_json::from_slice(bytes).map_err(|e| db_err(format!("record {key:?}: {e}")))
+    serde_json::from_slice(bytes).map_err(|cause| {
+        SnapError::from(Internal::Record {
+            key: key.to_string(),
+            cause,
+        })
+    })
+}
+
+fn not_found(key: &str) -> SnapError {
+    SnapError::NotFound(NotFound::Snapshot {
+        key: key.to_string(),
+    })
+}
+
+fn already_exists(key: &str) -> SnapError {
+    SnapError::AlreadyExists(AlreadyExists::Snapshot {
+        key: key.to_string(),
+    })
 }
 
 fn encode(r: &Record) -> Vec<u8> {
@@ -118,8 +156,7 @@ impl Metadata {
     }
 
     pub fn stat(&self, key: &str) -> Result<Record, SnapError> {
-        self.get(key)?
-            .ok_or_else(|| SnapError::NotFound(format!("snapshot {key:?} does not exist")))
+        self.get(key)?.ok_or_else(|| not_found(key))
     }
 
     /// Every snapshot, by name.
@@ -143,7 +180,9 @@ impl Metadata {
             let parent = rec.parent.clone();
             out.push((name, rec));
             if out.len() > 4096 {
-                return Err(SnapError::Internal("parent chain loops".into()));
+                return Err(SnapError::from(Internal::ChainLoops {
+                    key: key.to_string(),
+                }));
             }
             name = parent;
         }
@@ -160,32 +199,29 @@ impl Metadata {
         before_commit: impl FnOnce(&Record) -> Result<(), SnapError>,
     ) -> Result<Record, SnapError> {
         if new.key.is_empty() {
-            return Err(SnapError::InvalidArgument("empty snapshot key".into()));
+            return Err(SnapError::InvalidArgument(InvalidArgument::EmptyKey));
         }
         let txn = self.db.begin_write().map_err(db_err)?;
         let record = {
             let mut table = txn.open_table(SNAPSHOTS).map_err(db_err)?;
             if table.get(new.key).map_err(db_err)?.is_some() {
-                return Err(SnapError::AlreadyExists(format!(
-                    "snapshot {:?} already exists",
-                    new.key
-                )));
+                return Err(already_exists(new.key));
             }
             if !new.parent.is_empty() {
                 let parent = match table.get(new.parent).map_err(db_err)? {
                     Some(v) => decode(new.parent, v.value())?,
                     None => {
-                        return Err(SnapError::NotFound(format!(
-                            "parent snapshot {:?} does not exist",
-                            new.parent
-                        )));
+                        return Err(SnapError::NotFound(NotFound::Parent {
+                            parent: new.parent.to_string(),
+                        }));
                     }
                 };
                 if parent.kind != Kind::Committed {
-                    return Err(SnapError::InvalidArgument(format!(
-                        "parent {:?} is not a committed snapshot",
-                        new.parent
-                    )));
+                    return Err(SnapError::InvalidArgument(
+                        InvalidArgument::ParentNotCommitted {
+                            parent: new.parent.to_string(),
+                        },
+                    ));
                 }
             }
             let mut counters = txn.open_table(COUNTERS).map_err(db_err)?;
@@ -220,7 +256,7 @@ impl Metadata {
     /// id, same parent).
     pub fn commit(&self, c: CommitAs<'_>) -> Result<Record, SnapError> {
         if c.name.is_empty() {
-            return Err(SnapError::InvalidArgument("empty snapshot name".into()));
+            return Err(SnapError::InvalidArgument(InvalidArgument::EmptyName));
         }
         let txn = self.db.begin_write().map_err(db_err)?;
         let record = {
@@ -228,24 +264,19 @@ impl Metadata {
             let active = match table.get(c.key).map_err(db_err)? {
                 Some(v) => decode(c.key, v.value())?,
                 None => {
-                    return Err(SnapError::NotFound(format!(
-                        "snapshot {:?} does not exist",
-                        c.key
-                    )));
+                    return Err(not_found(c.key));
                 }
             };
             if active.kind != Kind::Active {
-                return Err(SnapError::FailedPrecondition(format!(
-                    "snapshot {:?} is {}, not active",
-                    c.key,
-                    active.kind.as_str()
-                )));
+                return Err(SnapError::FailedPrecondition(
+                    FailedPrecondition::NotActive {
+                        key: c.key.to_string(),
+                        kind: active.kind.as_str(),
+                    },
+                ));
             }
             if table.get(c.name).map_err(db_err)?.is_some() {
-                return Err(SnapError::AlreadyExists(format!(
-                    "snapshot {:?} already exists",
-                    c.name
-                )));
+                return Err(already_exists(c.name));
             }
             let now = SystemTime::now();
             let record = Record {
@@ -276,18 +307,18 @@ impl Metadata {
             let record = match table.get(key).map_err(db_err)? {
                 Some(v) => decode(key, v.value())?,
                 None => {
-                    return Err(SnapError::NotFound(format!(
-                        "snapshot {key:?} does not exist"
-                    )));
+                    return Err(not_found(key));
                 }
             };
             for item in table.iter().map_err(db_err)? {
                 let (k, v) = item.map_err(db_err)?;
                 if decode(k.value(), v.value())?.parent == key {
-                    return Err(SnapError::FailedPrecondition(format!(
-                        "cannot remove snapshot {key:?}: snapshot {:?} is its child",
-                        k.value()
-                    )));
+                    return Err(SnapError::FailedPrecondition(
+                        FailedPrecondition::HasChild {
+                            key: key.to_string(),
+                            child: k.value().to_string(),
+                        },
+                    ));
                 }
             }
             table.remove(key).map_err(db_err)?;
@@ -309,9 +340,7 @@ impl Metadata {
             let mut record = match table.get(key).map_err(db_err)? {
                 Some(v) => decode(key, v.value())?,
                 None => {
-                    return Err(SnapError::NotFound(format!(
-                        "snapshot {key:?} does not exist"
-                    )));
+                    return Err(not_found(key));
                 }
             };
             f(&mut record.labels);
@@ -400,7 +429,10 @@ mod tests {
         assert!(m.all().unwrap().is_empty());
         // A failure before commit stores nothing.
         assert!(
-            m.create(new("z", ""), |_| Err(SnapError::Internal("no".into())))
+            m.create(new("z", ""), |_| Err(Internal::ChainLoops {
+                key: "no".into()
+            }
+            .into()))
                 .is_err()
         );
         assert!(m.get("z").unwrap().is_none());

@@ -10,11 +10,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::SnapError;
-use super::filter::{Fields, Filters};
-use super::metadata::{CommitAs, Kind, Metadata, NewSnapshot, Record, RemoteRef};
-use super::remote::{self, Remote, labels};
 use ringstar_layerfs::resolve::LayerSource;
+
+pub use crate::dirs::DiskUsage;
+use crate::dirs::{disk_usage, make_dirs};
+use crate::error::{
+    AlreadyExists, FailedPrecondition, Internal, InvalidArgument, SnapError, Unavailable,
+};
+use crate::filter::{Fields, Filters};
+use crate::metadata::{CommitAs, Kind, Metadata, NewSnapshot, Record, RemoteRef};
+use crate::remote::{self, Remote, labels};
 
 /// A mount for containerd (`containerd.types.Mount`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,13 +27,6 @@ pub struct MountSpec {
     pub kind: String,
     pub source: String,
     pub options: Vec<String>,
-}
-
-/// Disk usage of a snapshot's own files.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct DiskUsage {
-    pub size: i64,
-    pub inodes: i64,
 }
 
 /// A snapshot as containerd sees it.
@@ -62,12 +60,18 @@ impl Snapshots {
     /// layers its snapshots use. With `allow_invalid` false, a layer that
     /// cannot be restored fails the start (the reference's default).
     pub fn open(root: &Path, remote: Arc<Remote>, allow_invalid: bool) -> Result<Self, SnapError> {
-        let io = |what: &str, e: std::io::Error| SnapError::Internal(format!("{what}: {e}"));
+        let dir = root.join("snapshots");
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
-            .create(root.join("snapshots"))
-            .map_err(|e| io("creating the snapshots dir", e))?;
+            .create(&dir)
+            .map_err(|cause| {
+                SnapError::from(Internal::Io {
+                    action: "creating",
+                    path: dir.clone(),
+                    cause,
+                })
+            })?;
         let meta = Metadata::open(&root.join("metadata.redb"))?;
         let me = Snapshots {
             root: root.to_path_buf(),
@@ -77,12 +81,12 @@ impl Snapshots {
         let restoring = me.restore();
         if !allow_invalid {
             for (name, source) in &restoring {
-                me.remote.restored(source).map_err(|e| {
-                    SnapError::Internal(format!(
-                        "cannot restore remote snapshot {name:?} (layer {}): {e}; \
-                         set [snapshotter] allow_invalid_mounts_on_restart = true to start anyway",
-                        source.digest
-                    ))
+                me.remote.restored(source).map_err(|cause| {
+                    SnapError::from(Internal::Restore {
+                        snapshot: name.clone(),
+                        layer: source.digest,
+                        cause,
+                    })
                 })?;
             }
         } else if !restoring.is_empty() {
@@ -97,7 +101,7 @@ impl Snapshots {
                         }
                     }
                 })
-                .map_err(|e| io("spawning the restore thread", e))?;
+                .map_err(|e| SnapError::from(Internal::Spawn(e)))?;
         }
         Ok(me)
     }
@@ -200,9 +204,11 @@ impl Snapshots {
         let owner = self.parent_owner(parent);
         if let Err(e) = make_dirs(&staging, kind, owner) {
             let _ = std::fs::remove_dir_all(&staging);
-            return Err(SnapError::Internal(format!(
-                "creating the directories of {key:?}: {e}"
-            )));
+            return Err(SnapError::from(Internal::SnapshotDirs {
+                action: "creating",
+                key: key.to_string(),
+                cause: e,
+            }));
         }
         let created = self.meta.create(
             NewSnapshot {
@@ -216,8 +222,12 @@ impl Snapshots {
                 // An id not committed before (a crash) may have left its
                 // directory: it is nobody's.
                 let _ = std::fs::remove_dir_all(&dir);
-                std::fs::rename(&staging, &dir).map_err(|e| {
-                    SnapError::Internal(format!("placing the directories of {key:?}: {e}"))
+                std::fs::rename(&staging, &dir).map_err(|cause| {
+                    SnapError::from(Internal::SnapshotDirs {
+                        action: "placing",
+                        key: key.to_string(),
+                        cause,
+                    })
                 })
             },
         );
@@ -264,8 +274,11 @@ impl Snapshots {
         target: &str,
         labels: &BTreeMap<String, String>,
     ) -> Result<Option<SnapError>, SnapError> {
-        let exists =
-            || SnapError::AlreadyExists(format!("target snapshot {target:?}: already exists"));
+        let exists = || {
+            SnapError::AlreadyExists(AlreadyExists::Target {
+                target: target.to_string(),
+            })
+        };
         if self.meta.get(target)?.is_some() {
             // Committed already (another namespace pulled it, or a pull
             // before): nothing to fetch.
@@ -282,6 +295,11 @@ impl Snapshots {
         let started = Instant::now();
         let layer = match self.remote.claim(&wanted) {
             Ok(l) => l,
+            // A plain gzip layer is expected here, not a failure.
+            Err(reason) if reason.is_not_estargz() => {
+                tracing::info!(layer = %wanted.source.digest, %reason, remote_snapshot_prepared = false, "not an eStargz layer; falling back to a normal pull");
+                return Ok(None);
+            }
             Err(reason) => {
                 tracing::warn!(layer = %wanted.source.digest, %reason, remote_snapshot_prepared = false, "remote layer unavailable; falling back to a normal pull");
                 return Ok(None);
@@ -296,7 +314,7 @@ impl Snapshots {
             size: 0,
             inodes: 0,
             remote: Some(RemoteRef {
-                digest: wanted.source.digest.to_string(),
+                digest: wanted.source.digest,
                 layer: layer.name.clone(),
             }),
         }) {
@@ -315,9 +333,11 @@ impl Snapshots {
     pub fn mounts(&self, key: &str) -> Result<Vec<MountSpec>, SnapError> {
         let rec = self.meta.stat(key)?;
         if rec.kind == Kind::Committed {
-            return Err(SnapError::FailedPrecondition(format!(
-                "snapshot {key:?} is committed: only active and view snapshots have mounts"
-            )));
+            return Err(SnapError::FailedPrecondition(
+                FailedPrecondition::Committed {
+                    key: key.to_string(),
+                },
+            ));
         }
         self.mounts_of(key, &rec)
     }
@@ -332,15 +352,21 @@ impl Snapshots {
             .iter()
             .filter(|(_, p)| p.remote.is_some())
             .map(|(name, p)| {
-                self.source_of(p).map_err(|e| {
-                    SnapError::Unavailable(format!("layer of {name:?} unavailable: {e}"))
+                self.source_of(p).map_err(|cause| {
+                    SnapError::from(Unavailable::Labels {
+                        snapshot: name.clone(),
+                        cause,
+                    })
                 })
             })
             .collect::<Result<_, _>>()?;
         if !remote.is_empty() {
-            self.remote
-                .check(&remote)
-                .map_err(|e| SnapError::Unavailable(format!("snapshot {key:?}: {e}")))?;
+            self.remote.check(&remote).map_err(|cause| {
+                SnapError::from(Unavailable::Layer {
+                    snapshot: key.to_string(),
+                    cause,
+                })
+            })?;
         }
         let dir = self.dir(rec.id);
         let ro = rec.kind == Kind::View;
@@ -380,13 +406,15 @@ impl Snapshots {
     ) -> Result<(), SnapError> {
         let rec = self.meta.stat(key)?;
         if rec.kind != Kind::Active {
-            return Err(SnapError::FailedPrecondition(format!(
-                "snapshot {key:?} is {}, not active",
-                rec.kind.as_str()
-            )));
+            return Err(SnapError::FailedPrecondition(
+                FailedPrecondition::NotActive {
+                    key: key.to_string(),
+                    kind: rec.kind.as_str(),
+                },
+            ));
         }
         let usage = disk_usage(&self.dir(rec.id).join("fs"))
-            .map_err(|e| SnapError::Internal(format!("disk usage of {key:?}: {e}")))?;
+            .map_err(|cause| disk_usage_error(key, cause))?;
         self.meta.commit(CommitAs {
             name,
             key,
@@ -434,7 +462,7 @@ impl Snapshots {
         let rec = self.meta.stat(key)?;
         if rec.kind == Kind::Active {
             return disk_usage(&self.dir(rec.id).join("fs"))
-                .map_err(|e| SnapError::Internal(format!("disk usage of {key:?}: {e}")));
+                .map_err(|cause| disk_usage_error(key, cause));
         }
         Ok(DiskUsage {
             size: rec.size,
@@ -453,9 +481,10 @@ impl Snapshots {
     ) -> Result<SnapshotInfo, SnapError> {
         for p in paths {
             if p != "labels" && !p.starts_with("labels.") {
-                return Err(SnapError::InvalidArgument(format!(
-                    "cannot update {p:?} of snapshot {name:?}: only labels are mutable"
-                )));
+                return Err(SnapError::InvalidArgument(InvalidArgument::Immutable {
+                    path: p.clone(),
+                    name: name.to_string(),
+                }));
             }
         }
         let record = self.meta.update_labels(name, |labels| {
@@ -499,8 +528,13 @@ impl Snapshots {
         let ids: HashSet<String> = all.iter().map(|(_, r)| r.id.to_string()).collect();
         let used: Vec<String> = all.iter().filter_map(|(_, r)| self.layer_of(r)).collect();
         let dir = self.root.join("snapshots");
-        let entries = std::fs::read_dir(&dir)
-            .map_err(|e| SnapError::Internal(format!("reading {}: {e}", dir.display())))?;
+        let entries = std::fs::read_dir(&dir).map_err(|cause| {
+            SnapError::from(Internal::Io {
+                action: "reading",
+                path: dir.clone(),
+                cause,
+            })
+        })?;
         // This process's staging dirs belong to creates in flight.
         let mine = format!("new-{}-", std::process::id());
         for entry in entries.flatten() {
@@ -517,47 +551,11 @@ impl Snapshots {
     }
 }
 
+fn disk_usage_error(key: &str, cause: std::io::Error) -> SnapError {
+    SnapError::from(Internal::DiskUsage {
+        key: key.to_string(),
+        cause,
+    })
+}
+
 static NEXT_STAGING: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-fn make_dirs(dir: &Path, kind: Kind, owner: Option<(u32, u32)>) -> std::io::Result<()> {
-    std::fs::DirBuilder::new().mode(0o700).create(dir)?;
-    std::fs::DirBuilder::new()
-        .mode(0o755)
-        .create(dir.join("fs"))?;
-    if kind == Kind::Active {
-        std::fs::DirBuilder::new()
-            .mode(0o711)
-            .create(dir.join("work"))?;
-    }
-    if let Some((uid, gid)) = owner {
-        std::os::unix::fs::chown(dir.join("fs"), Some(uid), Some(gid))?;
-    }
-    Ok(())
-}
-
-/// Bytes (allocated blocks) and inodes under `dir`, each inode once, not
-/// crossing into other filesystems.
-pub fn disk_usage(dir: &Path) -> std::io::Result<DiskUsage> {
-    let top = std::fs::symlink_metadata(dir)?;
-    let mut seen = HashSet::new();
-    let mut usage = DiskUsage::default();
-    let mut stack = vec![dir.to_path_buf()];
-    seen.insert((top.dev(), top.ino()));
-    usage.inodes += 1;
-    usage.size += top.blocks() as i64 * 512;
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d)? {
-            let entry = entry?;
-            let md = entry.metadata()?;
-            if md.dev() != top.dev() || !seen.insert((md.dev(), md.ino())) {
-                continue;
-            }
-            usage.inodes += 1;
-            usage.size += md.blocks() as i64 * 512;
-            if md.is_dir() {
-                stack.push(entry.path());
-            }
-        }
-    }
-    Ok(usage)
-}

@@ -25,10 +25,38 @@ pub enum ImageError {
         index: usize,
         source: writer::WriteError,
     },
-    #[error("registry {addr}: {message}")]
-    Registry { addr: String, message: String },
+    #[error("registry {addr}: {step}: {status} {body}")]
+    Refused {
+        addr: String,
+        step: PushStep,
+        status: u16,
+        /// What the registry said (its error JSON, usually).
+        body: String,
+    },
+    #[error("registry {addr}: upload without a Location")]
+    NoLocation { addr: String },
+    #[error("registry {addr}: odd upload location {location:?}")]
+    OddLocation { addr: String, location: String },
     #[error("{0}")]
     Io(#[from] std::io::Error),
+}
+
+/// A step of a push.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushStep {
+    StartUpload,
+    Upload(Digest),
+    Manifest,
+}
+
+impl std::fmt::Display for PushStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PushStep::StartUpload => f.write_str("starting an upload"),
+            PushStep::Upload(d) => write!(f, "uploading {d}"),
+            PushStep::Manifest => f.write_str("pushing the manifest"),
+        }
+    }
 }
 
 /// How layers are compressed.
@@ -176,9 +204,11 @@ pub fn assemble(layers: Vec<BuiltLayer>, run: &RunConfig) -> Image {
 /// Pushes `image` as `repo:tag` to a plain-HTTP registry at `addr`
 /// (`host:port`): blobs it lacks, then the manifest.
 pub fn push_plain_http(addr: &str, repo: &str, tag: &str, image: &Image) -> Result<(), ImageError> {
-    let err = |message: String| ImageError::Registry {
+    let refused = |step: PushStep, status: u16, body: &[u8]| ImageError::Refused {
         addr: addr.to_string(),
-        message,
+        step,
+        status,
+        body: String::from_utf8_lossy(body).into_owned(),
     };
     let blobs = image
         .layers
@@ -186,7 +216,7 @@ pub fn push_plain_http(addr: &str, repo: &str, tag: &str, image: &Image) -> Resu
         .map(|l| l.blob.as_slice())
         .chain(std::iter::once(image.config.as_slice()));
     for blob in blobs {
-        let digest = Digest::of(blob).to_string();
+        let digest = Digest::of(blob);
         let (status, _, _) = http(
             addr,
             "HEAD",
@@ -205,16 +235,19 @@ pub fn push_plain_http(addr: &str, repo: &str, tag: &str, image: &Image) -> Resu
             &[],
         )?;
         if status != 202 {
-            return Err(err(format!(
-                "starting an upload: {status} {}",
-                String::from_utf8_lossy(&body)
-            )));
+            return Err(refused(PushStep::StartUpload, status, &body));
         }
-        let location =
-            header(&headers, "location").ok_or_else(|| err("upload without a Location".into()))?;
+        let location = header(&headers, "location").ok_or_else(|| ImageError::NoLocation {
+            addr: addr.to_string(),
+        })?;
         let path = match location.find("/v2/") {
             Some(i) => location[i..].to_string(),
-            None => return Err(err(format!("odd upload location {location:?}"))),
+            None => {
+                return Err(ImageError::OddLocation {
+                    addr: addr.to_string(),
+                    location: location.to_string(),
+                });
+            }
         };
         let sep = if path.contains('?') { '&' } else { '?' };
         let (status, _, body) = http(
@@ -225,10 +258,7 @@ pub fn push_plain_http(addr: &str, repo: &str, tag: &str, image: &Image) -> Resu
             blob,
         )?;
         if status != 201 {
-            return Err(err(format!(
-                "uploading {digest}: {status} {}",
-                String::from_utf8_lossy(&body)
-            )));
+            return Err(refused(PushStep::Upload(digest), status, &body));
         }
     }
     let (status, _, body) = http(
@@ -239,10 +269,7 @@ pub fn push_plain_http(addr: &str, repo: &str, tag: &str, image: &Image) -> Resu
         &image.manifest,
     )?;
     if status != 201 {
-        return Err(err(format!(
-            "pushing the manifest: {status} {}",
-            String::from_utf8_lossy(&body)
-        )));
+        return Err(refused(PushStep::Manifest, status, &body));
     }
     Ok(())
 }

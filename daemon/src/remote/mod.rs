@@ -8,159 +8,38 @@
 //! and what it is ([`LayerSource::layer_name`]), so a blob that two chains
 //! of one repository share (or a restore and a new pull) is served once,
 //! and an image declaring another image's digest gets a layer of its own.
+//!
+//! The `slots` lock is never held across showing a layer in the mount
+//! (the filesystem's layer table is written, which every FUSE operation
+//! reads, and `/dev/fuse` is written to drop the kernel's cached lookup):
+//! who shows it is decided under the lock ([`Visibility::Adding`]), the
+//! work done outside it, and the outcome published under it again.
 
-use std::collections::{BTreeMap, HashMap};
+mod settings;
+mod wanted;
+
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use ringstar_core::Digest;
-use ringstar_core::digest::ParseDigestError;
-use ringstar_fetcher::{Fetcher, ParseReferenceError, Reference, ResolverConfig};
+use ringstar_fetcher::{Fetcher, ResolverConfig};
 use ringstar_fusedev::{Ino, Session};
-
 use ringstar_layerfs::AddLayerError;
 use ringstar_layerfs::resolve::{LayerSource, ResolveError, resolve};
 use ringstar_layerfs::{LayerFs, RemoteLayer};
 
-/// Labels containerd (unpacker, CRI) and ctr-remote send with a layer's
-/// Prepare (snapshotter-protocol.md §3).
-pub mod labels {
-    pub const TARGET: &str = "containerd.io/snapshot.ref";
-    pub const CRI_REF: &str = "containerd.io/snapshot/cri.image-ref";
-    pub const CRI_DIGEST: &str = "containerd.io/snapshot/cri.layer-digest";
-    pub const CRI_LAYERS: &str = "containerd.io/snapshot/cri.image-layers";
-    pub const STARGZ_REF: &str = "containerd.io/snapshot/remote/stargz.reference";
-    pub const STARGZ_DIGEST: &str = "containerd.io/snapshot/remote/stargz.digest";
-    pub const STARGZ_LAYERS: &str = "containerd.io/snapshot/remote/stargz.layers";
-    pub const TOC_DIGEST: &str = "containerd.io/snapshot/stargz/toc.digest";
-    pub const SKIP_VERIFY: &str = "containerd.io/snapshot/remote/stargz.skipverify";
-    /// Marks a committed remote snapshot (the reference's value).
-    pub const REMOTE: &str = "containerd.io/snapshot/remote";
-    pub const REMOTE_VALUE: &str = "remote snapshot";
-}
-
-/// What the remote side is told by the config.
-#[derive(Debug, Clone)]
-pub struct RemoteSettings {
-    pub tail_bytes: u64,
-    pub noprefetch: bool,
-    /// Hold a container's create until its layers' prefetch is in (as
-    /// the reference does), up to `prefetch_timeout`. Off by default: the
-    /// container starts at once and its reads join the prefetch windows
-    /// in flight (hellobench, WAN, esgz: node 2.48 s → 2.08 s, gcc 1.72 →
-    /// 1.57).
-    pub prefetch_wait: bool,
-    pub prefetch_timeout: Duration,
-    pub allow_no_verification: bool,
-    pub disable_verification: bool,
-    /// How long a resolve may take before Prepare falls back (the
-    /// reference: 30 s).
-    pub resolve_timeout: Duration,
-    /// How long a layer no snapshot uses is kept (pre-resolved for an
-    /// image, then not used).
-    pub unused_ttl: Duration,
-}
-
-impl Default for RemoteSettings {
-    fn default() -> Self {
-        RemoteSettings {
-            tail_bytes: 512 << 10,
-            noprefetch: false,
-            prefetch_wait: false,
-            prefetch_timeout: Duration::from_secs(10),
-            allow_no_verification: false,
-            disable_verification: false,
-            resolve_timeout: Duration::from_secs(30),
-            unused_ttl: Duration::from_secs(120),
-        }
-    }
-}
-
-/// The layer a Prepare's labels name, and the image's other layers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Wanted {
-    pub source: LayerSource,
-    /// Verify the TOC against `source.toc_digest` (absent only when
-    /// verification is off or skipped by label and config).
-    pub verify: bool,
-    pub others: Vec<LayerSource>,
-}
-
-/// Reads the labels of a remote Prepare. `Err`: why it cannot be remote.
-pub fn wanted(
-    labels: &BTreeMap<String, String>,
-    settings: &RemoteSettings,
-) -> Result<Wanted, LabelError> {
-    let get = |a: &str, b: &str| labels.get(a).or_else(|| labels.get(b)).cloned();
-    let reference = get(labels::CRI_REF, labels::STARGZ_REF).ok_or(LabelError::NoReference)?;
-    let digest = get(labels::CRI_DIGEST, labels::STARGZ_DIGEST).ok_or(LabelError::NoDigest)?;
-    let reference: Reference = reference.parse()?;
-    let digest: Digest = digest.parse().map_err(LabelError::Digest)?;
-    let (toc_digest, verify) = if settings.disable_verification {
-        (None, false)
-    } else if let Some(t) = labels.get(labels::TOC_DIGEST) {
-        let d = t.parse::<Digest>().map_err(LabelError::TocDigest)?;
-        (Some(d), true)
-    } else if settings.allow_no_verification
-        && labels
-            .get(labels::SKIP_VERIFY)
-            .is_some_and(|v| v != "false")
-    {
-        tracing::warn!(layer = %digest, "mounting without TOC verification (skipverify label)");
-        (None, false)
-    } else {
-        return Err(LabelError::NoTocDigest);
-    };
-    let others = get(labels::CRI_LAYERS, labels::STARGZ_LAYERS)
-        .unwrap_or_default()
-        .split(',')
-        .filter_map(|d| d.trim().parse::<Digest>().ok())
-        .filter(|d| *d != digest)
-        .map(|d| LayerSource {
-            reference: reference.clone(),
-            digest: d,
-            size: None,
-            toc_digest: None,
-        })
-        .collect();
-    Ok(Wanted {
-        source: LayerSource {
-            reference,
-            digest,
-            size: None,
-            toc_digest,
-        },
-        verify,
-        others,
-    })
-}
-
-/// Why a Prepare's labels do not name a remote layer (it is then pulled
-/// normally).
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum LabelError {
-    #[error("no image reference label")]
-    NoReference,
-    #[error("no layer digest label")]
-    NoDigest,
-    #[error("image reference: {0}")]
-    Reference(#[from] ParseReferenceError),
-    #[error("layer digest: {0}")]
-    Digest(ParseDigestError),
-    #[error("TOC digest: {0}")]
-    TocDigest(ParseDigestError),
-    #[error("digest of TOC JSON must be passed (no toc.digest label)")]
-    NoTocDigest,
-}
+pub use settings::RemoteSettings;
+pub use wanted::{LabelError, Wanted, labels, wanted};
 
 /// Why a remote layer cannot be served.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum LayerError {
     #[error(transparent)]
     Resolve(Arc<ResolveError>),
-    #[error("resolve panicked: {0}")]
-    Panicked(String),
+    #[error("resolve panicked: {message}")]
+    Panicked { message: String },
     #[error("TOC digest is {actual}, the label says {expected}")]
     TocMismatch { actual: Digest, expected: Digest },
     #[error("resolving took longer than {0:?}")]
@@ -171,6 +50,14 @@ pub enum LayerError {
     Released,
     #[error("not being restored")]
     NotRestoring,
+}
+
+impl LayerError {
+    /// The blob is no eStargz at all (a plain gzip layer): a normal pull
+    /// is the expected answer, not a failure.
+    pub fn is_not_estargz(&self) -> bool {
+        matches!(self, LayerError::Resolve(e) if e.is_not_estargz())
+    }
 }
 
 /// Resolves at once, at most: the labels of one Prepare name every layer
@@ -184,11 +71,20 @@ enum State {
     Failed(LayerError),
 }
 
+/// Whether a layer is in the mount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Visibility {
+    Hidden,
+    /// A thread is adding it, outside the lock; others wait for it.
+    Adding,
+    /// In the mount (a snapshot claimed it).
+    Shown,
+}
+
 #[derive(Debug)]
 struct Slot {
     state: State,
-    /// Shown in the mount (a snapshot claimed it).
-    mounted: bool,
+    visibility: Visibility,
     /// Show it in the mount once resolved (a restored layer: snapshots
     /// already use it).
     show_when_ready: bool,
@@ -199,7 +95,8 @@ struct Slot {
 #[derive(Debug)]
 pub struct Remote {
     fs: Arc<LayerFs>,
-    session: Mutex<Option<Session>>,
+    /// Shared, so an invalidation writes to `/dev/fuse` without the lock.
+    session: Mutex<Option<Arc<Session>>>,
     fetcher: Fetcher,
     resolver: ResolverConfig,
     settings: RemoteSettings,
@@ -223,7 +120,7 @@ impl Remote {
         let (queue, sources) = crossbeam_channel::unbounded::<LayerSource>();
         let remote = Arc::new(Remote {
             fs,
-            session: Mutex::new(Some(session)),
+            session: Mutex::new(Some(Arc::new(session))),
             fetcher,
             resolver,
             settings,
@@ -271,7 +168,7 @@ impl Remote {
             name,
             Slot {
                 state: State::Resolving,
-                mounted: false,
+                visibility: Visibility::Hidden,
                 show_when_ready,
                 since: Instant::now(),
             },
@@ -284,75 +181,113 @@ impl Remote {
     fn run_resolve(&self, source: LayerSource) {
         let digest = source.digest;
         let name = source.layer_name();
-        // Resolved without the TOC digest: a pre-resolve does not know it
-        // (only the layer's own Prepare carries it), so `claim` checks the
-        // TOC's digest before anything is shown; a restore knows it and
-        // checks it here.
+        // A restore knows the TOC digest and checks it here: its fetching
+        // starts once resolved. A pre-resolve's TOC is checked by the
+        // layer's own Prepare (`claim`), which starts it: nothing is
+        // fetched for a TOC nobody vouched for.
+        let verified = source.toc_digest.is_some();
+        match self.resolve_checked(source, &name) {
+            Ok(layer) => self.publish_resolved(&name, Arc::new(layer), verified),
+            Err(e) => {
+                tracing::warn!(layer = %digest, reason = %e, "resolve failed");
+                if let Some(slot) = self.slots.lock().expect("slots").get_mut(&name) {
+                    slot.since = Instant::now();
+                    slot.state = State::Failed(e);
+                }
+                self.changed.notify_all();
+            }
+        }
+    }
+
+    /// Resolves `source` without the TOC digest (a pre-resolve does not
+    /// know it; only the layer's own Prepare carries it), then checks the
+    /// TOC's digest when `source` names one. A panic fails this layer
+    /// (its Prepares fall back) and leaves the resolver serving.
+    fn resolve_checked(&self, source: LayerSource, name: &str) -> Result<RemoteLayer, LayerError> {
         let want = source.toc_digest;
         let unverified = LayerSource {
             toc_digest: None,
             ..source
         };
-        // A panic in resolving fails this layer (its Prepares fall back)
-        // and leaves the resolver serving.
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let layer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             resolve(
                 &self.fetcher,
                 &self.resolver,
                 &unverified,
-                name.clone(),
+                name.to_string(),
                 self.settings.tail_bytes,
             )
             .map_err(|e| LayerError::Resolve(Arc::new(e)))
         }))
         .unwrap_or_else(|p| {
-            Err(LayerError::Panicked(
-                ringstar_core::faults::message(&*p).into(),
-            ))
-        })
-        .and_then(|layer| match want {
+            Err(LayerError::Panicked {
+                message: ringstar_core::faults::message(&*p).into(),
+            })
+        })?;
+        match want {
             Some(w) if layer.layer.toc_digest != w => Err(LayerError::TocMismatch {
                 actual: layer.layer.toc_digest,
                 expected: w,
             }),
             _ => Ok(layer),
-        });
-        let mut slots = self.slots.lock().expect("slots");
-        if let Some(slot) = slots.get_mut(&name) {
+        }
+    }
+
+    /// Publishes a resolved layer. One to show at once (a restore) is
+    /// shown before anyone sees it ready, outside the lock.
+    fn publish_resolved(&self, name: &str, layer: Arc<RemoteLayer>, verified: bool) {
+        let show = {
+            let mut slots = self.slots.lock().expect("slots");
+            let Some(slot) = slots.get_mut(name) else {
+                return;
+            };
             slot.since = Instant::now();
-            match result {
-                Ok(layer) => {
-                    let layer = Arc::new(layer);
-                    if slot.show_when_ready {
-                        if let Err(e) = self.fs.add_layer(layer.clone()) {
-                            tracing::warn!(layer = %digest, reason = %e, "cannot show the layer");
-                            slot.state = State::Failed(e.into());
-                            drop(slots);
-                            self.changed.notify_all();
-                            return;
-                        }
-                        slot.mounted = true;
-                        self.invalidate_root(&layer.name);
-                    }
-                    slot.state = State::Ready(layer.clone());
-                    drop(slots);
-                    // A restore knows the TOC digest and checked it: its
-                    // fetching starts now. A pre-resolve's TOC is checked
-                    // by the layer's own Prepare (`claim`), which starts
-                    // it: nothing is fetched for a TOC nobody vouched for.
-                    if want.is_some() {
-                        self.start_fetching(&layer);
-                    }
-                    slots = self.slots.lock().expect("slots");
+            if slot.show_when_ready {
+                slot.visibility = Visibility::Adding;
+            } else {
+                slot.state = State::Ready(layer.clone());
+            }
+            slot.show_when_ready
+        };
+        if show && !self.show_restored(name, &layer) {
+            self.changed.notify_all();
+            return;
+        }
+        self.changed.notify_all();
+        if verified {
+            self.start_fetching(&layer);
+        }
+    }
+
+    /// Shows a restored layer (its slot still resolving, marked
+    /// `Adding`); publishes it ready, or failed. False: it is not ready.
+    fn show_restored(&self, name: &str, layer: &Arc<RemoteLayer>) -> bool {
+        let added = self.add_to_mount(layer);
+        let mut slots = self.slots.lock().expect("slots");
+        let mine = slots
+            .get_mut(name)
+            .filter(|s| s.visibility == Visibility::Adding && matches!(s.state, State::Resolving));
+        match (mine, added) {
+            (Some(slot), Ok(())) => {
+                slot.visibility = Visibility::Shown;
+                slot.state = State::Ready(layer.clone());
+                true
+            }
+            (Some(slot), Err(e)) => {
+                tracing::warn!(layer = %layer.digest, reason = %e, "cannot show the layer");
+                slot.visibility = Visibility::Hidden;
+                slot.state = State::Failed(e);
+                false
+            }
+            (None, added) => {
+                drop(slots);
+                // Released meanwhile: nobody else removes what we added.
+                if added.is_ok() {
+                    self.take_from_mount(layer);
                 }
-                Err(e) => {
-                    tracing::warn!(layer = %digest, reason = %e, "resolve failed");
-                    slot.state = State::Failed(e);
-                }
+                false
             }
         }
-        drop(slots);
-        self.changed.notify_all();
     }
 
     /// Prefetch and background fetch of a layer whose TOC is verified (or
@@ -432,17 +367,66 @@ impl Remote {
         Ok(layer)
     }
 
+    /// Shows a ready layer in the mount, once: the first caller adds it
+    /// (outside the lock), later ones wait for its outcome.
     fn show(&self, layer: &Arc<RemoteLayer>) -> Result<(), LayerError> {
-        let mut slots = self.slots.lock().expect("slots");
-        let Some(slot) = slots.get_mut(&layer.name) else {
-            return Err(LayerError::Released);
-        };
-        if !slot.mounted {
-            self.fs.add_layer(layer.clone())?;
-            slot.mounted = true;
-            self.invalidate_root(&layer.name);
+        {
+            let mut slots = self.slots.lock().expect("slots");
+            loop {
+                let Some(slot) = slots.get_mut(&layer.name) else {
+                    return Err(LayerError::Released);
+                };
+                match slot.visibility {
+                    Visibility::Shown => return Ok(()),
+                    Visibility::Hidden => {
+                        slot.visibility = Visibility::Adding;
+                        break;
+                    }
+                    Visibility::Adding => slots = self.changed.wait(slots).expect("slots"),
+                }
+            }
         }
+        let added = self.add_to_mount(layer);
+        let mut slots = self.slots.lock().expect("slots");
+        let mine = slots.get_mut(&layer.name).filter(|s| {
+            s.visibility == Visibility::Adding
+                && matches!(&s.state, State::Ready(l) if Arc::ptr_eq(l, layer))
+        });
+        let shown = match (mine, added) {
+            (Some(slot), Ok(())) => {
+                slot.visibility = Visibility::Shown;
+                Ok(())
+            }
+            (Some(slot), Err(e)) => {
+                slot.visibility = Visibility::Hidden;
+                Err(e)
+            }
+            (None, added) => {
+                drop(slots);
+                // Released meanwhile: nobody else removes what we added.
+                if added.is_ok() {
+                    self.take_from_mount(layer);
+                }
+                Err(LayerError::Released)
+            }
+        };
+        self.changed.notify_all();
+        shown
+    }
+
+    /// Adds `layer` to the mount and drops the kernel's cached lookup of
+    /// its name. Called with no lock held.
+    fn add_to_mount(&self, layer: &Arc<RemoteLayer>) -> Result<(), LayerError> {
+        self.fs.add_layer(layer.clone())?;
+        self.invalidate_root(&layer.name);
         Ok(())
+    }
+
+    /// Removes `layer` from the mount. Called with no lock held.
+    fn take_from_mount(&self, layer: &Arc<RemoteLayer>) {
+        layer.mark_removed();
+        self.fs.remove_layer(&layer.name);
+        self.invalidate_root(&layer.name);
     }
 
     /// Waits until every layer of `layers` is served and (unless
@@ -525,26 +509,26 @@ impl Remote {
     }
 
     fn forget_unshown(&self, name: &str) {
-        let shown = self
+        let hidden = self
             .slots
             .lock()
             .expect("slots")
             .get(name)
-            .is_some_and(|s| s.mounted);
-        if !shown {
+            .is_some_and(|s| s.visibility == Visibility::Hidden);
+        if hidden {
             self.release(name);
         }
     }
 
-    /// Drops layer `name`, which no snapshot uses any more.
+    /// Drops layer `name`, which no snapshot uses any more. One being
+    /// added is taken out of the mount by whoever adds it.
     pub fn release(&self, name: &str) {
         let slot = self.slots.lock().expect("slots").remove(name);
         if let Some(slot) = slot {
             if let State::Ready(layer) = &slot.state {
                 layer.mark_removed();
-                if slot.mounted {
-                    self.fs.remove_layer(&layer.name);
-                    self.invalidate_root(&layer.name);
+                if slot.visibility == Visibility::Shown {
+                    self.take_from_mount(layer);
                 }
             }
             tracing::info!(layer = %name, "layer released");
@@ -572,8 +556,12 @@ impl Remote {
         }
     }
 
+    /// Drops the kernel's cached lookup of `name` in the mount's root and
+    /// the root's attributes: two writes to `/dev/fuse`, made without the
+    /// session lock.
     fn invalidate_root(&self, name: &str) {
-        if let Some(s) = &*self.session.lock().expect("session") {
+        let session = self.session.lock().expect("session").clone();
+        if let Some(s) = session {
             let _ = s.invalidate_entry(Ino(1), std::ffi::OsStr::new(name));
             let _ = s.invalidate_inode(Ino(1));
         }
@@ -581,113 +569,24 @@ impl Remote {
 
     /// Unmounts the layer filesystem (every layer goes with it).
     pub fn shutdown(&self) {
-        if let Some(s) = self.session.lock().expect("session").take()
-            && let Err(e) = s.unmount()
-        {
+        let Some(mut session) = self.session.lock().expect("session").take() else {
+            return;
+        };
+        // An invalidation in flight holds the session for two writes.
+        let session = loop {
+            match Arc::try_unwrap(session) {
+                Ok(s) => break s,
+                Err(shared) => {
+                    session = shared;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        };
+        if let Err(e) = session.unmount() {
             tracing::warn!(error = %e, "unmounting the layer filesystem");
         }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const D1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
-    const D2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
-    const T: &str = "sha256:3333333333333333333333333333333333333333333333333333333333333333";
-
-    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
-    #[test]
-    fn cri_labels_win_and_others_are_listed() {
-        let l = labels(&[
-            (labels::CRI_REF, "127.0.0.1:5000/a/b:latest"),
-            (labels::CRI_DIGEST, D1),
-            (labels::STARGZ_REF, "other.example/x:1"),
-            (labels::CRI_LAYERS, &format!("{D1},{D2}")),
-            (labels::TOC_DIGEST, T),
-        ]);
-        let w = wanted(&l, &RemoteSettings::default()).unwrap();
-        assert_eq!(w.source.reference.host, "127.0.0.1:5000");
-        assert_eq!(w.source.digest.to_string(), D1);
-        assert_eq!(w.source.toc_digest.unwrap().to_string(), T);
-        assert!(w.verify);
-        assert_eq!(w.others.len(), 1);
-        assert_eq!(w.others[0].digest.to_string(), D2);
-    }
-
-    #[test]
-    fn verification_rules() {
-        let base = [
-            (labels::STARGZ_REF, "127.0.0.1:5000/a/b:latest"),
-            (labels::STARGZ_DIGEST, D1),
-        ];
-        let s = RemoteSettings::default();
-        assert!(
-            wanted(&labels(&base), &s)
-                .unwrap_err()
-                .to_string()
-                .contains("TOC")
-        );
-        let mut skip = base.to_vec();
-        skip.push((labels::SKIP_VERIFY, "true"));
-        assert!(wanted(&labels(&skip), &s).is_err());
-        let allow = RemoteSettings {
-            allow_no_verification: true,
-            ..RemoteSettings::default()
-        };
-        assert!(!wanted(&labels(&skip), &allow).unwrap().verify);
-        let off = RemoteSettings {
-            disable_verification: true,
-            ..RemoteSettings::default()
-        };
-        assert!(!wanted(&labels(&base), &off).unwrap().verify);
-        assert!(wanted(&labels(&[(labels::STARGZ_DIGEST, D1)]), &s).is_err());
-        let mut bad = base.to_vec();
-        bad.push((labels::TOC_DIGEST, "sha256:zz"));
-        assert!(wanted(&labels(&bad), &s).is_err());
-    }
-
-    /// A layer is known by where its bytes come from and what they are:
-    /// an image declaring a victim's layer digest (even its first 96
-    /// bits, or all of it) gets another layer, served from its own
-    /// registry. Before, the name was the digest's first 24 hex digits.
-    #[test]
-    fn layers_are_named_by_source_and_digest() {
-        let source = |r: &str, d: &str| LayerSource {
-            reference: r.parse().unwrap(),
-            digest: d.parse().unwrap(),
-            size: None,
-            toc_digest: None,
-        };
-        let victim = source("registry.example/team/app:v1", D1);
-        let name = victim.layer_name();
-        assert_eq!(name.len(), 32);
-        assert!(name.bytes().all(|b| b.is_ascii_hexdigit()));
-        assert_eq!(
-            source("registry.example/team/app:v2", D1).layer_name(),
-            name,
-            "tags share"
-        );
-        assert_ne!(source("evil.example/team/app:v1", D1).layer_name(), name);
-        assert_ne!(
-            source("registry.example/evil/app:v1", D1).layer_name(),
-            name
-        );
-        let near = format!("sha256:{}{}", &D1[7..31], "2".repeat(40));
-        assert_ne!(
-            source("registry.example/team/app:v1", &near).layer_name()[..24],
-            name[..24]
-        );
-        assert_ne!(
-            source("registry.example/team/app:v1", D2).layer_name(),
-            name
-        );
-    }
-}
+mod tests;

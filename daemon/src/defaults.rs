@@ -1,0 +1,62 @@
+//! Every default the daemon and `ringstar mount` start from, in one
+//! place. A default that belongs to a lower crate (the fetcher's request
+//! timeout, the loader's read-ahead) is read from it, not copied.
+
+use std::time::Duration;
+
+use ringstar_fetcher::FetcherConfig;
+use ringstar_layerfs::LoaderConfig;
+
+/// Bytes of fetched file contents the store keeps (10 GiB).
+pub const STORE_SIZE: u64 = 10 << 30;
+
+/// Bytes of a blob's tail fetched at once to find its footer and TOC
+/// (512 KiB: the TOC of most layers comes with the footer).
+pub const TAIL_BYTES: u64 = 512 << 10;
+
+/// How long a Prepare waits for its layer's resolve before falling back
+/// to a normal pull (the reference: 30 s).
+pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Longest wait for prefetch at create, with `prefetch_wait` (the
+/// reference: 10 s).
+pub const PREFETCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a layer resolved for an image but used by no snapshot is
+/// kept (the reference's `resolve_result_entry_ttl_sec`: 120 s).
+pub const UNUSED_LAYER_TTL: Duration = Duration::from_secs(120);
+
+/// Complete files are handed to the kernel (FUSE passthrough): reads of
+/// them never reach the daemon. On in the daemon and in `ringstar mount`
+/// alike; a kernel that refuses it is served as without.
+pub const PASSTHROUGH: bool = true;
+
+/// Start even when a stored remote snapshot's layer cannot be restored
+/// (the reference refuses to; its snapshots are unavailable until then).
+pub const ALLOW_INVALID_MOUNTS_ON_RESTART: bool = true;
+
+/// "No timeout", as a duration the fetcher can add to an instant: no
+/// timeout a config gives is longer, so an instant plus any of them
+/// cannot overflow.
+pub const NO_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// The per-request registry timeout: the fetcher's (30 s, the
+/// reference's).
+pub fn request_timeout() -> Duration {
+    FetcherConfig::default().request_timeout
+}
+
+/// Requests in flight per registry host: the fetcher's.
+pub fn max_in_flight_per_host() -> usize {
+    FetcherConfig::default().max_in_flight_per_host
+}
+
+/// How far a stream of misses may read ahead: the loader's.
+pub fn max_read_ahead() -> u64 {
+    LoaderConfig::default().max_read_ahead
+}
+
+/// Threads inflating and verifying fetched chunks: one per CPU.
+pub fn inflate_workers() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}

@@ -1,0 +1,171 @@
+//! [`Settings`]: what the daemon runs with, every default resolved once
+//! from the config file ([`Settings::from_config`]); `ringstar mount`
+//! starts from the same ([`Settings::default`]) and applies its flags.
+//! The defaults themselves are [`crate::defaults`].
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ringstar_fetcher::{DockerConfig, FetcherConfig, ResolverConfig};
+use ringstar_fusedev::{FuseUring, MountOptions};
+use ringstar_layerfs::{BackgroundConfig, LoaderConfig};
+
+use crate::config::Config;
+use crate::defaults::{self, NO_TIMEOUT};
+use crate::remote::RemoteSettings;
+
+/// Everything the daemon's parts are configured with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Bound of the content store in bytes.
+    pub store_size: u64,
+    /// Threads inflating and verifying fetched chunks.
+    pub inflate_workers: usize,
+    /// Hand complete files to the kernel (FUSE passthrough).
+    pub passthrough: bool,
+    /// FUSE-over-io_uring and its host-wide knob.
+    pub fuse_uring: FuseUring,
+    /// Registry requests: timeouts, retries, credentials (the docker
+    /// config), extra CAs.
+    pub fetcher: FetcherConfig,
+    /// Mirrors per registry host.
+    pub resolver: ResolverConfig,
+    /// Read-ahead and background fetch.
+    pub loader: LoaderConfig,
+    /// Resolving, verifying, prefetching and keeping remote layers.
+    pub remote: RemoteSettings,
+    /// Start even when a stored remote snapshot's layer cannot be
+    /// restored.
+    pub allow_invalid_mounts_on_restart: bool,
+}
+
+impl Default for Settings {
+    /// The defaults: an empty config file.
+    fn default() -> Settings {
+        Settings::from_config(&Config::default())
+    }
+}
+
+impl Settings {
+    /// The settings a config file gives; absent keys take the defaults.
+    pub fn from_config(config: &Config) -> Settings {
+        let r = &config.ringstar;
+        Settings {
+            store_size: r.store_size.unwrap_or(defaults::STORE_SIZE),
+            inflate_workers: r
+                .inflate_workers
+                .filter(|&n| n > 0)
+                .unwrap_or_else(defaults::inflate_workers),
+            passthrough: config.passthrough(),
+            fuse_uring: config.fuse_uring(),
+            fetcher: fetcher_config(config),
+            resolver: config.resolver_config(),
+            loader: LoaderConfig {
+                background: BackgroundConfig {
+                    enabled: !config.no_background_fetch,
+                    bytes_per_sec: r.background_bytes_per_sec.unwrap_or(0),
+                    ..BackgroundConfig::default()
+                },
+                max_read_ahead: r.max_read_ahead.unwrap_or_else(defaults::max_read_ahead),
+                ..LoaderConfig::default()
+            },
+            remote: RemoteSettings {
+                tail_bytes: r
+                    .tail_bytes
+                    .filter(|&t| t > 0)
+                    .unwrap_or(defaults::TAIL_BYTES),
+                noprefetch: config.noprefetch,
+                prefetch_wait: r.prefetch_wait.unwrap_or(false),
+                prefetch_timeout: config.prefetch_timeout(),
+                allow_no_verification: config.allow_no_verification,
+                disable_verification: config.disable_verification,
+                unused_ttl: config.unused_layer_ttl(),
+                ..RemoteSettings::default()
+            },
+            allow_invalid_mounts_on_restart: config.allow_invalid_mounts_on_restart(),
+        }
+    }
+
+    /// The FUSE mount options: ringstar's names, passthrough and the
+    /// transport.
+    pub fn mount_options(&self) -> MountOptions {
+        let mut options = MountOptions {
+            fsname: "ringstar".into(),
+            subtype: "ringstar".into(),
+            passthrough: self.passthrough,
+            ..MountOptions::default()
+        };
+        self.fuse_uring.apply(&mut options);
+        options
+    }
+}
+
+fn fetcher_config(config: &Config) -> FetcherConfig {
+    let r = &config.ringstar;
+    let b = &config.blob;
+    let positive = |ms: Option<u64>| ms.filter(|&m| m > 0).map(Duration::from_millis);
+    let default = FetcherConfig::default();
+    FetcherConfig {
+        credentials: Some(Arc::new(DockerConfig::from_env())),
+        ca_file: r.ca_file.as_ref().map(PathBuf::from),
+        request_timeout: config.request_timeout().unwrap_or(NO_TIMEOUT),
+        max_retries: b.max_retries.unwrap_or(default.max_retries),
+        backoff_min: positive(b.min_wait_msec).unwrap_or(default.backoff_min),
+        backoff_max: positive(b.max_wait_msec).unwrap_or(default.backoff_max),
+        max_in_flight_per_host: r
+            .max_in_flight_per_host
+            .filter(|&n| n > 0)
+            .unwrap_or_else(defaults::max_in_flight_per_host),
+        ..default
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_config_is_the_defaults() {
+        let s = Settings::default();
+        assert_eq!(s.store_size, defaults::STORE_SIZE);
+        assert_eq!(s.remote.tail_bytes, defaults::TAIL_BYTES);
+        assert_eq!(s.remote.resolve_timeout, defaults::RESOLVE_TIMEOUT);
+        assert_eq!(s.fetcher.request_timeout, defaults::request_timeout());
+        assert_eq!(s.loader.max_read_ahead, defaults::max_read_ahead());
+        assert!(s.passthrough && s.mount_options().passthrough);
+        assert_eq!(s.fuse_uring, FuseUring::Auto);
+        assert!(s.loader.background.enabled);
+        assert!(s.allow_invalid_mounts_on_restart);
+    }
+
+    #[test]
+    fn the_file_wins() {
+        let loaded = Config::parse(
+            "no_background_fetch = true\n[fuse]\npassthrough = false\n\
+             [blob]\nmax_retries = 1\nmin_wait_msec = 0\n\
+             [ringstar]\nstore_size = 5\ntail_bytes = 0\ntransport = \"classic\"\n",
+        )
+        .unwrap();
+        let s = Settings::from_config(&loaded.config);
+        assert_eq!(s.store_size, 5);
+        assert_eq!(
+            s.remote.tail_bytes,
+            defaults::TAIL_BYTES,
+            "0 is the default"
+        );
+        assert!(!s.passthrough && !s.loader.background.enabled);
+        assert_eq!(s.fuse_uring, FuseUring::Off);
+        assert_eq!(s.fetcher.max_retries, 1);
+        assert_eq!(
+            s.fetcher.backoff_min,
+            FetcherConfig::default().backoff_min,
+            "0 is the default"
+        );
+        let both = Config::parse("[ringstar]\ntransport = \"classic\"\nfuse_uring = \"on\"\n")
+            .unwrap()
+            .config;
+        assert_eq!(both.fuse_uring(), FuseUring::On, "fuse_uring wins");
+        assert!(Config::parse("[ringstar]\ntransport = \"fast\"\n").is_err());
+    }
+}
