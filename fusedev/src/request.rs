@@ -181,6 +181,7 @@ pub fn decode<'a>(
     rest: &'a [u8],
 ) -> Result<Request<'a>, DecodeError> {
     let op = header.opcode;
+    let operation = operation(op, arg0, rest)?;
     Ok(Request {
         ctx: Ctx {
             unique: Unique(header.unique),
@@ -190,7 +191,7 @@ pub fn decode<'a>(
         },
         opcode: op,
         ino: Ino(header.nodeid),
-        op: operation(op, arg0, rest)?,
+        op: operation,
     })
 }
 
