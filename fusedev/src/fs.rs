@@ -2,15 +2,21 @@
 //! transport. Metadata operations answer at once; a read may answer at
 //! once (fill the buffer) or later (take a [`DeferredRead`] and complete it
 //! from any thread), so a core never blocks on the network.
+//!
+//! This is the filesystem's side of the API. It depends on `deferred` (the
+//! [`DeferredRead`] handle) and `encode` (directory records); the
+//! dispatcher (`reply`) and the transports depend on it, never the other
+//! way.
 
-use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::os::unix::ffi::OsStrExt;
 
+use crate::deferred::DeferSeed;
+pub use crate::deferred::DeferredRead;
+use crate::encode;
 use crate::passthrough::BackingId;
 use crate::request::Ctx;
-use crate::types::{AttrReply, Entry, Errno, FileHandle, Ino, Statfs, Unique};
+use crate::types::{AttrReply, Entry, Errno, FileHandle, Ino, Statfs};
 
 /// What open/opendir answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -26,15 +32,23 @@ pub struct Opened {
 }
 
 /// How a read answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub enum ReadResult {
     /// This many bytes of the buffer hold the answer (fewer than asked
     /// means end of file).
     Data(usize),
-    /// [`ReadOut::defer`] was called; the handle will answer.
-    Deferred,
+    /// The [`DeferredRead`] that [`ReadOut::defer`] returned with this
+    /// token will answer.
+    Deferred(Deferred),
     Error(Errno),
 }
+
+/// Proof that a read was deferred: made only by [`ReadOut::defer`] (the
+/// field is private), not `Clone`, so [`ReadResult::Deferred`] can only
+/// be returned by a read that took a [`DeferredRead`].
+#[derive(Debug, PartialEq, Eq)]
+#[must_use = "return it as ReadResult::Deferred(token)"]
+pub struct Deferred(());
 
 /// The destination of one read.
 pub struct ReadOut<'a> {
@@ -58,170 +72,10 @@ impl ReadOut<'_> {
     }
 
     /// Answer later: the returned handle completes the read from any
-    /// thread; dropping it unanswered answers EIO.
-    pub fn defer(self) -> DeferredRead {
-        self.seed.deferred.store(true, Ordering::Relaxed);
-        let done = Arc::new(AtomicBool::new(false));
-        self.seed.pending.insert(
-            self.seed.unique,
-            PendingReply {
-                sink: self.seed.sink.clone(),
-                token: self.seed.token,
-                done: done.clone(),
-            },
-        );
-        DeferredRead {
-            sink: self.seed.sink.clone(),
-            token: self.seed.token,
-            unique: self.seed.unique,
-            max: self.buf.len(),
-            done,
-            pending: self.seed.pending.clone(),
-        }
-    }
-}
-
-/// Where a deferred reply goes: a transport's way to answer a request
-/// after the dispatching call has returned.
-pub(crate) trait ReplySink: Send + Sync {
-    /// Sends the reply for `unique` (`token` is the transport's own
-    /// locator: the ring entry).
-    fn send(&self, token: u64, unique: Unique, result: Result<&[u8], Errno>);
-}
-
-/// What a transport hands the dispatcher so a read can be deferred.
-pub(crate) struct DeferSeed {
-    pub(crate) sink: Arc<dyn ReplySink>,
-    pub(crate) token: u64,
-    pub(crate) unique: Unique,
-    pub(crate) pending: Arc<PendingReplies>,
-    /// Set when the request being dispatched took a [`DeferredRead`]
-    /// (the dispatcher clears it first). Only the dispatching thread
-    /// touches it; atomic so that `ReadOut` stays `Send`.
-    pub(crate) deferred: AtomicBool,
-}
-
-impl DeferSeed {
-    pub(crate) fn new(sink: Arc<dyn ReplySink>, pending: Arc<PendingReplies>) -> DeferSeed {
-        DeferSeed {
-            sink,
-            token: 0,
-            unique: Unique(0),
-            pending,
-            deferred: AtomicBool::new(false),
-        }
-    }
-}
-
-/// Locks `m` even if a thread panicked while holding it: every map and
-/// queue behind these locks is left consistent by each single operation,
-/// so one panicking thread must not take the others down with it.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-pub(crate) struct PendingReply {
-    sink: Arc<dyn ReplySink>,
-    token: u64,
-    done: Arc<AtomicBool>,
-}
-
-/// Deferred requests by id, so an INTERRUPT can answer them.
-#[derive(Default)]
-pub(crate) struct PendingReplies(Mutex<HashMap<u64, PendingReply>>);
-
-impl PendingReplies {
-    fn insert(&self, unique: Unique, p: PendingReply) {
-        lock(&self.0).insert(unique.0, p);
-    }
-
-    fn remove(&self, unique: Unique) {
-        lock(&self.0).remove(&unique.0);
-    }
-
-    /// Takes a deferred request back from its handle (which then answers
-    /// nothing and reports [`DeferredRead::is_cancelled`]). Returns whether
-    /// it was still unanswered: the caller must then answer it. False means
-    /// the handle's answer is already on its way through the sink.
-    pub(crate) fn take_over(&self, unique: Unique) -> bool {
-        let Some(p) = lock(&self.0).remove(&unique.0) else {
-            return false;
-        };
-        !p.done.swap(true, Ordering::AcqRel)
-    }
-
-    /// Answers a deferred request with EINTR, if it is still waiting.
-    /// Returns whether it was.
-    pub(crate) fn interrupt(&self, unique: Unique) -> bool {
-        let Some(p) = lock(&self.0).remove(&unique.0) else {
-            return false;
-        };
-        if p.done.swap(true, Ordering::AcqRel) {
-            return false;
-        }
-        p.sink.send(p.token, unique, Err(Errno::EINTR));
-        true
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        lock(&self.0).len()
-    }
-}
-
-/// A read that will be answered later, from any thread. Answers EIO if
-/// dropped unanswered; answers nothing if the request was interrupted
-/// first (the kernel already has its EINTR).
-pub struct DeferredRead {
-    sink: Arc<dyn ReplySink>,
-    token: u64,
-    unique: Unique,
-    max: usize,
-    done: Arc<AtomicBool>,
-    pending: Arc<PendingReplies>,
-}
-
-impl std::fmt::Debug for DeferredRead {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DeferredRead")
-            .field("unique", &self.unique)
-            .field("max", &self.max)
-            .finish()
-    }
-}
-
-impl DeferredRead {
-    /// The most bytes the answer may hold.
-    pub fn max_len(&self) -> usize {
-        self.max
-    }
-
-    /// Whether the request was interrupted (answering is then a no-op).
-    pub fn is_cancelled(&self) -> bool {
-        self.done.load(Ordering::Acquire)
-    }
-
-    /// Answers with data (truncated to [`DeferredRead::max_len`]).
-    pub fn reply(self, data: &[u8]) {
-        let n = data.len().min(self.max);
-        self.finish(Ok(&data[..n]));
-    }
-
-    /// Answers with an error.
-    pub fn error(self, errno: Errno) {
-        self.finish(Err(errno));
-    }
-
-    fn finish(&self, result: Result<&[u8], Errno>) {
-        if !self.done.swap(true, Ordering::AcqRel) {
-            self.pending.remove(self.unique);
-            self.sink.send(self.token, self.unique, result);
-        }
-    }
-}
-
-impl Drop for DeferredRead {
-    fn drop(&mut self) {
-        self.finish(Err(Errno::EIO));
+    /// thread (dropping it unanswered answers EIO); return the token as
+    /// [`ReadResult::Deferred`].
+    pub fn defer(self) -> (DeferredRead, Deferred) {
+        (self.seed.defer(self.buf.len()), Deferred(()))
     }
 }
 
@@ -251,12 +105,38 @@ impl DirOut<'_> {
     /// Adds an entry; `next_offset` is the cookie to resume after it.
     /// Returns false (adding nothing) when the reply is full.
     pub fn push(&mut self, name: &OsStr, next_offset: u64, entry: &Entry) -> bool {
-        crate::reply::push_dirent(self, name, next_offset, entry, true)
+        self.push_record(name, next_offset, entry, true)
     }
 
     /// Adds `.` or `..`: listed, but not a lookup the kernel keeps.
     pub fn push_dot(&mut self, name: &OsStr, next_offset: u64, entry: &Entry) -> bool {
-        crate::reply::push_dirent(self, name, next_offset, entry, false)
+        self.push_record(name, next_offset, entry, false)
+    }
+
+    fn push_record(
+        &mut self,
+        name: &OsStr,
+        next_offset: u64,
+        entry: &Entry,
+        counted: bool,
+    ) -> bool {
+        let Some(rest) = self.buf.get_mut(self.len..) else {
+            return false;
+        };
+        match encode::dirent(
+            rest,
+            self.plus,
+            name.as_bytes(),
+            next_offset,
+            entry,
+            counted,
+        ) {
+            Some(n) => {
+                self.len += n;
+                true
+            }
+            None => false,
+        }
     }
 }
 

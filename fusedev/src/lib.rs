@@ -9,19 +9,34 @@
 //! - [`passthrough`]: backing files the kernel reads directly.
 //!
 //! The crate knows nothing of images.
+//!
+//! Dependencies between the modules point one way (docs/fusedev.md has
+//! the map): the leaves `abi`, `types`, `sync`, `sys`; above them
+//! `encode`, `request`, `passthrough`, `deferred`, `options`; then `fs`,
+//! `knob`, `init`, `control`; then `reply` (the dispatcher); `serving`;
+//! the transports `classic` and `uring`; `session` and `offline` on top.
 
 pub mod abi;
+mod classic;
+mod control;
+mod deferred;
+mod encode;
 pub mod fs;
+mod init;
+mod knob;
 pub mod offline;
+mod options;
 pub mod passthrough;
 mod reply;
 pub mod request;
+mod serving;
 pub mod session;
+mod sync;
 mod sys;
 pub mod types;
 mod uring;
 
-pub use fs::{ConnInfo, DeferredRead, DirOut, Filesystem, Opened, ReadOut, ReadResult};
+pub use fs::{ConnInfo, Deferred, DeferredRead, DirOut, Filesystem, Opened, ReadOut, ReadResult};
 pub use passthrough::{BackingFile, BackingId, Passthrough};
 pub use request::Ctx;
 pub use session::{

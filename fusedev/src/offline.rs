@@ -10,7 +10,8 @@ use std::sync::Arc;
 use zerocopy::IntoBytes;
 
 use crate::abi;
-use crate::fs::{DeferSeed, Filesystem, PendingReplies, ReplySink};
+use crate::deferred::{DeferSeed, PendingReplies, ReplySink};
+use crate::fs::Filesystem;
 use crate::reply::{Outcome, dispatch};
 use crate::request::{self, DecodeError};
 use crate::types::{Errno, Unique};

@@ -9,6 +9,9 @@
 //! never starve that CPU's metadata, the queue registers more entries
 //! (REGISTER works on a live queue, see docs/fusedev.md) whenever fewer
 //! than `depth` entries are free, up to `max` entries.
+//!
+//! Depends on `serving` (what the session's threads share), `reply`,
+//! `deferred` and `sys`; only the session depends on it.
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -21,10 +24,12 @@ use io_uring::{IoUring, cqueue, opcode, squeue::Entry128, types};
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
 use crate::abi::{InHeader, OutHeader, UringCmdReq, UringReqHeader, uring_cmd};
-use crate::fs::{DeferSeed, Filesystem, ReplySink, lock};
+use crate::deferred::{DeferSeed, ReplySink};
+use crate::fs::Filesystem;
 use crate::reply::{Outcome, dispatch_guarded};
 use crate::request::{self, Operation};
-use crate::session::Shared;
+use crate::serving::Shared;
+use crate::sync::lock;
 use crate::sys;
 use crate::types::{Errno, Unique};
 
@@ -42,7 +47,9 @@ struct Mailbox {
 
 impl ReplySink for Mailbox {
     fn send(&self, token: u64, unique: Unique, result: Result<&[u8], Errno>) {
-        lock(&self.queue).push((token as u32, unique, result.map(<[u8]>::to_vec)));
+        let answer = (token as u32, unique, result.map(<[u8]>::to_vec));
+        lock(&self.queue).push(answer);
+        // The guard is gone: the eventfd write happens unlocked.
         if let Err(e) = (&*self.wake).write_all(&1u64.to_ne_bytes()) {
             tracing::warn!(error = %e, "waking a FUSE ring");
         }
@@ -126,7 +133,7 @@ impl Queue {
         loop {
             // SAFETY: every SQE we push points only at buffers owned by a
             // RingEntry or the wake buffer, which live until the ring is
-            // dropped (they are declared before it in serve_queue).
+            // dropped (`QueueServer` declares the ring first, so it drops first).
             if unsafe { self.ring.submission().push(sqe) }.is_ok() {
                 return Ok(());
             }
@@ -184,189 +191,274 @@ pub(crate) fn serve_queue<F: Filesystem + ?Sized>(
     max: u16,
     shared: &Shared<F>,
 ) -> io::Result<()> {
-    let payload_len = shared.negotiated.max_write.max(8192);
-    let (depth, max) = (
-        usize::from(depth.max(1)),
-        usize::from(max.max(depth.max(1))),
-    );
-    // Buffers first: they must outlive the ring (locals drop in reverse).
-    let mut entries: Vec<RingEntry> = (0..depth).map(|_| RingEntry::new(payload_len)).collect();
-    let mut wake_buf = Box::new([0u8; 8]);
-    let mailbox = Arc::new(Mailbox {
-        queue: Mutex::new(Vec::new()),
-        wake: Arc::new(File::from(sys::eventfd()?)),
-    });
-    shared.stop.register(mailbox.wake.clone());
-    let sink: Arc<dyn ReplySink> = mailbox.clone();
-    let mut seed = DeferSeed::new(sink, shared.pending.clone());
+    QueueServer::start(&fuse, qid, depth, max, shared)?.run()
+}
+
+/// A ring for `max` entries and the wake read. One thread creates,
+/// submits to and reaps it, so the kernel may skip cross-thread locking
+/// (SINGLE_ISSUER) and run request delivery as task work only when we
+/// wait (DEFER_TASKRUN). Older kernels refuse the flags: retry without.
+fn build_ring(depth: usize, max: usize) -> io::Result<IoUring<Entry128, cqueue::Entry>> {
     let sq_len = (depth as u32 + 2).next_power_of_two();
     // One CQE per entry at most is outstanding, plus the wake read: size
     // the CQ for the grown queue so completions never overflow.
     let cq_len = (max as u32 + 2).next_power_of_two() * 2;
-    // One thread creates, submits to and reaps this ring, so the kernel may
-    // skip cross-thread locking (SINGLE_ISSUER) and run request delivery
-    // as task work only when we wait (DEFER_TASKRUN). Older kernels refuse
-    // the flags: retry without.
-    let ring = match IoUring::<Entry128, cqueue::Entry>::builder()
+    match IoUring::<Entry128, cqueue::Entry>::builder()
         .setup_cqsize(cq_len)
         .setup_single_issuer()
         .setup_defer_taskrun()
         .build(sq_len)
     {
-        Ok(r) => r,
+        Ok(r) => Ok(r),
         Err(_) => IoUring::<Entry128, cqueue::Entry>::builder()
             .setup_cqsize(cq_len)
-            .build(sq_len)?,
-    };
-    ring.submitter().register_files(&[fuse.as_raw_fd()])?;
-    let mut q = Queue { ring, qid };
-    for (i, e) in entries.iter().enumerate() {
-        q.register(i, e)?;
+            .build(sq_len),
     }
-    shared
-        .stats
-        .ring_entries
-        .fetch_add(depth as u64, Ordering::Relaxed);
-    q.arm_wake(&mailbox.wake, &mut wake_buf)?;
-    q.ring.submit()?;
-    let mut rest = vec![0u8; payload_len];
-    let mut cqes: Vec<(u64, i32)> = Vec::with_capacity(max + 1);
-    let mut gone = false;
-    // Entries answering nothing until their deferred read is answered.
-    let mut held = 0usize;
-    let mut warned_full = false;
-    loop {
-        // Shutdown: the connection was aborted, so every entry still in the
-        // kernel completes with an error; entries held by deferred reads
-        // were released by the kernel's teardown and have nothing to wait for.
-        if shared.stop.is_stopping() {
-            gone = true;
+}
+
+/// One queue's serving state, owned by its thread.
+struct QueueServer<'a, F: ?Sized> {
+    /// Declared before the buffers it points at: fields drop in order, so
+    /// the ring goes first and kernel-owned buffers are never freed while
+    /// the kernel may still write them.
+    q: Queue,
+    entries: Vec<RingEntry>,
+    wake_buf: Box<[u8; 8]>,
+    mailbox: Arc<Mailbox>,
+    seed: DeferSeed,
+    shared: &'a Shared<F>,
+    payload_len: usize,
+    depth: usize,
+    max: usize,
+    /// A copy of a request's payload, decoded while the entry's payload
+    /// buffer takes the reply.
+    rest: Vec<u8>,
+    cqes: Vec<(u64, i32)>,
+    /// The connection is gone: stop once no entry is in the kernel.
+    gone: bool,
+    /// Entries answering nothing until their deferred read is answered.
+    held: usize,
+    warned_full: bool,
+}
+
+impl<'a, F: Filesystem + ?Sized> QueueServer<'a, F> {
+    /// Sets the queue up: buffers, mailbox, ring, `depth` entries
+    /// registered, the wake read armed, all submitted.
+    fn start(
+        fuse: &File,
+        qid: u16,
+        depth: u16,
+        max: u16,
+        shared: &'a Shared<F>,
+    ) -> io::Result<Self> {
+        let payload_len = shared.negotiated.max_write.max(8192);
+        let (depth, max) = (
+            usize::from(depth.max(1)),
+            usize::from(max.max(depth.max(1))),
+        );
+        let mailbox = Arc::new(Mailbox {
+            queue: Mutex::new(Vec::new()),
+            wake: Arc::new(File::from(sys::eventfd()?)),
+        });
+        shared.stop.register(mailbox.wake.clone());
+        let sink: Arc<dyn ReplySink> = mailbox.clone();
+        let ring = build_ring(depth, max)?;
+        ring.submitter().register_files(&[fuse.as_raw_fd()])?;
+        let mut server = QueueServer {
+            q: Queue { ring, qid },
+            entries: (0..depth).map(|_| RingEntry::new(payload_len)).collect(),
+            wake_buf: Box::new([0u8; 8]),
+            seed: DeferSeed::new(sink, shared.pending.clone()),
+            mailbox,
+            shared,
+            payload_len,
+            depth,
+            max,
+            rest: vec![0u8; payload_len],
+            cqes: Vec::with_capacity(max + 1),
+            gone: false,
+            held: 0,
+            warned_full: false,
+        };
+        for (i, e) in server.entries.iter().enumerate() {
+            server.q.register(i, e)?;
         }
-        if entries.iter().all(|e| e.slot == Slot::Dead)
-            || (gone && entries.iter().all(|e| e.slot != Slot::InKernel))
-        {
-            break;
-        }
-        match q.ring.submit_and_wait(1) {
-            Ok(_) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-            Err(e) => return Err(e),
-        }
-        cqes.clear();
-        cqes.extend(q.ring.completion().map(|c| (c.user_data(), c.result())));
-        for &(user_data, res) in &cqes {
-            if user_data == WAKE {
-                let answers = std::mem::take(&mut *lock(&mailbox.queue));
-                for (slot, unique, result) in answers {
-                    let Some(e) = entries.get_mut(slot as usize) else {
-                        continue;
-                    };
-                    let Slot::Deferred {
-                        unique: u,
-                        commit_id,
-                    } = e.slot
-                    else {
-                        continue;
-                    };
-                    if u != unique {
-                        continue;
-                    }
-                    let r = result.map(|data| {
-                        let n = data.len().min(e.payload.len());
-                        e.payload[..n].copy_from_slice(&data[..n]);
-                        n
-                    });
-                    fill_reply(e, unique, r);
-                    e.slot = Slot::InKernel;
-                    held -= 1;
-                    q.commit(slot as usize, commit_id)?;
-                }
-                if !gone {
-                    q.arm_wake(&mailbox.wake, &mut wake_buf)?;
-                }
-                continue;
+        shared
+            .stats
+            .ring_entries
+            .fetch_add(depth as u64, Ordering::Relaxed);
+        server
+            .q
+            .arm_wake(&server.mailbox.wake, &mut server.wake_buf)?;
+        server.q.ring.submit()?;
+        Ok(server)
+    }
+
+    /// The commit-and-fetch loop, until the connection ends.
+    fn run(mut self) -> io::Result<()> {
+        loop {
+            // Shutdown: the connection was aborted, so every entry still in
+            // the kernel completes with an error; entries held by deferred
+            // reads were released by the kernel's teardown and have nothing
+            // to wait for.
+            if self.shared.stop.is_stopping() {
+                self.gone = true;
             }
-            let index = user_data as usize;
-            if res < 0 {
-                match -res {
-                    libc::ENOTCONN | libc::ECONNABORTED | libc::ECANCELED | libc::ENODEV => {
-                        gone = true
-                    }
-                    errno => tracing::error!(qid, errno, "FUSE ring entry failed"),
-                }
-                entries[index].slot = Slot::Dead;
-                continue;
+            if self.entries.iter().all(|e| e.slot == Slot::Dead)
+                || (self.gone && self.entries.iter().all(|e| e.slot != Slot::InKernel))
+            {
+                break;
             }
-            shared.stats.ring.fetch_add(1, Ordering::Relaxed);
-            let e = &mut entries[index];
-            let hdr: UringReqHeader = *e.header;
-            let commit_id = hdr.ring_ent_in_out.commit_id;
-            let Ok((in_header, _)) = InHeader::read_from_prefix(&hdr.in_out[..]) else {
+            match self.q.ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(e) => return Err(e),
+            }
+            self.cqes.clear();
+            let completed = self
+                .q
+                .ring
+                .completion()
+                .map(|c| (c.user_data(), c.result()));
+            self.cqes.extend(completed);
+            for i in 0..self.cqes.len() {
+                let (user_data, res) = self.cqes[i];
+                if user_data == WAKE {
+                    self.deliver_answers()?;
+                } else {
+                    self.complete(user_data as usize, res)?;
+                }
+            }
+            if !self.gone {
+                self.grow()?;
+            }
+        }
+        tracing::debug!(qid = self.q.qid, "FUSE ring queue done");
+        Ok(())
+    }
+
+    /// The wake read completed: copies each deferred answer waiting in the
+    /// mailbox into its entry and commits it, then re-arms the read.
+    fn deliver_answers(&mut self) -> io::Result<()> {
+        // The mailbox's lock is held only for the swap, not the commits.
+        let answers = std::mem::take(&mut *lock(&self.mailbox.queue));
+        for (slot, unique, result) in answers {
+            let Some(e) = self.entries.get_mut(slot as usize) else {
                 continue;
             };
-            let unique = Unique(in_header.unique);
-            let rest_len = (hdr.ring_ent_in_out.payload_sz as usize).min(e.payload.len());
-            rest[..rest_len].copy_from_slice(&e.payload[..rest_len]);
-            let outcome = match request::decode(&in_header, &hdr.op_in, &rest[..rest_len]) {
-                Ok(req) if matches!(req.op, Operation::Interrupt { .. }) => Outcome::Reply(0),
-                Ok(req) => {
-                    seed.unique = unique;
-                    seed.token = index as u64;
-                    dispatch_guarded(&*shared.fs, &req, &mut e.payload, &seed)
-                }
-                Err(err) => {
-                    tracing::warn!(qid, error = %err, "malformed FUSE request");
-                    Outcome::Error(Errno::EINVAL)
-                }
+            let Slot::Deferred {
+                unique: u,
+                commit_id,
+            } = e.slot
+            else {
+                continue;
             };
-            match outcome {
-                Outcome::Reply(n) => fill_reply(e, unique, Ok(n)),
-                Outcome::Error(err) => fill_reply(e, unique, Err(err)),
-                // Requests that take no answer never come through the ring;
-                // re-arm the entry all the same.
-                Outcome::NoReply => fill_reply(e, unique, Ok(0)),
-                Outcome::Deferred => {
-                    e.slot = Slot::Deferred { unique, commit_id };
-                    held += 1;
-                    continue;
-                }
+            if u != unique {
+                continue;
             }
-            q.commit(index, commit_id)?;
+            let r = result.map(|data| {
+                let n = data.len().min(e.payload.len());
+                e.payload[..n].copy_from_slice(&data[..n]);
+                n
+            });
+            fill_reply(e, unique, r);
+            e.slot = Slot::InKernel;
+            self.held -= 1;
+            self.q.commit(slot as usize, commit_id)?;
         }
-        // Keep `depth` entries free for new requests while deferred reads
-        // hold others. The kernel hands a new entry only requests that
-        // arrive after it (fuse_uring_do_register does not look at the
-        // queue's waiting list), so this grows before the queue runs dry.
-        if !gone {
-            let live = entries.iter().filter(|e| e.slot != Slot::Dead).count();
-            let free = live - held;
-            if free < depth && entries.len() < max {
-                let add = (depth - free).min(max - entries.len());
-                for _ in 0..add {
-                    entries.push(RingEntry::new(payload_len));
-                    let i = entries.len() - 1;
-                    q.register(i, &entries[i])?;
+        if !self.gone {
+            self.q.arm_wake(&self.mailbox.wake, &mut self.wake_buf)?;
+        }
+        Ok(())
+    }
+
+    /// Entry `index` completed with `res`: a request to serve, or the end
+    /// of the entry.
+    fn complete(&mut self, index: usize, res: i32) -> io::Result<()> {
+        if res < 0 {
+            match -res {
+                libc::ENOTCONN | libc::ECONNABORTED | libc::ECANCELED | libc::ENODEV => {
+                    self.gone = true
                 }
-                shared
-                    .stats
-                    .ring_entries
-                    .fetch_add(add as u64, Ordering::Relaxed);
-                tracing::debug!(qid, entries = entries.len(), held, "FUSE ring queue grew");
-            } else if free == 0 && !warned_full {
-                warned_full = true;
-                tracing::warn!(
-                    qid,
-                    entries = entries.len(),
-                    "every entry of this FUSE ring queue is held by a deferred read; new \
-                     requests from this CPU wait until one is answered (raise ring_max_entries)"
-                );
+                errno => tracing::error!(qid = self.q.qid, errno, "FUSE ring entry failed"),
+            }
+            self.entries[index].slot = Slot::Dead;
+            return Ok(());
+        }
+        self.shared.stats.ring.fetch_add(1, Ordering::Relaxed);
+        let hdr: UringReqHeader = *self.entries[index].header;
+        let commit_id = hdr.ring_ent_in_out.commit_id;
+        let Ok((in_header, _)) = InHeader::read_from_prefix(&hdr.in_out[..]) else {
+            return Ok(());
+        };
+        let unique = Unique(in_header.unique);
+        let outcome = self.serve(index, &hdr, &in_header);
+        let e = &mut self.entries[index];
+        match outcome {
+            Outcome::Reply(n) => fill_reply(e, unique, Ok(n)),
+            Outcome::Error(err) => fill_reply(e, unique, Err(err)),
+            // Requests that take no answer never come through the ring;
+            // re-arm the entry all the same.
+            Outcome::NoReply => fill_reply(e, unique, Ok(0)),
+            Outcome::Deferred => {
+                e.slot = Slot::Deferred { unique, commit_id };
+                self.held += 1;
+                return Ok(());
+            }
+        }
+        self.q.commit(index, commit_id)
+    }
+
+    /// Decodes the request in entry `index` and dispatches it; the reply
+    /// payload goes into the entry's payload buffer.
+    fn serve(&mut self, index: usize, hdr: &UringReqHeader, in_header: &InHeader) -> Outcome {
+        let e = &mut self.entries[index];
+        let rest_len = (hdr.ring_ent_in_out.payload_sz as usize).min(e.payload.len());
+        self.rest[..rest_len].copy_from_slice(&e.payload[..rest_len]);
+        match request::decode(in_header, &hdr.op_in, &self.rest[..rest_len]) {
+            Ok(req) if matches!(req.op, Operation::Interrupt { .. }) => Outcome::Reply(0),
+            Ok(req) => {
+                self.seed.unique = Unique(in_header.unique);
+                self.seed.token = index as u64;
+                dispatch_guarded(&*self.shared.fs, &req, &mut e.payload, &self.seed)
+            }
+            Err(err) => {
+                tracing::warn!(qid = self.q.qid, error = %err, "malformed FUSE request");
+                Outcome::Error(Errno::EINVAL)
             }
         }
     }
-    tracing::debug!(qid, "FUSE ring queue done");
-    // Kernel-owned buffers must not be freed while the kernel may still
-    // write them: the ring goes first.
-    drop(q);
-    drop(entries);
-    Ok(())
+
+    /// Keeps `depth` entries free for new requests while deferred reads
+    /// hold others. The kernel hands a new entry only requests that arrive
+    /// after it (fuse_uring_do_register does not look at the queue's
+    /// waiting list), so this grows before the queue runs dry.
+    fn grow(&mut self) -> io::Result<()> {
+        let live = self.entries.iter().filter(|e| e.slot != Slot::Dead).count();
+        let free = live - self.held;
+        let qid = self.q.qid;
+        if free < self.depth && self.entries.len() < self.max {
+            let add = (self.depth - free).min(self.max - self.entries.len());
+            for _ in 0..add {
+                self.entries.push(RingEntry::new(self.payload_len));
+                let i = self.entries.len() - 1;
+                self.q.register(i, &self.entries[i])?;
+            }
+            self.shared
+                .stats
+                .ring_entries
+                .fetch_add(add as u64, Ordering::Relaxed);
+            let entries = self.entries.len();
+            tracing::debug!(qid, entries, held = self.held, "FUSE ring queue grew");
+        } else if free == 0 && !self.warned_full {
+            self.warned_full = true;
+            tracing::warn!(
+                qid,
+                entries = self.entries.len(),
+                "every entry of this FUSE ring queue is held by a deferred read; new \
+                 requests from this CPU wait until one is answered (raise ring_max_entries)"
+            );
+        }
+        Ok(())
+    }
 }

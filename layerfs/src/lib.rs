@@ -727,6 +727,7 @@ impl Filesystem for LayerFs {
         match Self::reply_from_store(&layer, &self.loader, node, offset, &mut out.buf()[..len]) {
             Ok(()) => ReadResult::Data(len),
             Err(missing) => {
+                let (reply, deferred) = out.defer();
                 let pending = Arc::new(PendingRead {
                     layer,
                     loader: self.loader.clone(),
@@ -734,14 +735,14 @@ impl Filesystem for LayerFs {
                     offset,
                     len,
                     state: Mutex::new(PendingState {
-                        reply: Some(out.defer()),
+                        reply: Some(reply),
                         waiting: 0,
                         got: HashMap::new(),
                         rounds: 0,
                     }),
                 });
                 pending.start(missing);
-                ReadResult::Deferred
+                ReadResult::Deferred(deferred)
             }
         }
     }

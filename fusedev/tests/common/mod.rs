@@ -399,11 +399,11 @@ impl Filesystem for TestFs {
             match ino.0 {
                 panic_ino::READ => panic!("{INJECTED}: read of {}", ino.0),
                 panic_ino::DEFER_HELD => {
-                    self.held.lock().unwrap().push(out.defer());
+                    self.held.lock().unwrap().push(out.defer().0);
                     panic!("{INJECTED}: read of {} after deferring", ino.0);
                 }
                 panic_ino::DEFER_DROPPED => {
-                    let _handle = out.defer();
+                    let (_handle, _deferred) = out.defer();
                     panic!("{INJECTED}: read of {} holding its handle", ino.0);
                 }
                 _ => {}
@@ -418,25 +418,27 @@ impl Filesystem for TestFs {
                 ReadResult::Data(n)
             }
             ReadMode::Later(delay) => {
-                let handle = out.defer();
+                let (handle, deferred) = out.defer();
                 let data = data.clone();
                 std::thread::spawn(move || {
                     std::thread::sleep(delay);
                     let n = handle.max_len().min(data.len() - start);
                     handle.reply(&data[start..start + n]);
                 });
-                ReadResult::Deferred
+                ReadResult::Deferred(deferred)
             }
             ReadMode::Never => {
-                self.held.lock().unwrap().push(out.defer());
-                ReadResult::Deferred
+                let (handle, deferred) = out.defer();
+                self.held.lock().unwrap().push(handle);
+                ReadResult::Deferred(deferred)
             }
             ReadMode::Hold => {
+                let (handle, deferred) = out.defer();
                 self.held_reads
                     .lock()
                     .unwrap()
-                    .push((out.defer(), ino.0, offset));
-                ReadResult::Deferred
+                    .push((handle, ino.0, offset));
+                ReadResult::Deferred(deferred)
             }
         }
     }
