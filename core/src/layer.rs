@@ -123,7 +123,16 @@ struct TocJson<R> {
     escaped: bool,
     string_len: usize,
     /// Why reading stopped early, for the error the parser reports.
-    refused: Option<String>,
+    refused: Option<TocRefusal>,
+}
+
+/// Why the TOC's JSON stream was cut off: a bound that protects memory.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+enum TocRefusal {
+    #[error("TOC inflates past {0} bytes")]
+    TooLarge(u64),
+    #[error("a TOC string longer than {MAX_TOC_STRING_BYTES} bytes")]
+    LongString,
 }
 
 impl<R: Read> TocJson<R> {
@@ -140,8 +149,8 @@ impl<R: Read> TocJson<R> {
         }
     }
 
-    fn refuse(&mut self, why: String) -> io::Error {
-        self.refused = Some(why.clone());
+    fn refuse(&mut self, why: TocRefusal) -> io::Error {
+        self.refused = Some(why);
         io::Error::other(why)
     }
 
@@ -153,14 +162,14 @@ impl<R: Read> TocJson<R> {
 
 impl<R: Read> Read for TocJson<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if let Some(why) = &self.refused {
-            return Err(io::Error::other(why.clone()));
+        if let Some(why) = self.refused {
+            return Err(io::Error::other(why));
         }
         let n = self.inner.read(buf)?;
         self.read += n as u64;
         if self.read > self.limit {
             let limit = self.limit;
-            return Err(self.refuse(format!("TOC inflates past {limit} bytes")));
+            return Err(self.refuse(TocRefusal::TooLarge(limit)));
         }
         let got = &buf[..n];
         self.hasher.update(got);
@@ -182,9 +191,7 @@ impl<R: Read> Read for TocJson<R> {
             }
             self.string_len += 1;
             if self.string_len > MAX_TOC_STRING_BYTES {
-                return Err(self.refuse(format!(
-                    "a TOC string longer than {MAX_TOC_STRING_BYTES} bytes"
-                )));
+                return Err(self.refuse(TocRefusal::LongString));
             }
         }
         Ok(n)
@@ -281,7 +288,7 @@ fn parse_toc(
         opts.limits,
     );
     let parsed = match (parsed, json.refused.take()) {
-        (_, Some(why)) => return Err(Error::Limit(why)),
+        (_, Some(why)) => return Err(Error::Limit(why.to_string())),
         (Err(e), _) => {
             if let Some(expected) = opts.toc_digest
                 && json.drain().is_ok()

@@ -1,0 +1,180 @@
+//! Reads: find the chunks under the index lock, then copy from the
+//! mapping of that entry's life with the lock released. Mappings are
+//! cached (`maps`); mapping, and unmapping what the cache lets go, happen
+//! outside both locks.
+
+use std::fs::File;
+use std::io;
+use std::sync::Arc;
+
+use memmap2::Mmap;
+
+use super::Store;
+use super::files::map;
+use super::keys::{FileKey, StoreChunk};
+use crate::digest::Digest;
+
+/// How often a read starts over when the entry it found went away
+/// between its check and its copy (evicted, promoted).
+const READ_ATTEMPTS: usize = 3;
+
+/// Where a read's bytes are, as found under the index lock.
+struct Found {
+    /// The entry's key and life.
+    key: Digest,
+    id: u64,
+    complete: bool,
+    /// Chunks (indices into the reader's) loaded from an earlier run and
+    /// not hashed again yet.
+    to_check: Vec<usize>,
+}
+
+impl Store {
+    /// Copies `[offset, offset + buf.len())` of `file` into `buf`, if
+    /// every chunk it touches is present and verified. `chunks` are the
+    /// chunks of the reader's layout that the range touches. Otherwise
+    /// returns the indices (into `chunks`) of the chunks still missing.
+    pub fn read(
+        &self,
+        file: &FileKey,
+        chunks: &[StoreChunk],
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<(), Vec<usize>> {
+        let end = offset.saturating_add(buf.len() as u64).min(file.size);
+        let all = || {
+            (0..chunks.len())
+                .filter(|&i| chunks[i].offset < end && chunks[i].offset + chunks[i].len > offset)
+                .collect::<Vec<usize>>()
+        };
+        for _ in 0..READ_ATTEMPTS {
+            let found = self.find(file, chunks, &all)?;
+            let m = match self.mapping(&found.key, found.id, found.complete) {
+                Ok(m) => m,
+                // Evicted or promoted since: look again.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(_) => return Err(all()),
+            };
+            if (m.len() as u64) < end {
+                return Err(all());
+            }
+            if !found.to_check.is_empty() {
+                let bad = self.recheck(file, found.id, chunks, &found.to_check, &m);
+                if !bad.is_empty() {
+                    return Err(bad);
+                }
+            }
+            if offset < end {
+                let n = (end - offset) as usize;
+                buf[..n].copy_from_slice(&m[offset as usize..end as usize]);
+            }
+            return Ok(());
+        }
+        Err(all())
+    }
+
+    /// Under the index lock: the entry a read of the chunks `touched()`
+    /// returns copies from, or the chunks it misses.
+    fn find(
+        &self,
+        file: &FileKey,
+        chunks: &[StoreChunk],
+        touched: &dyn Fn() -> Vec<usize>,
+    ) -> Result<Found, Vec<usize>> {
+        let mut index = self.lock();
+        if let Some(e) = index.complete(file) {
+            let id = e.id;
+            index.touch(&file.content);
+            return Ok(Found {
+                key: file.content,
+                id,
+                complete: true,
+                to_check: Vec::new(),
+            });
+        }
+        let Some((p, id)) = index.partial(file) else {
+            return Err(touched());
+        };
+        let (mut missing, mut to_check) = (Vec::new(), Vec::new());
+        for i in touched() {
+            let c = &chunks[i];
+            match p.records.get(&(c.offset, c.len)) {
+                Some(r) if r.digest == c.digest && r.verified => {}
+                Some(r) if r.digest == c.digest => to_check.push(i),
+                _ => missing.push(i),
+            }
+        }
+        if !missing.is_empty() {
+            return Err(missing);
+        }
+        index.touch(&file.layout);
+        Ok(Found {
+            key: file.layout,
+            id,
+            complete: false,
+            to_check,
+        })
+    }
+
+    /// Hashes chunks loaded from an earlier run's journal (indices into
+    /// `chunks`) in mapping `m` of life `id`; marks the good ones verified
+    /// and drops the bad ones. Returns the bad ones.
+    fn recheck(
+        &self,
+        file: &FileKey,
+        id: u64,
+        chunks: &[StoreChunk],
+        to_check: &[usize],
+        m: &Mmap,
+    ) -> Vec<usize> {
+        let bad: Vec<usize> = to_check
+            .iter()
+            .copied()
+            .filter(|&i| {
+                let c = &chunks[i];
+                Digest::of(&m[c.offset as usize..(c.offset + c.len) as usize]) != c.digest
+            })
+            .collect();
+        let mut index = self.lock();
+        if let Some((p, now)) = index.partial(file)
+            && now == id
+        {
+            for &i in to_check {
+                let c = &chunks[i];
+                if bad.contains(&i) {
+                    // A torn write from an earlier run: absent.
+                    tracing::info!(file = %file.content, offset = c.offset, "cached chunk failed re-verification; fetching it again");
+                    p.records.remove(&(c.offset, c.len));
+                } else if let Some(r) = p.records.get_mut(&(c.offset, c.len)) {
+                    r.verified = true;
+                }
+            }
+        }
+        bad
+    }
+
+    /// The mapping of one life of an entry (`key`, `id`); the file's path
+    /// is made only when it is not mapped yet. Opening and mapping happen
+    /// with no lock held; a mapping the cache drops to make room is
+    /// unmapped after its lock is released.
+    fn mapping(&self, key: &Digest, id: u64, complete: bool) -> io::Result<Arc<Mmap>> {
+        if let Some(m) = self.maps.lock().expect("maps").get(&(*key, id)) {
+            return Ok(m.clone());
+        }
+        let path = if complete {
+            self.complete_path(key, id)
+        } else {
+            self.partial_paths(key, id).0
+        };
+        let m = Arc::new(map(&File::open(path)?)?);
+        let dropped = self.maps.lock().expect("maps").push((*key, id), m.clone());
+        drop(dropped);
+        Ok(m)
+    }
+
+    /// Forgets the mapping of one life of an entry; the caller drops it
+    /// (which may unmap) once it holds no lock.
+    pub(super) fn forget_mapping(&self, key: &Digest, id: u64) -> Option<Arc<Mmap>> {
+        self.maps.lock().expect("maps").pop(&(*key, id))
+    }
+}

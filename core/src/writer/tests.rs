@@ -1,0 +1,149 @@
+use super::*;
+use crate::layer::{Layer, OpenOptions};
+use crate::tree::{NO_PREFETCH_LANDMARK, NodeId, PREFETCH_LANDMARK};
+
+fn tar_of(entries: &[(&str, EntryType, &[u8], &str)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, kind, data, link) in entries {
+        let e = Entry {
+            name: name.to_string(),
+            entry_type: Some(*kind),
+            mode: 0o644,
+            size: data.len() as u64,
+            link_name: link.to_string(),
+            mtime: 1_700_000_000,
+            ..Entry::default()
+        };
+        out.extend(tar::encode_header(&e));
+        out.extend_from_slice(data);
+        out.resize(out.len() + tar::padding(data.len() as u64), 0);
+    }
+    out
+}
+
+fn toc_names(blob: &[u8]) -> Vec<String> {
+    let layer = Layer::open(blob, blob.len() as u64, &OpenOptions::default()).unwrap();
+    // Rebuild TOC order from chunk offsets: members are in TOC order.
+    let mut files: Vec<(u64, String)> = layer
+        .tree
+        .walk()
+        .into_iter()
+        .filter_map(|(name, id)| layer.tree.chunks(id).first().map(|c| (c.offset, name)))
+        .collect();
+    files.sort();
+    files.into_iter().map(|(_, n)| n).collect()
+}
+
+#[test]
+fn prioritized_files_come_first_with_their_dependencies() {
+    let tar = tar_of(&[
+        ("a/one", EntryType::Reg, b"1", ""),
+        ("b/", EntryType::Dir, b"", ""),
+        ("b/two", EntryType::Reg, b"22", ""),
+        ("c/link", EntryType::Hardlink, b"", "a/one"),
+        ("d", EntryType::Reg, b"4444", ""),
+    ]);
+    let opts = WriterOptions {
+        prioritized: vec!["c/link".into(), "./b/two".into()],
+        ..WriterOptions::default()
+    };
+    let (blob, _) = build_to_vec(&tar[..], &opts).unwrap();
+    // a/one (link target) before the landmark, then b/two, then the rest.
+    assert_eq!(toc_names(&blob), ["a/one", "b/two", PREFETCH_LANDMARK, "d"]);
+    let layer = Layer::open(&blob[..], blob.len() as u64, &OpenOptions::default()).unwrap();
+    let lm = layer.tree.prefetch_landmark().unwrap();
+    let range = layer.tree.prefetch_range().unwrap();
+    assert_eq!(range, layer.tree.chunks(lm)[0].offset);
+    let two = layer.tree.lookup_path("b/two").unwrap();
+    assert!(layer.tree.chunks(two)[0].next_offset <= range);
+    assert!(!layer.tree.has_no_prefetch_landmark());
+}
+
+#[test]
+fn no_prioritized_files_put_the_no_prefetch_landmark_first() {
+    let tar = tar_of(&[("x", EntryType::Reg, b"x", "")]);
+    let (blob, _) = build_to_vec(&tar[..], &WriterOptions::default()).unwrap();
+    assert_eq!(toc_names(&blob), [NO_PREFETCH_LANDMARK, "x"]);
+}
+
+#[test]
+fn missing_prioritized_is_an_error_unless_allowed() {
+    let tar = tar_of(&[("x", EntryType::Reg, b"x", "")]);
+    let mut opts = WriterOptions {
+        prioritized: vec!["nope".into()],
+        ..WriterOptions::default()
+    };
+    assert!(matches!(
+        build_to_vec(&tar[..], &opts),
+        Err(WriteError::MissingPrioritized(_))
+    ));
+    opts.allow_missing_prioritized = true;
+    let (_, built) = build_to_vec(&tar[..], &opts).unwrap();
+    assert_eq!(built.missing_prioritized, ["nope"]);
+}
+
+#[test]
+fn old_toc_and_landmarks_are_dropped_and_duplicates_last_win() {
+    let tar = tar_of(&[
+        ("stargz.index.json", EntryType::Reg, b"{}", ""),
+        ("./.prefetch.landmark", EntryType::Reg, b"\x0f", ""),
+        ("sub/.prefetch.landmark", EntryType::Reg, b"kept", ""),
+        ("f", EntryType::Reg, b"old", ""),
+        ("g", EntryType::Reg, b"g", ""),
+        ("./f", EntryType::Reg, b"new", ""),
+    ]);
+    let (blob, _) = build_to_vec(&tar[..], &WriterOptions::default()).unwrap();
+    assert_eq!(
+        toc_names(&blob),
+        [NO_PREFETCH_LANDMARK, "sub/.prefetch.landmark", "g", "f"]
+    );
+    let layer = Layer::open(&blob[..], blob.len() as u64, &OpenOptions::default()).unwrap();
+    assert!(layer.tree.lookup(NodeId::ROOT, TOC_NAME).is_none());
+    assert!(layer.tree.prefetch_landmark().is_none());
+}
+
+#[test]
+fn chunk_sizes_readers_would_refuse_are_refused() {
+    let tar = tar_of(&[("f", EntryType::Reg, b"x", "")]);
+    for chunk_size in [MAX_WRITER_CHUNK_SIZE + 1, u64::MAX] {
+        let opts = WriterOptions {
+            chunk_size,
+            ..WriterOptions::default()
+        };
+        assert!(matches!(
+            build_to_vec(&tar[..], &opts),
+            Err(WriteError::Option(_))
+        ));
+    }
+}
+
+#[test]
+fn chunk_size_field_follows_the_reference() {
+    let data = vec![7u8; 10];
+    let tar = tar_of(&[
+        ("f", EntryType::Reg, &data, ""),
+        ("e", EntryType::Reg, &data[..8], ""),
+    ]);
+    let opts = WriterOptions {
+        chunk_size: 4,
+        ..WriterOptions::default()
+    };
+    let (blob, _) = build_to_vec(&tar[..], &opts).unwrap();
+    let layer = Layer::open(&blob[..], blob.len() as u64, &OpenOptions::default()).unwrap();
+    let sizes = |p: &str| -> Vec<u64> {
+        let id = layer.tree.lookup_path(p).unwrap();
+        layer.tree.chunks(id).iter().map(|c| c.size).collect()
+    };
+    assert_eq!(sizes("f"), [4, 4, 2]);
+    assert_eq!(sizes("e"), [4, 4]);
+    // The raw TOC: the short tail chunk omits chunkSize; a full last one keeps it.
+    let Footer::Estargz { toc_offset } = layer.footer else {
+        unreachable!("the writer emits eStargz footers")
+    };
+    let mut json = String::new();
+    flate2::read::GzDecoder::new(&blob[toc_offset as usize..])
+        .read_to_string(&mut json)
+        .unwrap();
+    assert_eq!(json.matches("\"chunkSize\": 4").count(), 4, "{json}");
+    assert!(json.contains("\t\"version\": 1"));
+}
