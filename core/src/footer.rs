@@ -3,6 +3,13 @@
 //! Only the gzip header and extra field of the gzip footers are parsed, as
 //! in the reference; writers still emit the whole member.
 
+/// How the blob's members are compressed (which footer it has says it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    Gzip,
+    Zstd,
+}
+
 /// Size of the eStargz footer.
 pub const ESTARGZ_FOOTER_SIZE: usize = 51;
 /// Size of the legacy (crfs) stargz footer.

@@ -13,7 +13,7 @@ use std::io::Read;
 
 use crate::digest::{Digest, Hasher};
 use crate::error::ChunkError;
-use crate::layer::Compression;
+use crate::footer::Compression;
 use crate::limits::{DEFLATE_MAX_RATIO, MAX_INNER_OFFSET, ZSTD_MAX_RATIO};
 use crate::tree::Chunk;
 

@@ -14,12 +14,7 @@ use crate::tar::Scanner;
 use crate::toc::{self, Limits, TOC_NAME};
 use crate::tree::LayerTree;
 
-/// How the blob's members are compressed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compression {
-    Gzip,
-    Zstd,
-}
+pub use crate::footer::Compression;
 
 /// Options for [`Layer::open`].
 #[derive(Debug, Clone)]

@@ -7,14 +7,13 @@ use std::collections::HashMap;
 
 use base64::Engine as _;
 
-use super::link::{Linker, sort_children};
 use super::{Limits, TocEntry, is_overlay_xattr, parse_mtime};
 use crate::digest::Digest;
 use crate::error::Error;
-use crate::layer::Compression;
+use crate::footer::Compression;
 use crate::name;
 use crate::tar::EntryType;
-use crate::tree::{Chunk, LayerTree, NO_INDEX, NodeId, StrRef, Xattr};
+use crate::tree::{Chunk, NO_INDEX, StrRef, Xattr};
 
 /// A non-chunk entry as read, before names are linked into directories.
 pub(super) struct Pending {
@@ -405,43 +404,5 @@ impl Builder {
         self.add_chunk(e, &name, size, e.chunk_offset)?;
         self.pending.last_mut().expect("checked above").chunk_len += 1;
         Ok(())
-    }
-
-    pub(super) fn finish(mut self, data_end: u64) -> Result<LayerTree, Error> {
-        self.resolve_next_offsets(data_end)?;
-        self.check_chunk_cover()?;
-        let pending = std::mem::take(&mut self.pending);
-        let by_name = std::mem::take(&mut self.by_name);
-        let mut linker = Linker {
-            nodes: Vec::with_capacity(by_name.len() + 1),
-            dirents: Vec::with_capacity(by_name.len()),
-            node_of: vec![NodeId::NONE; pending.len()],
-            children: HashMap::with_capacity(by_name.len()),
-            pending: &pending,
-            by_name: &by_name,
-        };
-        linker.link_all(&mut self)?;
-        let Linker { nodes, dirents, .. } = linker;
-        let mut tree = LayerTree {
-            nodes,
-            dirents,
-            chunks: self.chunks,
-            digests: self.digests,
-            xattrs: self.xattrs,
-            strings: self.strings,
-            bytes: self.bytes,
-            user_names: self.user_names,
-            toc_entries: self.entries_seen,
-        };
-        sort_children(&mut tree);
-        tree.nodes.shrink_to_fit();
-        tree.dirents.shrink_to_fit();
-        tree.chunks.shrink_to_fit();
-        tree.digests.shrink_to_fit();
-        tree.xattrs.shrink_to_fit();
-        tree.strings.shrink_to_fit();
-        tree.bytes.shrink_to_fit();
-        tree.user_names.shrink_to_fit();
-        Ok(tree)
     }
 }

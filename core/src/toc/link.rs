@@ -264,3 +264,46 @@ pub(super) fn sort_children(tree: &mut LayerTree) {
         n.b = (i - start) as u32;
     }
 }
+
+/// Linking the entries into a tree is the last step of building it.
+impl Builder {
+    /// The tree of every entry pushed: chunk geometry checked, entries
+    /// linked into directories, children sorted, arenas shrunk.
+    pub(super) fn finish(mut self, data_end: u64) -> Result<LayerTree, Error> {
+        self.resolve_next_offsets(data_end)?;
+        self.check_chunk_cover()?;
+        let pending = std::mem::take(&mut self.pending);
+        let by_name = std::mem::take(&mut self.by_name);
+        let mut linker = Linker {
+            nodes: Vec::with_capacity(by_name.len() + 1),
+            dirents: Vec::with_capacity(by_name.len()),
+            node_of: vec![NodeId::NONE; pending.len()],
+            children: HashMap::with_capacity(by_name.len()),
+            pending: &pending,
+            by_name: &by_name,
+        };
+        linker.link_all(&mut self)?;
+        let Linker { nodes, dirents, .. } = linker;
+        let mut tree = LayerTree {
+            nodes,
+            dirents,
+            chunks: self.chunks,
+            digests: self.digests,
+            xattrs: self.xattrs,
+            strings: self.strings,
+            bytes: self.bytes,
+            user_names: self.user_names,
+            toc_entries: self.entries_seen,
+        };
+        sort_children(&mut tree);
+        tree.nodes.shrink_to_fit();
+        tree.dirents.shrink_to_fit();
+        tree.chunks.shrink_to_fit();
+        tree.digests.shrink_to_fit();
+        tree.xattrs.shrink_to_fit();
+        tree.strings.shrink_to_fit();
+        tree.bytes.shrink_to_fit();
+        tree.user_names.shrink_to_fit();
+        Ok(tree)
+    }
+}

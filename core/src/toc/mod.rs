@@ -20,7 +20,7 @@ use serde::de::DeserializeSeed;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
-use crate::layer::Compression;
+use crate::footer::Compression;
 use crate::limits::MAX_TOC_ENTRIES;
 use crate::tree::LayerTree;
 use build::Builder;
