@@ -143,3 +143,58 @@ impl Drop for Loading {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use ringstar_core::NodeId;
+
+    fn key() -> ChunkKey {
+        ChunkKey {
+            layer: 1,
+            node: NodeId(3),
+            file_offset: 0,
+        }
+    }
+
+    fn counting(ok: &Arc<AtomicUsize>, failed: &Arc<AtomicUsize>) -> ChunkWaiter {
+        let (ok, failed) = (ok.clone(), failed.clone());
+        Box::new(move |r| {
+            let n = if r.is_ok() { ok } else { failed };
+            n.fetch_add(1, Ordering::Relaxed);
+        })
+    }
+
+    #[test]
+    fn one_leader_many_waiters_then_idle_again() {
+        let flights = Arc::new(Flights::default());
+        let (ok, failed) = (Arc::default(), Arc::default());
+        let Joined::Leader(loading) = flights.join(key(), counting(&ok, &failed)) else {
+            panic!("the first join leads");
+        };
+        assert!(matches!(
+            flights.join(key(), counting(&ok, &failed)),
+            Joined::Follower
+        ));
+        assert!(flights.claim(key()).is_none());
+        loading.finish(Ok(Arc::new(vec![1])));
+        assert_eq!(ok.load(Ordering::Relaxed), 2);
+        assert!(flights.claim(key()).is_some(), "idle again");
+    }
+
+    #[test]
+    fn a_dropped_load_fails_its_waiters() {
+        let flights = Arc::new(Flights::default());
+        let (ok, failed) = (Arc::default(), Arc::default());
+        let loading = flights.claim(key()).unwrap();
+        assert!(matches!(
+            flights.join(key(), counting(&ok, &failed)),
+            Joined::Follower
+        ));
+        drop(loading);
+        assert_eq!(failed.load(Ordering::Relaxed), 1);
+        assert_eq!(ok.load(Ordering::Relaxed), 0);
+    }
+}

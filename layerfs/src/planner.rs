@@ -255,3 +255,50 @@ pub(crate) fn prefetch_extents(all: &[Chunk], landmark: u64) -> impl Iterator<It
         (!e.chunks.is_empty()).then_some(e)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Chunks of `len` compressed bytes each, `gap` bytes apart.
+    fn chunks(n: usize, len: u64, gap: u64) -> Vec<Chunk> {
+        (0..n as u64)
+            .map(|i| {
+                let at = i * (len + gap);
+                Chunk::new(at, at + len, 0, 0, len)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_window_keeps_to_its_budget_but_always_takes_its_first_chunk() {
+        let all = chunks(10, 100 << 10, 0);
+        let e = extent(&all, BlobChunk(2), 250 << 10, u64::MAX);
+        assert_eq!(e.chunks, 2..4);
+        assert_eq!(e.blob_end, 4 * (100 << 10));
+        let e = extent(&all, BlobChunk(9), 1, u64::MAX);
+        assert_eq!(e.chunks, 9..10);
+    }
+
+    #[test]
+    fn small_gaps_ride_along_and_big_ones_cut_the_window() {
+        let all = chunks(4, 1000, WINDOW_GAP);
+        assert_eq!(extent(&all, BlobChunk(0), u64::MAX, u64::MAX).chunks, 0..4);
+        let all = chunks(4, 1000, WINDOW_GAP + 1);
+        assert_eq!(extent(&all, BlobChunk(0), u64::MAX, u64::MAX).chunks, 0..1);
+    }
+
+    #[test]
+    fn prefetch_windows_stop_at_the_landmark() {
+        let all = chunks(100, 100 << 10, 0);
+        let windows: Vec<Extent> = prefetch_extents(&all, 50 * (100 << 10)).collect();
+        assert_eq!(windows.first().unwrap().chunks.start, 0);
+        assert_eq!(windows.last().unwrap().chunks.end, 50);
+        assert!(windows.iter().all(|w| w.chunks.len() <= 40));
+        assert!(
+            windows
+                .windows(2)
+                .all(|p| p[0].chunks.end == p[1].chunks.start)
+        );
+    }
+}
