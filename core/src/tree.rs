@@ -366,12 +366,28 @@ impl LayerTree {
         &self.chunks
     }
 
+    /// The indices (into [`LayerTree::chunks`], file-local) of the chunks
+    /// of `id` that the file range `[offset, offset + len)` touches: the
+    /// one lookup of "which chunks does this read need".
+    pub fn chunks_overlapping(&self, id: NodeId, offset: u64, len: u64) -> std::ops::Range<usize> {
+        let chunks = self.chunks(id);
+        let first = chunks.partition_point(|c| c.chunk_offset + c.size <= offset);
+        let end = offset.saturating_add(len);
+        let last = first + chunks[first..].partition_point(|c| c.chunk_offset < end);
+        first..last
+    }
+
     /// The index (into [`LayerTree::chunks`]) of the chunk holding file
     /// offset `offset`, or `None` past the end.
     pub fn chunk_index_at(&self, id: NodeId, offset: u64) -> Option<usize> {
-        let chunks = self.chunks(id);
-        let i = chunks.partition_point(|c| c.chunk_offset + c.size <= offset);
-        (i < chunks.len()).then_some(i)
+        let i = self.chunks_overlapping(id, offset, 1).start;
+        (i < self.chunks(id).len()).then_some(i)
+    }
+
+    /// The first chunk (index into [`LayerTree::all_chunks`], blob order)
+    /// whose compressed member starts at or after blob offset `offset`.
+    pub fn first_chunk_from_blob_offset(&self, offset: u64) -> usize {
+        self.chunks.partition_point(|c| c.offset < offset)
     }
 
     /// The digest a chunk's uncompressed bytes must have. A single-chunk

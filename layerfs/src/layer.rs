@@ -1,7 +1,7 @@
 //! One remote layer as the filesystem serves it: the resolved core layer,
 //! where its blob is, and how much of it is fetched.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -10,11 +10,8 @@ use ringstar_core::tree::Chunk;
 use ringstar_core::{Digest, FileKind, Layer, NodeId};
 use ringstar_fetcher::BlobLocation;
 
-/// The most a stream of misses across neighbouring files reads ahead.
-/// Measured with hellobench (gcc, esgz-noopt, loopback): letting such a
-/// stream grow to the 8 MiB a file read through gets fetched 67–86 MB
-/// for a 22 MB working set and ran 4–5 s instead of 1.1 s.
-pub const CROSS_FILE_READ_AHEAD: u64 = 512 << 10;
+use crate::chunks::BlobChunk;
+use crate::planner::ReadAhead;
 
 /// Biggest chunk we inflate into memory; a TOC claiming more gets EIO
 /// for that read (bounded memory per read, whatever the TOC says).
@@ -32,13 +29,15 @@ pub struct RemoteLayer {
     pub blob_size: u64,
     pub location: BlobLocation,
     pub layer: Layer,
-    /// One bit per chunk of `layer.tree.all_chunks()`: known present.
-    /// Only each span's first chunk's bit is used (superseded duplicates
-    /// share spans), found through `canonical`.
+    /// One bit per blob-order chunk: known present. Only the bit of each
+    /// member's *canonical* chunk is used — the first blob-order chunk
+    /// with that member offset (superseded duplicates share members) —
+    /// found through `canonical`.
     present: Vec<AtomicU64>,
+    /// Blob-order chunk → its canonical chunk's blob-order number.
     canonical: Vec<u32>,
-    /// The regular file each chunk of `all_chunks()` belongs to
-    /// (`u32::MAX`: a superseded entry's chunk, nobody's).
+    /// The regular file each blob-order chunk belongs to (`u32::MAX`: a
+    /// superseded entry's chunk, nobody's).
     owners: Vec<u32>,
     /// Compressed bytes of chunks not yet known present.
     absent_bytes: AtomicU64,
@@ -48,29 +47,11 @@ pub struct RemoteLayer {
     /// Prefetch and background fetch were started (once its TOC was
     /// verified).
     fetching: AtomicBool,
-    /// Where the last foreground miss's fetch ended, and the read-ahead
-    /// it used: a miss starting there is a sequential reader's.
-    miss_end: AtomicU64,
-    /// The file of the last foreground miss.
-    miss_node: AtomicU32,
-    read_ahead: AtomicU64,
-    seq: Mutex<Sequential>,
+    /// How this layer's misses read ahead (the planner's state).
+    pub(crate) read_ahead: ReadAhead,
     /// Each node's store key, made on first use (`None`: a file the store
     /// cannot hold, whose reads fail).
     store_keys: Box<[OnceLock<Option<FileKey>>]>,
-}
-
-/// A sequential reader being followed: windows of `budget` compressed
-/// bytes are fetched up to `frontier` while it reads at `reader`, so the
-/// link is busy while it inflates and reads the last ones.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Sequential {
-    pub active: bool,
-    pub generation: u64,
-    pub reader: u64,
-    pub frontier: u64,
-    pub budget: u64,
-    pub in_flight: u32,
 }
 
 #[derive(Debug, Default)]
@@ -125,10 +106,7 @@ impl RemoteLayer {
             last_error: Mutex::new(None),
             removed: AtomicBool::new(false),
             fetching: AtomicBool::new(false),
-            miss_end: AtomicU64::new(u64::MAX),
-            miss_node: AtomicU32::new(u32::MAX),
-            read_ahead: AtomicU64::new(0),
-            seq: Mutex::new(Sequential::default()),
+            read_ahead: ReadAhead::default(),
             store_keys,
         }
     }
@@ -165,7 +143,7 @@ impl RemoteLayer {
         })
     }
 
-    /// The store's view of chunk `index` of `node`: `None` when the TOC
+    /// The store's view of `chunk` of `node`: `None` when the TOC
     /// gives no digest to verify it by, or it is too big to inflate.
     pub fn store_chunk(&self, node: NodeId, chunk: &Chunk) -> Option<StoreChunk> {
         if chunk.size > MAX_CHUNK {
@@ -178,10 +156,9 @@ impl RemoteLayer {
         })
     }
 
-    /// Records that chunk `global` (an index into `all_chunks`) is in
-    /// the store.
-    pub fn mark_present(&self, global: usize) {
-        let Some(&canon) = self.canonical.get(global) else {
+    /// Records that chunk `blob` is in the store.
+    pub fn mark_present(&self, blob: BlobChunk) {
+        let Some(&canon) = self.canonical.get(blob.0) else {
             return;
         };
         let canon = canon as usize;
@@ -193,16 +170,16 @@ impl RemoteLayer {
         }
     }
 
-    /// The regular file chunk `global` belongs to.
-    pub fn owner(&self, global: usize) -> Option<NodeId> {
+    /// The regular file chunk `blob` belongs to.
+    pub fn owner(&self, blob: BlobChunk) -> Option<NodeId> {
         self.owners
-            .get(global)
+            .get(blob.0)
             .filter(|&&o| o != u32::MAX)
             .map(|&o| NodeId(o))
     }
 
-    pub fn is_present(&self, global: usize) -> bool {
-        self.canonical.get(global).is_some_and(|&c| {
+    pub fn is_present(&self, blob: BlobChunk) -> bool {
+        self.canonical.get(blob.0).is_some_and(|&c| {
             let c = c as usize;
             self.present[c / 64].load(Ordering::Acquire) & (1 << (c % 64)) != 0
         })
@@ -220,87 +197,13 @@ impl RemoteLayer {
         self.absent_bytes.load(Ordering::Acquire) == 0
     }
 
-    /// The read-ahead budget for a miss of file `node` at blob offset
-    /// `offset`: doubled when it continues where the last miss's fetch
-    /// ended — up to `max` within one file (a file read through), up to
-    /// [`CROSS_FILE_READ_AHEAD`] across files (a program opening files
-    /// that neighbour in the blob does not read the whole layer) — `base`
-    /// otherwise.
-    pub fn read_ahead(&self, node: NodeId, offset: u64, base: u64, max: u64) -> u64 {
-        let same_file = self.miss_node.swap(node.0, Ordering::AcqRel) == node.0;
-        let sequential = self.miss_end.load(Ordering::Acquire) == offset;
-        let cap = if same_file {
-            max
-        } else {
-            max.min(CROSS_FILE_READ_AHEAD.max(base))
-        };
-        let next = if sequential {
-            (self.read_ahead.load(Ordering::Acquire).max(base) * 2).min(cap)
-        } else {
-            base
-        };
-        self.read_ahead.store(next, Ordering::Release);
-        next
-    }
-
-    /// A read that is not the sequential reader's next: stop following.
-    pub fn seq_stop(&self) {
-        let mut seq = self.seq.lock().expect("seq");
-        seq.active = false;
-        seq.generation += 1;
-    }
-
-    /// The sequential reader got to blob offset `offset` (a read joined a
-    /// window in flight): true if that moved it on.
-    pub fn seq_reader_at(&self, offset: u64) -> bool {
-        let mut seq = self.seq.lock().expect("seq");
-        if seq.active && (seq.reader..seq.frontier).contains(&offset) {
-            seq.reader = offset;
-            return true;
-        }
-        false
-    }
-
-    /// A window of stream `generation` arrived.
-    pub fn seq_arrived(&self, generation: u64) {
-        let mut seq = self.seq.lock().expect("seq");
-        if seq.generation == generation {
-            seq.in_flight = seq.in_flight.saturating_sub(1);
-        }
-    }
-
-    /// The sequential stream, locked, for the loader to issue windows.
-    pub fn seq(&self) -> std::sync::MutexGuard<'_, Sequential> {
-        self.seq.lock().expect("seq")
-    }
-
-    pub fn note_miss_end(&self, end: u64) {
-        self.miss_end.store(end, Ordering::Release);
-    }
-
     pub fn set_error(&self, e: impl Into<String>) {
         *self.last_error.lock().expect("layer error") = Some(e.into());
     }
 
-    /// The state file's content (snapshotter-protocol.md §6).
-    pub fn state_json(&self) -> Vec<u8> {
-        let fetched = self.fetched_size();
-        let percent = if self.blob_size == 0 {
-            100.0
-        } else {
-            fetched as f64 / self.blob_size as f64 * 100.0
-        };
-        let mut v = serde_json::Map::new();
-        if let Some(e) = self.last_error.lock().expect("layer error").clone() {
-            v.insert("error".into(), e.into());
-        }
-        v.insert("digest".into(), self.digest.to_string().into());
-        v.insert("size".into(), self.blob_size.into());
-        v.insert("fetchedSize".into(), fetched.into());
-        v.insert("fetchedPercent".into(), percent.into());
-        let mut out = serde_json::to_vec(&v).expect("json");
-        out.push(b'\n');
-        out
+    /// The last fetch error, for the state file.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().expect("layer error").clone()
     }
 
     pub fn finish_prefetch(&self) {

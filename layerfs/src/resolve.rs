@@ -65,7 +65,7 @@ impl LayerSource {
 pub enum ResolveError {
     #[error("blob {digest} of {reference}: {source}")]
     Fetch {
-        reference: String,
+        reference: Box<Reference>,
         digest: Digest,
         source: Box<FetchError>,
     },
@@ -102,7 +102,7 @@ pub fn resolve(
     let started = Instant::now();
     let digest = source.digest;
     let fetch_err = |e| ResolveError::Fetch {
-        reference: source.reference.to_string(),
+        reference: Box::new(source.reference.clone()),
         digest,
         source: Box::new(e),
     };
