@@ -4,7 +4,7 @@
 //! never absolute thresholds: machines here are small and shared.
 
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ringstar_core::footer::Footer;
@@ -30,6 +30,55 @@ pub fn median_time(runs: usize, mut f: impl FnMut()) -> Duration {
         .collect();
     times.sort();
     times[times.len() / 2]
+}
+
+/// The median of `v` (the upper one of an even count).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Every path under `dir` that is not a directory, appended to `out` in
+/// directory order.
+pub fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let t = e.file_type()?;
+        if t.is_dir() {
+            walk(&e.path(), out)?;
+        } else {
+            out.push(e.path());
+        }
+    }
+    Ok(())
+}
+
+/// Every regular file under `root`, in sorted walk order.
+pub fn files_under(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    walk(root, &mut out).expect("walk");
+    out.sort();
+    out.retain(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file()));
+    out
+}
+
+/// Reads all of `files` with `readers` threads (file i by thread i mod
+/// `readers`): the bytes read.
+pub fn read_all(files: &[PathBuf], readers: usize) -> u64 {
+    let chunks: Vec<Vec<PathBuf>> = (0..readers)
+        .map(|r| files.iter().skip(r).step_by(readers).cloned().collect())
+        .collect();
+    let handles: Vec<_> = chunks
+        .into_iter()
+        .map(|list| {
+            std::thread::spawn(move || {
+                list.iter()
+                    .map(|p| std::fs::read(p).expect("read").len() as u64)
+                    .sum::<u64>()
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().expect("reader")).sum()
 }
 
 /// The TOC JSON of an eStargz blob (gzip TOC member).

@@ -13,7 +13,7 @@ use ringstar_core::writer::WriterOptions;
 use ringstar_image::{Image, LayerFormat, RunConfig, build_image, push_plain_http};
 use ringstar_testkit::images::busybox_layers;
 
-use crate::rootfs::{self, resolve_in_root, sh, umount_below};
+use crate::rootfs::{self, fresh_overlay_dirs, mount_overlay, resolve_in_root, sh, umount_below};
 
 pub const VARIANTS: &[&str] = &["org", "esgz-noopt", "esgz"];
 
@@ -129,87 +129,79 @@ fn record_prioritized(
         scratch.join("work"),
         scratch.join("merged"),
     );
-    umount_below(&merged);
-    for d in [&upper, &work, &merged] {
-        let _ = std::fs::remove_dir_all(d);
-        std::fs::create_dir_all(d)?;
-    }
-    let lower: Vec<String> = layers
-        .iter()
-        .rev()
-        .map(|l| l.display().to_string())
-        .collect();
-    sh(Command::new("mount")
-        .args(["-t", "overlay", "overlay", "-o"])
-        .arg(format!(
-            "lowerdir={},upperdir={},workdir={}",
-            lower.join(":"),
-            upper.display(),
-            work.display()
-        ))
-        .arg(&merged))?;
+    fresh_overlay_dirs(&upper, &work, &merged)?;
+    let lower: Vec<&Path> = layers.iter().rev().map(PathBuf::as_path).collect();
+    mount_overlay(&lower, &upper, &work, &merged)?;
     let trace = scratch.join("trace");
-    let run = (|| -> anyhow::Result<String> {
-        std::fs::create_dir_all(merged.join("proc"))?;
-        std::fs::create_dir_all(merged.join("tmp"))?;
-        sh(Command::new("mount")
-            .args(["-t", "proc", "proc"])
-            .arg(merged.join("proc")))?;
-        sh(Command::new("strace")
-            .args(["-f", "-qq", "-e", "trace=open,openat,execve,execveat", "-o"])
-            .arg(&trace)
-            .arg("chroot")
-            .arg(&merged)
-            .args([
-                "env",
-                "-i",
-                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                "HOME=/root",
-            ])
-            .args(&spec.cmd))
-    })();
-    let out = run;
-    let result = (|| -> anyhow::Result<Vec<Vec<String>>> {
-        let out = out?;
+    let out = trace_workload(&merged, &trace, spec);
+    let result = out.and_then(|out| {
         anyhow::ensure!(
             out.contains(spec.expect),
             "the workload printed {out:?} in the chroot"
         );
         let text = std::fs::read_to_string(&trace)?;
-        let mut seen = BTreeSet::new();
-        let mut per_layer = vec![Vec::new(); layers.len()];
-        for line in text.lines() {
-            let Some(start) = line.find('"') else {
-                continue;
-            };
-            let rest = &line[start + 1..];
-            let Some(end) = rest.find('"') else { continue };
-            let path = &rest[..end];
-            let ok = line
-                .rsplit_once(" = ")
-                .is_some_and(|(_, r)| !r.trim_start().starts_with('-'));
-            if !ok || !path.starts_with('/') {
-                continue;
-            }
-            let Some(rel) = resolve_in_root(&merged, path) else {
-                continue;
-            };
-            if !seen.insert(rel.clone()) {
-                continue;
-            }
-            // The topmost layer holding it as a regular file.
-            if let Some(i) = (0..layers.len()).rev().find(|&i| {
-                std::fs::symlink_metadata(layers[i].join(&rel))
-                    .is_ok_and(|m| m.file_type().is_file())
-            }) {
-                per_layer[i].push(rel.display().to_string());
-            }
-        }
-        Ok(per_layer)
-    })();
+        Ok(files_per_layer(&text, &merged, layers))
+    });
     umount_below(&merged);
     let _ = std::fs::remove_dir_all(scratch);
     result
+}
+
+/// Runs the workload in a chroot of `merged` under strace, which writes
+/// the files it opens and executes to `trace`; its output.
+fn trace_workload(merged: &Path, trace: &Path, spec: &Spec) -> anyhow::Result<String> {
+    std::fs::create_dir_all(merged.join("proc"))?;
+    std::fs::create_dir_all(merged.join("tmp"))?;
+    sh(Command::new("mount")
+        .args(["-t", "proc", "proc"])
+        .arg(merged.join("proc")))?;
+    sh(Command::new("strace")
+        .args(["-f", "-qq", "-e", "trace=open,openat,execve,execveat", "-o"])
+        .arg(trace)
+        .arg("chroot")
+        .arg(merged)
+        .args([
+            "env",
+            "-i",
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "HOME=/root",
+        ])
+        .args(&spec.cmd))
+}
+
+/// The files a strace `text` shows opened or executed successfully,
+/// resolved inside `merged`, first use first, per topmost layer holding
+/// each as a regular file.
+fn files_per_layer(text: &str, merged: &Path, layers: &[PathBuf]) -> Vec<Vec<String>> {
+    let mut seen = BTreeSet::new();
+    let mut per_layer = vec![Vec::new(); layers.len()];
+    for path in text.lines().filter_map(traced_path) {
+        let Some(rel) = resolve_in_root(merged, path) else {
+            continue;
+        };
+        if !seen.insert(rel.clone()) {
+            continue;
+        }
+        // The topmost layer holding it as a regular file.
+        if let Some(i) = (0..layers.len()).rev().find(|&i| {
+            std::fs::symlink_metadata(layers[i].join(&rel)).is_ok_and(|m| m.file_type().is_file())
+        }) {
+            per_layer[i].push(rel.display().to_string());
+        }
+    }
+    per_layer
+}
+
+/// The absolute path a strace line's call succeeded on, if it did.
+fn traced_path(line: &str) -> Option<&str> {
+    let start = line.find('"')?;
+    let rest = &line[start + 1..];
+    let end = rest.find('"')?;
+    let path = &rest[..end];
+    let ok = line
+        .rsplit_once(" = ")
+        .is_some_and(|(_, r)| !r.trim_start().starts_with('-'));
+    (ok && path.starts_with('/')).then_some(path)
 }
 
 /// An image's variants, built and pushed to `registry` as
@@ -230,24 +222,90 @@ pub fn prepare(
     variants: &[String],
 ) -> anyhow::Result<Pushed> {
     let marker = cache.join(format!("pushed-{}.json", spec.name));
-    if let Ok(b) = std::fs::read(&marker) {
+    if let Some(pushed) = Pushed::cached(&marker, variants)? {
+        return Ok(pushed);
+    }
+    let layers = LayerTars::of(cache, spec, variants)?;
+    let run = RunConfig {
+        cmd: spec.cmd.clone(),
+        ..RunConfig::default()
+    };
+    let mut digests = HashMap::new();
+    let mut sizes = HashMap::new();
+    for variant in variants {
+        eprintln!("hellobench: {}: building and pushing :{variant}", spec.name);
+        let image = layers.image(variant, &run)?;
+        push_plain_http(registry, &format!("bench/{}", spec.name), variant, &image)
+            .with_context(|| format!("pushing {}:{variant}", spec.name))?;
+        digests.insert(
+            variant.clone(),
+            image.layers.iter().map(|l| l.digest.to_string()).collect(),
+        );
+        sizes.insert(
+            variant.clone(),
+            image.layers.iter().map(|l| l.blob.len() as u64).sum(),
+        );
+    }
+    let pushed = Pushed {
+        layers: layers.tars.len(),
+        digests,
+        sizes,
+    };
+    pushed.save(&marker)?;
+    Ok(pushed)
+}
+
+impl Pushed {
+    /// What `marker` records as pushed, if it has every one of `variants`.
+    fn cached(marker: &Path, variants: &[String]) -> anyhow::Result<Option<Pushed>> {
+        let Ok(b) = std::fs::read(marker) else {
+            return Ok(None);
+        };
         let v: serde_json::Value = serde_json::from_slice(&b)?;
         let digests: HashMap<String, Vec<String>> = serde_json::from_value(v["digests"].clone())?;
-        if variants.iter().all(|x| digests.contains_key(x)) {
-            return Ok(Pushed {
-                layers: v["layers"].as_u64().unwrap_or(0) as usize,
-                sizes: serde_json::from_value(v["sizes"].clone())?,
-                digests,
-            });
+        if !variants.iter().all(|x| digests.contains_key(x)) {
+            return Ok(None);
         }
+        Ok(Some(Pushed {
+            layers: v["layers"].as_u64().unwrap_or(0) as usize,
+            sizes: serde_json::from_value(v["sizes"].clone())?,
+            digests,
+        }))
     }
-    let (tars, prioritized): (Vec<Vec<u8>>, Vec<Vec<String>>) = if spec.name == "busybox" {
-        let tars = busybox_layers(Path::new("/bin/busybox"))?;
-        let n = tars.len();
-        let mut p = vec![Vec::new(); n];
-        p[0] = vec!["bin/busybox".to_string()];
-        (tars, p)
-    } else {
+
+    /// Records in `marker` what was pushed.
+    fn save(&self, marker: &Path) -> anyhow::Result<()> {
+        std::fs::write(
+            marker,
+            serde_json::to_vec(&serde_json::json!({
+                "layers": self.layers,
+                "digests": self.digests,
+                "sizes": self.sizes,
+            }))?,
+        )?;
+        Ok(())
+    }
+}
+
+/// An image's layers as tars (base first), with the files each puts
+/// first in the `esgz` variant.
+struct LayerTars {
+    tars: Vec<Vec<u8>>,
+    prioritized: Vec<Vec<String>>,
+}
+
+impl LayerTars {
+    /// The layers of `spec`'s image: busybox's made here, the others'
+    /// built from Debian into `cache` (their files recorded when
+    /// `variants` has `esgz`).
+    fn of(cache: &Path, spec: &Spec, variants: &[String]) -> anyhow::Result<LayerTars> {
+        if spec.name == "busybox" {
+            let tars = busybox_layers(Path::new("/bin/busybox"))?;
+            let n = tars.len();
+            let mut prioritized = vec![Vec::new(); n];
+            prioritized[0] = vec!["bin/busybox".to_string()];
+            return Ok(LayerTars { tars, prioritized });
+        }
         let dirs = layer_dirs(cache, spec.name)?;
         eprintln!("hellobench: {}: recording the workload's files", spec.name);
         let prioritized = if variants.iter().any(|v| v == "esgz") {
@@ -266,27 +324,24 @@ pub fn prepare(
             .iter()
             .map(|d| rootfs::tar_of_dir(d))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        (tars, prioritized)
-    };
-    let run = RunConfig {
-        cmd: spec.cmd.clone(),
-        ..RunConfig::default()
-    };
-    let mut digests = HashMap::new();
-    let mut sizes = HashMap::new();
-    for variant in variants {
-        eprintln!("hellobench: {}: building and pushing :{variant}", spec.name);
-        let image: Image = match variant.as_str() {
-            "org" => build_image(&tars, &LayerFormat::Gzip, &run)?,
-            "esgz-noopt" => {
-                build_image(&tars, &LayerFormat::Estargz(WriterOptions::default()), &run)?
-            }
+        Ok(LayerTars { tars, prioritized })
+    }
+
+    /// The image of `variant` (see the module's documentation).
+    fn image(&self, variant: &str, run: &RunConfig) -> anyhow::Result<Image> {
+        Ok(match variant {
+            "org" => build_image(&self.tars, &LayerFormat::Gzip, run)?,
+            "esgz-noopt" => build_image(
+                &self.tars,
+                &LayerFormat::Estargz(WriterOptions::default()),
+                run,
+            )?,
             "esgz" => {
                 // Each layer has its own prioritized files.
                 let mut layers = Vec::new();
-                for (i, t) in tars.iter().enumerate() {
+                for (i, t) in self.tars.iter().enumerate() {
                     let opts = WriterOptions {
-                        prioritized: prioritized[i].clone(),
+                        prioritized: self.prioritized[i].clone(),
                         allow_missing_prioritized: true,
                         ..WriterOptions::default()
                     };
@@ -296,33 +351,9 @@ pub fn prepare(
                         &LayerFormat::Estargz(opts),
                     )?);
                 }
-                ringstar_image::assemble(layers, &run)
+                ringstar_image::assemble(layers, run)
             }
             other => anyhow::bail!("no variant {other:?} (org, esgz-noopt, esgz)"),
-        };
-        push_plain_http(registry, &format!("bench/{}", spec.name), variant, &image)
-            .with_context(|| format!("pushing {}:{variant}", spec.name))?;
-        digests.insert(
-            variant.clone(),
-            image.layers.iter().map(|l| l.digest.to_string()).collect(),
-        );
-        sizes.insert(
-            variant.clone(),
-            image.layers.iter().map(|l| l.blob.len() as u64).sum(),
-        );
+        })
     }
-    let pushed = Pushed {
-        layers: tars.len(),
-        digests,
-        sizes,
-    };
-    std::fs::write(
-        &marker,
-        serde_json::to_vec(&serde_json::json!({
-            "layers": pushed.layers,
-            "digests": pushed.digests,
-            "sizes": pushed.sizes,
-        }))?,
-    )?;
-    Ok(pushed)
 }

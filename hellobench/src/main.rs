@@ -9,7 +9,7 @@
 //!            [--out DIR] [--cache DIR] [--seed N]
 //! ```
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -18,6 +18,7 @@ use clap::Parser;
 use ringstar_hellobench::images::{self, VARIANTS};
 use ringstar_hellobench::report::{self, Sample};
 use ringstar_hellobench::world::{Net, Snap, World, which};
+use ringstar_testkit::AccessLogEntry;
 
 #[derive(Parser)]
 #[command(
@@ -88,11 +89,7 @@ fn run(mut args: Args) -> anyhow::Result<()> {
         args.networks = vec!["lo".into()];
         args.reps = 1;
     }
-    for v in &args.variants {
-        if !VARIANTS.contains(&v.as_str()) {
-            bail!("no variant {v:?} (org, esgz-noopt, esgz)");
-        }
-    }
+    check_variants(&args.variants)?;
     let nets = args
         .networks
         .iter()
@@ -110,18 +107,7 @@ fn run(mut args: Args) -> anyhow::Result<()> {
             }
         }
     }
-    let ringstar = match args.ringstar.clone() {
-        Some(p) => p,
-        None => std::env::current_exe()?
-            .parent()
-            .context("no exe dir")?
-            .join("ringstar-snapshotter"),
-    };
-    anyhow::ensure!(
-        ringstar.exists(),
-        "{} missing (cargo build --release --bin ringstar-snapshotter)",
-        ringstar.display()
-    );
+    let ringstar = ringstar_daemon(&args)?;
     let out = args
         .out
         .clone()
@@ -144,69 +130,153 @@ fn run(mut args: Args) -> anyhow::Result<()> {
         let p = images::prepare(&args.cache, &world.registry.addr, spec, &args.variants)?;
         pushed.push(p);
     }
+    let plan = Plan {
+        kinds: run_kinds(&args.variants, world.has_peer()),
+        shuffle: Shuffle::new(args.seed),
+        nets,
+        images: specs.iter().zip(&pushed).collect(),
+        reps: args.reps,
+        out: &out,
+    };
+    let samples = plan.run(&mut world)?;
+    world.stop();
+    write_report(&out, &samples)
+}
 
-    // The runs of one repetition: overlayfs on org, each lazy snapshotter
-    // on each eStargz variant, in random order.
+/// Fails unless every variant is one hellobench builds.
+fn check_variants(variants: &[String]) -> anyhow::Result<()> {
+    for v in variants {
+        if !VARIANTS.contains(&v.as_str()) {
+            bail!("no variant {v:?} (org, esgz-noopt, esgz)");
+        }
+    }
+    Ok(())
+}
+
+/// ringstar's daemon: `--ringstar`, or the one beside hellobench.
+fn ringstar_daemon(args: &Args) -> anyhow::Result<PathBuf> {
+    let ringstar = match args.ringstar.clone() {
+        Some(p) => p,
+        None => std::env::current_exe()?
+            .parent()
+            .context("no exe dir")?
+            .join("ringstar-snapshotter"),
+    };
+    anyhow::ensure!(
+        ringstar.exists(),
+        "{} missing (cargo build --release --bin ringstar-snapshotter)",
+        ringstar.display()
+    );
+    Ok(ringstar)
+}
+
+/// The runs of one repetition: overlayfs on org, each lazy snapshotter
+/// on each eStargz variant.
+fn run_kinds(variants: &[String], has_peer: bool) -> Vec<(Snap, String)> {
     let mut kinds: Vec<(Snap, String)> = Vec::new();
-    for v in &args.variants {
+    for v in variants {
         if v == "org" {
             kinds.push((Snap::Legacy, v.clone()));
         } else {
             kinds.push((Snap::Ringstar, v.clone()));
-            if world.has_peer() {
+            if has_peer {
                 kinds.push((Snap::Peer, v.clone()));
             }
         }
     }
-    let mut rng = args.seed.unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64)
-    }) | 1;
-    let mut shuffle = |v: &mut Vec<(Snap, String)>| {
+    kinds
+}
+
+/// The random run order of each repetition (xorshift, seeded by `--seed`
+/// or the clock).
+struct Shuffle(u64);
+
+impl Shuffle {
+    fn new(seed: Option<u64>) -> Shuffle {
+        Shuffle(
+            seed.unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64)
+            }) | 1,
+        )
+    }
+
+    fn shuffle(&mut self, v: &mut [(Snap, String)]) {
+        let rng = &mut self.0;
         for i in (1..v.len()).rev() {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            v.swap(i, (rng % (i as u64 + 1)) as usize);
+            *rng ^= *rng << 13;
+            *rng ^= *rng >> 7;
+            *rng ^= *rng << 17;
+            v.swap(i, (*rng % (i as u64 + 1)) as usize);
         }
-    };
-    let total_runs = nets.len() * specs.len() * args.reps as usize * kinds.len();
-    let mut samples = Vec::new();
-    let started = Instant::now();
-    for &net in &nets {
-        world.set_net(net);
-        for (spec, p) in specs.iter().zip(&pushed) {
-            for rep in 1..=args.reps {
-                let mut order = kinds.clone();
-                shuffle(&mut order);
-                for (snap, variant) in order {
-                    let s = sample(&mut world, net, spec, p, snap, &variant, rep)?;
-                    eprintln!(
-                        "[{}/{total_runs} {:>4.0}s] {:<16} {:<8} {:<10} {:<10} pull {:>6.2}  create {:>6.2}  run {:>6.2}  total {:>6.2}  ({} reqs, {:.1} MB)",
-                        samples.len() + 1,
-                        started.elapsed().as_secs_f64(),
-                        s.net,
-                        s.image,
-                        s.snapshotter,
-                        s.variant,
-                        s.pull_s,
-                        s.create_s,
-                        s.run_s,
-                        s.total_s,
-                        s.registry_requests,
-                        s.registry_mbytes
-                    );
-                    samples.push(s);
-                    report::write_samples(&out, &samples)?;
+    }
+}
+
+/// Every sample of the run: per network, image and repetition, each kind
+/// of run in random order.
+struct Plan<'a> {
+    kinds: Vec<(Snap, String)>,
+    shuffle: Shuffle,
+    nets: Vec<Net>,
+    images: Vec<(&'a images::Spec, &'a images::Pushed)>,
+    reps: u32,
+    /// Where the samples are written after each one.
+    out: &'a Path,
+}
+
+impl Plan<'_> {
+    fn run(mut self, world: &mut World) -> anyhow::Result<Vec<Sample>> {
+        let total_runs =
+            self.nets.len() * self.images.len() * self.reps as usize * self.kinds.len();
+        let mut samples = Vec::new();
+        let started = Instant::now();
+        for &net in &self.nets {
+            world.set_net(net);
+            for &(spec, p) in &self.images {
+                for rep in 1..=self.reps {
+                    let mut order = self.kinds.clone();
+                    self.shuffle.shuffle(&mut order);
+                    for (snap, variant) in order {
+                        let s = sample(world, net, spec, p, snap, &variant, rep)?;
+                        eprintln!(
+                            "[{}/{total_runs} {:>4.0}s] {}",
+                            samples.len() + 1,
+                            started.elapsed().as_secs_f64(),
+                            progress_line(&s)
+                        );
+                        samples.push(s);
+                        report::write_samples(self.out, &samples)?;
+                    }
                 }
             }
         }
+        Ok(samples)
     }
-    world.stop();
-    let summary = report::summary(&samples);
+}
+
+/// A sample as the progress line shows it.
+fn progress_line(s: &Sample) -> String {
+    format!(
+        "{:<16} {:<8} {:<10} {:<10} pull {:>6.2}  create {:>6.2}  run {:>6.2}  total {:>6.2}  ({} reqs, {:.1} MB)",
+        s.net,
+        s.image,
+        s.snapshotter,
+        s.variant,
+        s.pull_s,
+        s.create_s,
+        s.run_s,
+        s.total_s,
+        s.registry_requests,
+        s.registry_mbytes
+    )
+}
+
+/// The summary and chart, written to `out` and the summary printed.
+fn write_report(out: &Path, samples: &[Sample]) -> anyhow::Result<()> {
+    let summary = report::summary(samples);
     std::fs::write(out.join("summary.md"), &summary)?;
-    std::fs::write(out.join("chart.svg"), report::svg(&samples))?;
+    std::fs::write(out.join("chart.svg"), report::svg(samples))?;
     println!("{summary}");
     println!(
         "samples: {0}/samples.csv, {0}/samples.json; chart: {0}/chart.svg",
@@ -215,6 +285,17 @@ fn run(mut args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The snapshotter name containerd knows `snap` by.
+fn snapshotter_name(snap: Snap) -> &'static str {
+    if snap == Snap::Ringstar {
+        "ringstar"
+    } else {
+        "stargz"
+    }
+}
+
+/// One container start from `spec`'s image (`variant`) through `snap`:
+/// pull, create, run, timed, then checked to have been lazy.
 fn sample(
     world: &mut World,
     net: Net,
@@ -231,56 +312,12 @@ fn sample(
     let log_start = world.registry_log_end();
     let id = format!("hb-{}-{rep}", spec.name);
     let t0 = Instant::now();
-    match snap {
-        Snap::Legacy => world.ctr(&["image", "pull", "--plain-http", &reference]),
-        s => world.ctr_remote(&[
-            "image",
-            "rpull",
-            "--plain-http",
-            "--snapshotter",
-            if s == Snap::Ringstar {
-                "ringstar"
-            } else {
-                "stargz"
-            },
-            &reference,
-        ]),
-    }
-    .with_context(|| format!("{what}: pull"))?;
+    pull(world, snap, &reference).with_context(|| format!("{what}: pull"))?;
     let pull = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
-    let mut create = vec!["container", "create", "--net-host"];
-    let sn;
-    if snap != Snap::Legacy {
-        sn = format!(
-            "--snapshotter={}",
-            if snap == Snap::Ringstar {
-                "ringstar"
-            } else {
-                "stargz"
-            }
-        );
-        create.push(&sn);
-    }
-    create.extend([reference.as_str(), id.as_str()]);
-    world
-        .ctr(&create)
-        .with_context(|| format!("{what}: create"))?;
+    create(world, snap, &reference, &id).with_context(|| format!("{what}: create"))?;
     let create_s = t1.elapsed().as_secs_f64();
-    // The shim writes the output to a file itself: with ctr's own FIFOs,
-    // a task that exits before ctr has opened them (a short workload on a
-    // loaded machine) loses its output, as containerd 1.6 cancels the
-    // open at delete.
-    let out_path = world.output_path(&id);
-    let _ = std::fs::remove_file(&out_path);
-    let log_uri = format!("file://{}", out_path.display());
-    let t2 = Instant::now();
-    world
-        .ctr(&["task", "start", "--log-uri", &log_uri, &id])
-        .with_context(|| format!("{what}: run"))?;
-    let run_s = t2.elapsed().as_secs_f64();
-    let output = std::fs::read_to_string(&out_path)
-        .with_context(|| format!("{what}: reading the output at {}", out_path.display()))?;
+    let (run_s, output) = start(world, &id, &what)?;
     if !output.contains(spec.expect) {
         bail!(
             "{what}: the workload printed {output:?}, not {:?}",
@@ -288,24 +325,10 @@ fn sample(
         );
     }
     let log = world.registry_log(log_start);
-    let digests = pushed.digests.get(variant).cloned().unwrap_or_default();
     let lazy = world.lazy_layers(snap);
     if snap != Snap::Legacy {
-        // Lazy means: every layer served by the snapshotter, and no layer
-        // blob sent whole.
-        let whole: Vec<_> = log
-            .iter()
-            .filter(|r| {
-                r.method == "GET" && r.status == 200 && digests.iter().any(|d| r.path.ends_with(d))
-            })
-            .collect();
-        if lazy < pushed.layers || !whole.is_empty() {
-            bail!(
-                "{what}: NOT LAZY: {lazy} of {} layers served by the snapshotter, {} layer blobs downloaded whole (a fallback to a normal pull?)",
-                pushed.layers,
-                whole.len()
-            );
-        }
+        let digests = pushed.digests.get(variant).cloned().unwrap_or_default();
+        check_lazy(&what, &log, &digests, lazy, pushed.layers)?;
     }
     let _ = world.ctr(&["task", "rm", "-f", &id]);
     let _ = world.ctr(&["container", "rm", &id]);
@@ -326,4 +349,76 @@ fn sample(
         layers: pushed.layers,
         image_mbytes: pushed.sizes.get(variant).copied().unwrap_or(0) as f64 / 1e6,
     })
+}
+
+/// Pulls `reference`: a normal pull for overlayfs, `rpull` for the lazy
+/// snapshotters.
+fn pull(world: &World, snap: Snap, reference: &str) -> anyhow::Result<String> {
+    match snap {
+        Snap::Legacy => world.ctr(&["image", "pull", "--plain-http", reference]),
+        s => world.ctr_remote(&[
+            "image",
+            "rpull",
+            "--plain-http",
+            "--snapshotter",
+            snapshotter_name(s),
+            reference,
+        ]),
+    }
+}
+
+/// Creates container `id` from `reference` on `snap`'s snapshotter.
+fn create(world: &World, snap: Snap, reference: &str, id: &str) -> anyhow::Result<String> {
+    let mut create = vec!["container", "create", "--net-host"];
+    let sn;
+    if snap != Snap::Legacy {
+        sn = format!("--snapshotter={}", snapshotter_name(snap));
+        create.push(&sn);
+    }
+    create.extend([reference, id]);
+    world.ctr(&create)
+}
+
+/// Starts container `id`'s task and waits for it: the seconds that took,
+/// and the task's output.
+fn start(world: &World, id: &str, what: &str) -> anyhow::Result<(f64, String)> {
+    // The shim writes the output to a file itself: with ctr's own FIFOs,
+    // a task that exits before ctr has opened them (a short workload on a
+    // loaded machine) loses its output, as containerd 1.6 cancels the
+    // open at delete.
+    let out_path = world.output_path(id);
+    let _ = std::fs::remove_file(&out_path);
+    let log_uri = format!("file://{}", out_path.display());
+    let t = Instant::now();
+    world
+        .ctr(&["task", "start", "--log-uri", &log_uri, id])
+        .with_context(|| format!("{what}: run"))?;
+    let run_s = t.elapsed().as_secs_f64();
+    let output = std::fs::read_to_string(&out_path)
+        .with_context(|| format!("{what}: reading the output at {}", out_path.display()))?;
+    Ok((run_s, output))
+}
+
+/// Lazy means: every layer served by the snapshotter, and no layer blob
+/// (one of `digests`) sent whole by the registry.
+fn check_lazy(
+    what: &str,
+    log: &[AccessLogEntry],
+    digests: &[String],
+    lazy: usize,
+    layers: usize,
+) -> anyhow::Result<()> {
+    let whole: Vec<_> = log
+        .iter()
+        .filter(|r| {
+            r.method == "GET" && r.status == 200 && digests.iter().any(|d| r.path.ends_with(d))
+        })
+        .collect();
+    if lazy < layers || !whole.is_empty() {
+        bail!(
+            "{what}: NOT LAZY: {lazy} of {layers} layers served by the snapshotter, {} layer blobs downloaded whole (a fallback to a normal pull?)",
+            whole.len()
+        );
+    }
+    Ok(())
 }

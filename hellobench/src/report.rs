@@ -131,18 +131,30 @@ pub fn cells(samples: &[Sample]) -> BTreeMap<Key, Cell> {
 pub fn summary(samples: &[Sample]) -> String {
     let cells = cells(samples);
     let mut out = String::new();
+    write_medians(&mut out, &cells);
+    write_ratios(&mut out, &cells);
+    out
+}
+
+/// The table of every cell's medians.
+fn write_medians(out: &mut String, cells: &BTreeMap<Key, Cell>) {
     let _ = writeln!(
         out,
         "| network | image | snapshotter | variant | pull | create | run | **total** | reqs | MB | n |"
     );
     let _ = writeln!(out, "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|");
-    for ((net, image, snap, variant), c) in &cells {
+    for ((net, image, snap, variant), c) in cells {
         let _ = writeln!(
             out,
             "| {net} | {image} | {snap} | {variant} | {:.2} | {:.2} | {:.2} | **{:.2}** | {:.0} | {:.1} | {} |",
             c.pull, c.create, c.run, c.total, c.requests, c.mbytes, c.n
         );
     }
+}
+
+/// The table of ringstar's median totals over the peer's and
+/// overlayfs's, per network and eStargz variant.
+fn write_ratios(out: &mut String, cells: &BTreeMap<Key, Cell>) {
     let nets: Vec<String> = {
         let mut v: Vec<String> = cells.keys().map(|k| k.0.clone()).collect();
         v.dedup();
@@ -165,55 +177,96 @@ pub fn summary(samples: &[Sample]) -> String {
     let _ = writeln!(out, "|---|---|---|---:|---:|---:|---:|---:|");
     for net in &nets {
         for variant in ["esgz-noopt", "esgz"] {
-            let (mut vs_peer, mut vs_legacy) = (Vec::new(), Vec::new());
-            for image in &images {
-                let get = |snap: &str, v: &str| {
-                    cells
-                        .get(&(net.clone(), image.clone(), snap.into(), v.into()))
-                        .map(|c| c.total)
-                };
-                let Some(rs) = get("ringstar", variant) else {
-                    continue;
-                };
-                let peer = get("peer", variant);
-                let legacy = get("overlayfs", "org");
-                let fmt = |x: Option<f64>| x.map_or("-".into(), |x| format!("{x:.2}"));
-                let rp = peer.map(|p| rs / p);
-                let rl = legacy.map(|l| rs / l);
-                if let Some(r) = rp {
-                    vs_peer.push(r);
-                }
-                if let Some(r) = rl {
-                    vs_legacy.push(r);
-                }
-                let _ = writeln!(
-                    out,
-                    "| {net} | {variant} | {image} | {rs:.2} | {} | {} | {} | {} |",
-                    fmt(peer),
-                    fmt(legacy),
-                    rp.map_or("-".into(), |r| format!("{r:.2}×")),
-                    rl.map_or("-".into(), |r| format!("{r:.2}×")),
-                );
-            }
-            if !vs_peer.is_empty() || !vs_legacy.is_empty() {
-                let g = |v: &[f64]| {
-                    if v.is_empty() {
-                        "-".to_string()
-                    } else {
-                        format!("**{:.2}×**", geomean(v))
-                    }
-                };
-                let _ = writeln!(
-                    out,
-                    "| {net} | {variant} | geomean | | | | {} | {} |",
-                    g(&vs_peer),
-                    g(&vs_legacy)
-                );
-            }
+            write_ratio_group(out, cells, net, variant, &images);
         }
     }
-    out
 }
+
+/// One network and variant's ratio rows, one per image, then their
+/// geomeans.
+fn write_ratio_group(
+    out: &mut String,
+    cells: &BTreeMap<Key, Cell>,
+    net: &str,
+    variant: &str,
+    images: &[String],
+) {
+    let (mut vs_peer, mut vs_legacy) = (Vec::new(), Vec::new());
+    for image in images {
+        let get = |snap: &str, v: &str| {
+            cells
+                .get(&(net.into(), image.clone(), snap.into(), v.into()))
+                .map(|c| c.total)
+        };
+        let Some(rs) = get("ringstar", variant) else {
+            continue;
+        };
+        let peer = get("peer", variant);
+        let legacy = get("overlayfs", "org");
+        let fmt = |x: Option<f64>| x.map_or("-".into(), |x| format!("{x:.2}"));
+        let rp = peer.map(|p| rs / p);
+        let rl = legacy.map(|l| rs / l);
+        if let Some(r) = rp {
+            vs_peer.push(r);
+        }
+        if let Some(r) = rl {
+            vs_legacy.push(r);
+        }
+        let _ = writeln!(
+            out,
+            "| {net} | {variant} | {image} | {rs:.2} | {} | {} | {} | {} |",
+            fmt(peer),
+            fmt(legacy),
+            rp.map_or("-".into(), |r| format!("{r:.2}×")),
+            rl.map_or("-".into(), |r| format!("{r:.2}×")),
+        );
+    }
+    if !vs_peer.is_empty() || !vs_legacy.is_empty() {
+        let g = |v: &[f64]| {
+            if v.is_empty() {
+                "-".to_string()
+            } else {
+                format!("**{:.2}×**", geomean(v))
+            }
+        };
+        let _ = writeln!(
+            out,
+            "| {net} | {variant} | geomean | | | | {} | {} |",
+            g(&vs_peer),
+            g(&vs_legacy)
+        );
+    }
+}
+
+/// The chart's bar colours, bottom to top.
+const COLORS: [(&str, &str); 3] = [
+    ("pull", "#4e79a7"),
+    ("create", "#f28e2b"),
+    ("run", "#59a14f"),
+];
+
+/// Where things go on the chart, in pixels, and the value scale.
+struct Chart {
+    bar_w: f64,
+    gap: f64,
+    group_gap: f64,
+    height: f64,
+    top: f64,
+    left: f64,
+    width: f64,
+    /// The value at the top of the plot.
+    max: f64,
+}
+
+impl Chart {
+    /// The y of value `v`.
+    fn y(&self, v: f64) -> f64 {
+        self.top + self.height - v / self.max * self.height
+    }
+}
+
+/// The bars of one (network, image) group: label and medians.
+type Groups = BTreeMap<(String, String), Vec<(String, Cell)>>;
 
 /// Stacked pull/create/run bars, one group per (network, image).
 pub fn svg(samples: &[Sample]) -> String {
@@ -222,59 +275,78 @@ pub fn svg(samples: &[Sample]) -> String {
         .values()
         .map(|c| c.pull + c.create + c.run)
         .fold(0.1, f64::max);
-    let (bar_w, gap, group_gap, height, top, left) = (22.0, 4.0, 26.0, 260.0, 30.0, 50.0);
-    let mut groups: BTreeMap<(String, String), Vec<(String, Cell)>> = BTreeMap::new();
+    let mut groups: Groups = BTreeMap::new();
     for ((net, image, snap, variant), c) in &cells {
         groups
             .entry((net.clone(), image.clone()))
             .or_default()
             .push((format!("{snap} {variant}"), *c));
     }
+    let (bar_w, gap, group_gap, height, top, left) = (22.0, 4.0, 26.0, 260.0, 30.0, 50.0);
     let width = left
         + groups
             .values()
             .map(|g| g.len() as f64 * (bar_w + gap) + group_gap)
             .sum::<f64>()
         + 160.0;
+    let chart = Chart {
+        bar_w,
+        gap,
+        group_gap,
+        height,
+        top,
+        left,
+        width,
+        max,
+    };
     let mut out = format!(
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{:.0}" font-family="sans-serif" font-size="10">"#,
         height + top + 120.0
     );
-    let y = |v: f64| top + height - v / max * height;
+    svg_axis(&mut out, &chart);
+    svg_bars(&mut out, &chart, &groups);
+    svg_legend(&mut out, &chart);
+    out.push_str("</svg>\n");
+    out
+}
+
+/// The title and the value grid lines.
+fn svg_axis(out: &mut String, c: &Chart) {
+    let left = c.left;
     let _ = write!(
         out,
         r#"<text x="{left}" y="16" font-size="13">container startup (median seconds): pull / create / run</text>"#
     );
     for t in 0..=4 {
-        let v = max * t as f64 / 4.0;
+        let v = c.max * t as f64 / 4.0;
         let _ = write!(
             out,
             r##"<line x1="{left}" x2="{:.0}" y1="{:.1}" y2="{:.1}" stroke="#ddd"/><text x="{:.0}" y="{:.1}" text-anchor="end">{v:.1}</text>"##,
-            width - 150.0,
-            y(v),
-            y(v),
+            c.width - 150.0,
+            c.y(v),
+            c.y(v),
             left - 4.0,
-            y(v) + 3.0
+            c.y(v) + 3.0
         );
     }
-    let colors = [
-        ("pull", "#4e79a7"),
-        ("create", "#f28e2b"),
-        ("run", "#59a14f"),
-    ];
-    let mut x = left + 10.0;
-    for ((net, image), bars) in &groups {
+}
+
+/// Each group's stacked bars with their labels, then the group's name.
+fn svg_bars(out: &mut String, c: &Chart, groups: &Groups) {
+    let (bar_w, height, top) = (c.bar_w, c.height, c.top);
+    let mut x = c.left + 10.0;
+    for ((net, image), bars) in groups {
         let start = x;
-        for (label, c) in bars {
+        for (label, cell) in bars {
             let mut base = 0.0;
-            for (i, v) in [c.pull, c.create, c.run].into_iter().enumerate() {
+            for (i, v) in [cell.pull, cell.create, cell.run].into_iter().enumerate() {
                 let _ = write!(
                     out,
                     r#"<rect x="{x:.1}" y="{:.1}" width="{bar_w}" height="{:.1}" fill="{}"><title>{net} {image} {label}: {} {v:.3} s</title></rect>"#,
-                    y(base + v),
-                    v / max * height,
-                    colors[i].1,
-                    colors[i].0
+                    c.y(base + v),
+                    v / c.max * height,
+                    COLORS[i].1,
+                    COLORS[i].0
                 );
                 base += v;
             }
@@ -284,7 +356,7 @@ pub fn svg(samples: &[Sample]) -> String {
                 x + 6.0,
                 top + height + 8.0
             );
-            x += bar_w + gap;
+            x += bar_w + c.gap;
         }
         let _ = write!(
             out,
@@ -293,20 +365,22 @@ pub fn svg(samples: &[Sample]) -> String {
             top + height + 110.0,
             net.split('-').next().unwrap_or(net)
         );
-        x += group_gap;
+        x += c.group_gap;
     }
-    for (i, (name, color)) in colors.iter().enumerate() {
-        let ly = top + 14.0 * i as f64;
+}
+
+/// Which colour is which.
+fn svg_legend(out: &mut String, c: &Chart) {
+    for (i, (name, color)) in COLORS.iter().enumerate() {
+        let ly = c.top + 14.0 * i as f64;
         let _ = write!(
             out,
             r#"<rect x="{:.0}" y="{ly:.0}" width="10" height="10" fill="{color}"/><text x="{:.0}" y="{:.0}">{name}</text>"#,
-            width - 130.0,
-            width - 115.0,
+            c.width - 130.0,
+            c.width - 115.0,
             ly + 9.0
         );
     }
-    out.push_str("</svg>\n");
-    out
 }
 
 #[cfg(test)]

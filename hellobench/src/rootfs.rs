@@ -5,6 +5,7 @@
 //! overlayfs whiteouts turned into OCI ones.
 
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
 use std::process::Command;
@@ -38,6 +39,38 @@ pub fn umount_below(dir: &Path) {
     for m in mounts {
         let _ = Command::new("umount").arg("-l").arg(&m).status();
     }
+}
+
+/// Empties (or makes) an overlay's upper, work and merged directories,
+/// unmounting whatever is left mounted below `merged` first.
+pub fn fresh_overlay_dirs(upper: &Path, work: &Path, merged: &Path) -> anyhow::Result<()> {
+    umount_below(merged);
+    for d in [upper, work, merged] {
+        let _ = std::fs::remove_dir_all(d);
+        std::fs::create_dir_all(d)?;
+    }
+    Ok(())
+}
+
+/// Mounts an overlay of `lower` (topmost first) with `upper` and `work`
+/// at `merged`.
+pub fn mount_overlay(
+    lower: &[&Path],
+    upper: &Path,
+    work: &Path,
+    merged: &Path,
+) -> anyhow::Result<()> {
+    let lower: Vec<String> = lower.iter().map(|l| l.display().to_string()).collect();
+    sh(Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o"])
+        .arg(format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lower.join(":"),
+            upper.display(),
+            work.display()
+        ))
+        .arg(merged))?;
+    Ok(())
 }
 
 /// The base layer: Debian minbase, without apt's caches, the host's
@@ -108,21 +141,9 @@ pub fn build_app(
         root.join(format!("{name}-work")),
         root.join(format!("{name}-merged")),
     );
-    umount_below(&merged);
-    for d in [&upper, &work, &merged] {
-        let _ = std::fs::remove_dir_all(d);
-        std::fs::create_dir_all(d)?;
-    }
+    fresh_overlay_dirs(&upper, &work, &merged)?;
     eprintln!("hellobench: apt-get install {} (once)", packages.join(" "));
-    sh(Command::new("mount")
-        .args(["-t", "overlay", "overlay", "-o"])
-        .arg(format!(
-            "lowerdir={},upperdir={},workdir={}",
-            base.display(),
-            upper.display(),
-            work.display()
-        ))
-        .arg(&merged))?;
+    mount_overlay(&[base], &upper, &work, &merged)?;
     let result = (|| -> anyhow::Result<()> {
         sh(Command::new("mount")
             .arg("--bind")
@@ -169,106 +190,151 @@ pub fn build_app(
 /// (`trusted.overlay.opaque=y`) with `.wh..wh..opq`, `/proc`, `/sys`,
 /// `/dev`, `/run` and `/tmp` emptied. `security.capability` xattrs kept.
 pub fn tar_of_dir(root: &Path) -> anyhow::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut links: HashMap<(u64, u64), String> = HashMap::new();
+    let mut tar = DirTar {
+        root,
+        out: Vec::new(),
+        links: HashMap::new(),
+    };
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
-        let dir = root.join(&rel);
+        let subdirs = tar.push_dir(&rel)?;
+        stack.extend(subdirs.into_iter().rev());
+    }
+    tar.out.extend_from_slice(&[0u8; 1024]);
+    Ok(tar.out)
+}
+
+/// Directories whose contents are not layer content (the entries
+/// themselves are kept).
+const EMPTIED_DIRS: [&str; 5] = ["proc", "sys", "dev", "run", "tmp"];
+
+/// A layer tar being written from the tree at `root`.
+struct DirTar<'a> {
+    root: &'a Path,
+    out: Vec<u8>,
+    /// The first name written for each (device, inode) with several
+    /// links: later names become hard links to it.
+    links: HashMap<(u64, u64), String>,
+}
+
+impl DirTar<'_> {
+    /// The entries of directory `rel` (relative to the root), in name
+    /// order; returns its subdirectories, to be descended into in that
+    /// order after their siblings' entries.
+    fn push_dir(&mut self, rel: &Path) -> anyhow::Result<Vec<PathBuf>> {
+        let dir = self.root.join(rel);
         let mut names: Vec<_> = std::fs::read_dir(&dir)
             .with_context(|| format!("reading {}", dir.display()))?
             .filter_map(|e| e.ok().map(|e| e.file_name()))
             .collect();
         names.sort();
-        let emptied = ["proc", "sys", "dev", "run", "tmp"]
-            .iter()
-            .any(|d| rel == Path::new(d));
-        if !rel.as_os_str().is_empty()
-            && xattr::get(&dir, "trusted.overlay.opaque")
-                .ok()
-                .flatten()
-                .as_deref()
-                == Some(b"y")
-        {
-            push(
-                &mut out,
-                entry(
-                    &format!("{}/.wh..wh..opq", rel.display()),
-                    EntryType::Reg,
-                    0o644,
-                ),
-                &[],
-            );
+        let emptied = EMPTIED_DIRS.iter().any(|d| rel == Path::new(d));
+        if !rel.as_os_str().is_empty() && is_opaque(&dir) {
+            let marker = format!("{}/.wh..wh..opq", rel.display());
+            push(&mut self.out, entry(&marker, EntryType::Reg, 0o644), &[]);
         }
-        // Directories are pushed after their siblings' entries: collect
-        // them and descend in name order.
         let mut subdirs = Vec::new();
-        for name in names {
-            if emptied {
-                continue;
-            }
-            let relp = rel.join(&name);
-            let path = root.join(&relp);
-            let md = std::fs::symlink_metadata(&path)?;
-            let name_s = relp.to_string_lossy().into_owned();
-            let ft = md.file_type();
-            let mut e = entry(&name_s, EntryType::Reg, md.mode() & 0o7777);
-            e.uid = md.uid();
-            e.gid = md.gid();
-            e.mtime = md.mtime();
-            if ft.is_dir() {
-                e.name.push('/');
-                e.entry_type = Some(EntryType::Dir);
-                push(&mut out, e, &[]);
-                subdirs.push(relp);
-            } else if ft.is_char_device() && md.rdev() == 0 {
-                // An overlay whiteout.
-                let wh = match relp.parent() {
-                    Some(p) if !p.as_os_str().is_empty() => {
-                        format!("{}/.wh.{}", p.display(), name.to_string_lossy())
-                    }
-                    _ => format!(".wh.{}", name.to_string_lossy()),
-                };
-                push(&mut out, entry(&wh, EntryType::Reg, 0o644), &[]);
-            } else if ft.is_symlink() {
-                e.entry_type = Some(EntryType::Symlink);
-                e.link_name = std::fs::read_link(&path)?.to_string_lossy().into_owned();
-                push(&mut out, e, &[]);
-            } else if ft.is_file() {
-                if md.nlink() > 1 {
-                    if let Some(first) = links.get(&(md.dev(), md.ino())) {
-                        e.entry_type = Some(EntryType::Hardlink);
-                        e.link_name = first.clone();
-                        push(&mut out, e, &[]);
-                        continue;
-                    }
-                    links.insert((md.dev(), md.ino()), name_s.clone());
-                }
-                if let Ok(Some(cap)) = xattr::get(&path, "security.capability") {
-                    e.xattrs.push(("security.capability".into(), cap));
-                }
-                let data = std::fs::read(&path)?;
-                e.size = data.len() as u64;
-                push(&mut out, e, &data);
-            } else if ft.is_char_device() || ft.is_block_device() {
-                e.entry_type = Some(if ft.is_char_device() {
-                    EntryType::Char
-                } else {
-                    EntryType::Block
-                });
-                let rdev = md.rdev();
-                e.dev_major = ((rdev >> 8) & 0xfff) as u32 | ((rdev >> 32) & !0xfff) as u32;
-                e.dev_minor = (rdev & 0xff) as u32 | ((rdev >> 12) & !0xff) as u32;
-                push(&mut out, e, &[]);
-            } else if ft.is_fifo() {
-                e.entry_type = Some(EntryType::Fifo);
-                push(&mut out, e, &[]);
-            }
-            // Sockets are not layer content.
+        if emptied {
+            return Ok(subdirs);
         }
-        stack.extend(subdirs.into_iter().rev());
+        for name in names {
+            let relp = rel.join(&name);
+            if self.push_node(&relp, &name)? {
+                subdirs.push(relp);
+            }
+        }
+        Ok(subdirs)
     }
-    out.extend_from_slice(&[0u8; 1024]);
-    Ok(out)
+
+    /// The entry of `relp` (whose file name is `name`); true when it is a
+    /// directory.
+    fn push_node(&mut self, relp: &Path, name: &OsStr) -> anyhow::Result<bool> {
+        let path = self.root.join(relp);
+        let md = std::fs::symlink_metadata(&path)?;
+        let name_s = relp.to_string_lossy().into_owned();
+        let ft = md.file_type();
+        let mut e = entry(&name_s, EntryType::Reg, md.mode() & 0o7777);
+        e.uid = md.uid();
+        e.gid = md.gid();
+        e.mtime = md.mtime();
+        if ft.is_dir() {
+            e.name.push('/');
+            e.entry_type = Some(EntryType::Dir);
+            push(&mut self.out, e, &[]);
+            return Ok(true);
+        }
+        if ft.is_char_device() && md.rdev() == 0 {
+            // An overlay whiteout.
+            let wh = whiteout_name(relp, name);
+            push(&mut self.out, entry(&wh, EntryType::Reg, 0o644), &[]);
+        } else if ft.is_symlink() {
+            e.entry_type = Some(EntryType::Symlink);
+            e.link_name = std::fs::read_link(&path)?.to_string_lossy().into_owned();
+            push(&mut self.out, e, &[]);
+        } else if ft.is_file() {
+            self.push_file(e, &path, &md)?;
+        } else if ft.is_char_device() || ft.is_block_device() {
+            e.entry_type = Some(if ft.is_char_device() {
+                EntryType::Char
+            } else {
+                EntryType::Block
+            });
+            let rdev = md.rdev();
+            e.dev_major = ((rdev >> 8) & 0xfff) as u32 | ((rdev >> 32) & !0xfff) as u32;
+            e.dev_minor = (rdev & 0xff) as u32 | ((rdev >> 12) & !0xff) as u32;
+            push(&mut self.out, e, &[]);
+        } else if ft.is_fifo() {
+            e.entry_type = Some(EntryType::Fifo);
+            push(&mut self.out, e, &[]);
+        }
+        // Sockets are not layer content.
+        Ok(false)
+    }
+
+    /// A regular file: its data and capabilities, or a hard link to the
+    /// first name of the same inode.
+    fn push_file(
+        &mut self,
+        mut e: tar::Entry,
+        path: &Path,
+        md: &std::fs::Metadata,
+    ) -> anyhow::Result<()> {
+        if md.nlink() > 1 {
+            if let Some(first) = self.links.get(&(md.dev(), md.ino())) {
+                e.entry_type = Some(EntryType::Hardlink);
+                e.link_name = first.clone();
+                push(&mut self.out, e, &[]);
+                return Ok(());
+            }
+            self.links.insert((md.dev(), md.ino()), e.name.clone());
+        }
+        if let Ok(Some(cap)) = xattr::get(path, "security.capability") {
+            e.xattrs.push(("security.capability".into(), cap));
+        }
+        let data = std::fs::read(path)?;
+        e.size = data.len() as u64;
+        push(&mut self.out, e, &data);
+        Ok(())
+    }
+}
+
+/// Whether `dir` is an overlay opaque directory.
+fn is_opaque(dir: &Path) -> bool {
+    xattr::get(dir, "trusted.overlay.opaque")
+        .ok()
+        .flatten()
+        .as_deref()
+        == Some(b"y")
+}
+
+/// The OCI whiteout that hides `relp` (whose file name is `name`).
+fn whiteout_name(relp: &Path, name: &OsStr) -> String {
+    match relp.parent() {
+        Some(p) if !p.as_os_str().is_empty() => {
+            format!("{}/.wh.{}", p.display(), name.to_string_lossy())
+        }
+        _ => format!(".wh.{}", name.to_string_lossy()),
+    }
 }
 
 fn entry(name: &str, kind: EntryType, mode: u32) -> tar::Entry {

@@ -11,7 +11,7 @@
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use ringstar_bench::{Rng, report};
+use ringstar_bench::{Rng, median, report};
 use ringstar_fetcher::{BlobLocation, Fetcher, FetcherConfig};
 use ringstar_testkit::{DelayProxy, Registry, make_certs};
 
@@ -48,11 +48,6 @@ fn serial(f: &Fetcher, loc: &BlobLocation) -> f64 {
         );
     }
     t.elapsed().as_secs_f64()
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn main() -> anyhow::Result<()> {

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use ringstar_bench::{Rng, report};
+use ringstar_bench::{Rng, median, report};
 use ringstar_fusedev::{
     AttrReply, BackingFile, ConnInfo, Ctx, DirOut, Entry, Errno, FileAttr, FileHandle, FileType,
     Filesystem, Ino, MountOptions, Opened, Passthrough, ReadOut, ReadResult, Session,
@@ -220,26 +220,60 @@ fn stream(path: &Path, size: usize, len: u64) -> f64 {
     len as f64 / t.elapsed().as_secs_f64() / 1e6
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+/// The runs' settings: `[ROUNDS] [SECONDS]`.
+struct Args {
+    rounds: usize,
+    /// How long each throughput case runs.
+    secs: f64,
 }
 
+impl Args {
+    fn parse() -> anyhow::Result<Args> {
+        let rounds: usize = std::env::args().nth(1).map_or(Ok(3), |s| s.parse())?;
+        let secs: f64 = std::env::args().nth(2).map_or(Ok(1.0), |s| s.parse())?;
+        Ok(Args { rounds, secs })
+    }
+}
+
+/// The FUSE mounts by transport name: the mount point and its session.
+type Mounts = BTreeMap<&'static str, (tempfile::TempDir, Session)>;
+
 fn main() -> anyhow::Result<()> {
-    let rounds: usize = std::env::args().nth(1).map_or(Ok(3), |s| s.parse())?;
-    let secs: f64 = std::env::args().nth(2).map_or(Ok(1.0), |s| s.parse())?;
+    let args = Args::parse()?;
     let mut rng = Rng::new(5);
     let data: Vec<u8> = (0..BIG).map(|_| rng.next_u64() as u8).collect();
-    // tmpfs: the same files, as the ceiling.
-    let shm = tempfile::tempdir_in("/dev/shm")?;
-    std::fs::write(shm.path().join("big.bin"), &data)?;
-    for i in 0..SMALL_FILES {
-        std::fs::write(shm.path().join(format!("s{i}")), [0u8; 100])?;
-    }
+    let shm = tmpfs_copy(&data)?;
     // The passthrough backing file lives on disk, like the chunk store.
     let work = tempfile::tempdir()?;
     let pt_path = work.path().join("backing.bin");
     std::fs::write(&pt_path, &data[..(BIG as usize)])?;
+    let mounts = mount_both(&data, &pt_path)?;
+    let modes: Vec<(&str, PathBuf)> = vec![
+        ("ring", mounts["ring"].0.path().to_path_buf()),
+        ("classic", mounts["classic"].0.path().to_path_buf()),
+        ("tmpfs", shm.path().to_path_buf()),
+    ];
+    let results = measure(&args, &cases(), &modes);
+    report_cases(results);
+    report_passthrough(&mounts, &pt_path, args.rounds);
+    for (_, (_, session)) in mounts {
+        session.unmount()?;
+    }
+    Ok(())
+}
+
+/// tmpfs: the same files, as the ceiling.
+fn tmpfs_copy(data: &[u8]) -> anyhow::Result<tempfile::TempDir> {
+    let shm = tempfile::tempdir_in("/dev/shm")?;
+    std::fs::write(shm.path().join("big.bin"), data)?;
+    for i in 0..SMALL_FILES {
+        std::fs::write(shm.path().join(format!("s{i}")), [0u8; 100])?;
+    }
+    Ok(shm)
+}
+
+/// [`BenchFs`] mounted over the ring and over the classic transport.
+fn mount_both(data: &[u8], pt_path: &Path) -> anyhow::Result<Mounts> {
     let mut mounts = BTreeMap::new();
     for (name, choice) in [
         ("ring", TransportChoice::Ring),
@@ -247,8 +281,8 @@ fn main() -> anyhow::Result<()> {
     ] {
         let dir = tempfile::tempdir()?;
         let fs = Arc::new(BenchFs {
-            data: data.clone(),
-            pt_path: pt_path.clone(),
+            data: data.to_vec(),
+            pt_path: pt_path.to_path_buf(),
             pt_len: BIG,
             passthrough: Mutex::new(None),
             backing: Mutex::new(None),
@@ -261,12 +295,12 @@ fn main() -> anyhow::Result<()> {
         let session = Session::mount(fs, dir.path(), &opts)?;
         mounts.insert(name, (dir, session));
     }
-    let modes: Vec<(&str, PathBuf)> = vec![
-        ("ring", mounts["ring"].0.path().to_path_buf()),
-        ("classic", mounts["classic"].0.path().to_path_buf()),
-        ("tmpfs", shm.path().to_path_buf()),
-    ];
-    let cases: Vec<(String, Op, usize)> = [1, 2, 4]
+    Ok(mounts)
+}
+
+/// The throughput cases: name, operation, clients.
+fn cases() -> Vec<(String, Op, usize)> {
+    [1, 2, 4]
         .into_iter()
         .flat_map(|c| {
             [
@@ -275,19 +309,28 @@ fn main() -> anyhow::Result<()> {
                 (format!("stat-ttl0-c{c}"), Op::Stat, c),
             ]
         })
-        .collect();
+        .collect()
+}
+
+/// Every round's figure per (case, mode): the `cases`, then sequential
+/// streams, each mode in turn within a round.
+fn measure<'m>(
+    args: &Args,
+    cases: &[(String, Op, usize)],
+    modes: &[(&'m str, PathBuf)],
+) -> BTreeMap<(String, &'m str), Vec<f64>> {
     let mut results: BTreeMap<(String, &str), Vec<f64>> = BTreeMap::new();
-    for _ in 0..rounds {
-        for (case, op, clients) in &cases {
-            for (mode, dir) in &modes {
+    for _ in 0..args.rounds {
+        for (case, op, clients) in cases {
+            for (mode, dir) in modes {
                 results
                     .entry((case.clone(), mode))
                     .or_default()
-                    .push(run(dir, *op, *clients, secs));
+                    .push(run(dir, *op, *clients, args.secs));
             }
         }
         for size in [128usize << 10, 1 << 20] {
-            for (mode, dir) in &modes {
+            for (mode, dir) in modes {
                 let mbs = stream(&dir.join("big.bin"), size, BIG);
                 results
                     .entry((format!("stream{}k-c1", size >> 10), mode))
@@ -296,6 +339,11 @@ fn main() -> anyhow::Result<()> {
             }
         }
     }
+    results
+}
+
+/// One line per case: each mode's median, ring over classic.
+fn report_cases(results: BTreeMap<(String, &str), Vec<f64>>) {
     let mut by_case: BTreeMap<String, BTreeMap<&str, f64>> = BTreeMap::new();
     for ((case, mode), v) in results {
         by_case.entry(case).or_default().insert(mode, median(v));
@@ -318,14 +366,18 @@ fn main() -> anyhow::Result<()> {
             }),
         );
     }
-    // Passthrough vs the backing file read natively (both from the page cache).
-    for (mode, (dir, _)) in &mounts {
+}
+
+/// Passthrough vs the backing file read natively (both from the page
+/// cache), per transport.
+fn report_passthrough(mounts: &Mounts, pt_path: &Path, rounds: usize) {
+    for (mode, (dir, _)) in mounts {
         let pt = dir.path().join("pt.bin");
         let mut through = Vec::new();
         let mut native = Vec::new();
         for _ in 0..rounds.max(3) {
             through.push(stream(&pt, 128 << 10, BIG));
-            native.push(stream(&pt_path, 128 << 10, BIG));
+            native.push(stream(pt_path, 128 << 10, BIG));
         }
         let (a, b) = (median(through), median(native));
         report(
@@ -338,8 +390,4 @@ fn main() -> anyhow::Result<()> {
             }),
         );
     }
-    for (_, (_, session)) in mounts {
-        session.unmount()?;
-    }
-    Ok(())
 }

@@ -20,12 +20,12 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ringstar_bench::report;
+use ringstar_bench::{files_under, median, read_all, report, walk};
 use ringstar_core::store::Store;
 use ringstar_core::tar::{self, Entry, EntryType};
 use ringstar_core::writer::{WriterOptions, build_to_vec};
@@ -86,52 +86,8 @@ fn tar_of_tree(root: &Path, max_bytes: u64) -> anyhow::Result<(Vec<u8>, usize, S
     Ok((out, files, biggest.1))
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    for e in std::fs::read_dir(dir)? {
-        let e = e?;
-        let t = e.file_type()?;
-        if t.is_dir() {
-            walk(&e.path(), out)?;
-        } else {
-            out.push(e.path());
-        }
-    }
-    Ok(())
-}
-
-/// Every regular file under `root`, in sorted walk order.
-fn files_under(root: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    walk(root, &mut out).expect("walk");
-    out.sort();
-    out.retain(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file()));
-    out
-}
-
-fn read_all(files: &[PathBuf], readers: usize) -> u64 {
-    let chunks: Vec<Vec<PathBuf>> = (0..readers)
-        .map(|r| files.iter().skip(r).step_by(readers).cloned().collect())
-        .collect();
-    let handles: Vec<_> = chunks
-        .into_iter()
-        .map(|list| {
-            std::thread::spawn(move || {
-                list.iter()
-                    .map(|p| std::fs::read(p).expect("read").len() as u64)
-                    .sum::<u64>()
-            })
-        })
-        .collect();
-    handles.into_iter().map(|h| h.join().expect("reader")).sum()
-}
-
 fn drop_caches() {
     let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// A lazily mounted layer: fresh store unless given.
@@ -262,38 +218,49 @@ fn status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn main() -> anyhow::Result<()> {
-    let rounds: usize = std::env::args().nth(1).map_or(Ok(3), |s| s.parse())?;
-    let max_mb: u64 = std::env::args().nth(2).map_or(Ok(100), |s| s.parse())?;
-    let (tar, files, biggest) = tar_of_tree(Path::new("/usr/lib"), max_mb << 20)?;
-    let (esgz, built) = build_to_vec(&tar[..], &WriterOptions::default())?;
-    let gz = {
-        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
-        e.write_all(&tar)?;
-        e.finish()?
-    };
-    eprintln!(
-        "layer: {files} files, {} MiB of tar, {} MiB eStargz, {} MiB tar.gz; biggest {biggest}",
-        tar.len() >> 20,
-        esgz.len() >> 20,
-        gz.len() >> 20
-    );
-    let reg = Registry::start();
-    let digest = reg.push("bench/usrlib", &esgz);
-    let gz_digest = reg.push("bench/usrlib", &gz);
-    let toc = built.toc_digest.to_string();
-    let wan = DelayProxy::start(reg.addr.clone(), Duration::from_millis(40), 200_000_000);
-    // LAYER_BENCH_LINK=lo: straight to the registry, to see the CPU floor.
-    let wan_addr = if std::env::var("LAYER_BENCH_LINK").as_deref() == Ok("lo") {
-        reg.addr.clone()
-    } else {
-        wan.addr.clone()
-    };
+/// The layer, as tar, eStargz and tar.gz.
+struct Inputs {
+    tar: Vec<u8>,
+    files: usize,
+    /// The biggest file's path in the layer.
+    biggest: String,
+    esgz: Vec<u8>,
+    /// The eStargz layer's TOC digest.
+    toc: String,
+    gz: Vec<u8>,
+}
 
-    let small = {
+impl Inputs {
+    /// Up to `max_mb` MiB of this machine's /usr/lib.
+    fn build(max_mb: u64) -> anyhow::Result<Inputs> {
+        let (tar, files, biggest) = tar_of_tree(Path::new("/usr/lib"), max_mb << 20)?;
+        let (esgz, built) = build_to_vec(&tar[..], &WriterOptions::default())?;
+        let gz = {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+            e.write_all(&tar)?;
+            e.finish()?
+        };
+        eprintln!(
+            "layer: {files} files, {} MiB of tar, {} MiB eStargz, {} MiB tar.gz; biggest {biggest}",
+            tar.len() >> 20,
+            esgz.len() >> 20,
+            gz.len() >> 20
+        );
+        Ok(Inputs {
+            tar,
+            files,
+            biggest,
+            esgz,
+            toc: built.toc_digest.to_string(),
+            gz,
+        })
+    }
+
+    /// A small file in the middle of the blob.
+    fn small_file(&self) -> anyhow::Result<String> {
+        let esgz = &self.esgz;
         let layer = ringstar_core::Layer::open(&esgz[..], esgz.len() as u64, &Default::default())?;
         let t = &layer.tree;
-        // A small file in the middle of the blob.
         let mut smalls: Vec<(String, ringstar_core::NodeId)> = t
             .walk()
             .into_iter()
@@ -303,78 +270,109 @@ fn main() -> anyhow::Result<()> {
             })
             .collect();
         smalls.sort();
-        smalls[smalls.len() / 2].0.clone()
-    };
+        Ok(smalls[smalls.len() / 2].0.clone())
+    }
+}
 
-    let (mut ttfb, mut resolve_s, mut lazy_seq, mut lazy_par, mut pull) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut warm_fuse, mut warm_pt, mut warm_disk) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..rounds {
-        // Time to first byte of a cold small file.
-        let store = tempfile::tempdir()?;
-        let lazy = mount_lazy(&wan_addr, &digest, &toc, store.path(), false)?;
-        resolve_s.push(lazy.resolve_s);
-        let t = Instant::now();
-        let mut f = std::fs::File::open(lazy.dir.path().join(&small))?;
-        let mut b = [0u8; 1];
-        f.read_exact(&mut b)?;
-        ttfb.push(t.elapsed().as_secs_f64());
-        drop(lazy);
+/// The layer pushed to a registry behind the WAN proxy.
+struct Served {
+    /// Where the layer is pulled from: the proxy, or with
+    /// `LAYER_BENCH_LINK=lo` straight to the registry, to see the CPU
+    /// floor.
+    addr: String,
+    /// The eStargz blob's digest.
+    digest: String,
+    /// The tar.gz blob's digest.
+    gz_digest: String,
+    toc: String,
+    // Dropped in this order: the proxy before the registry behind it.
+    _wan: DelayProxy,
+    _reg: Registry,
+}
 
-        // Cold read of every file: resolve + reads.
-        for (readers, out) in [(1usize, &mut lazy_seq), (8, &mut lazy_par)] {
-            let store = tempfile::tempdir()?;
-            let t = Instant::now();
-            let lazy = mount_lazy(&wan_addr, &digest, &toc, store.path(), false)?;
-            let list = files_under(lazy.dir.path());
-            let bytes = read_all(&list, readers);
-            out.push(t.elapsed().as_secs_f64());
-            let stats = &lazy.loader.stats;
-            eprintln!(
-                "cold, {readers} reader(s): {:.3} s, {} fetches, {} MiB fetched, {} joined",
-                t.elapsed().as_secs_f64(),
-                stats.fetches.load(std::sync::atomic::Ordering::Relaxed),
-                stats
-                    .fetched_bytes
-                    .load(std::sync::atomic::Ordering::Relaxed)
-                    >> 20,
-                stats.joined.load(std::sync::atomic::Ordering::Relaxed),
-            );
-            anyhow::ensure!(list.len() == files, "{} files, want {files}", list.len());
-            let _ = bytes;
+impl Served {
+    fn start(inputs: &Inputs) -> Served {
+        let reg = Registry::start();
+        let digest = reg.push("bench/usrlib", &inputs.esgz);
+        let gz_digest = reg.push("bench/usrlib", &inputs.gz);
+        let wan = DelayProxy::start(reg.addr.clone(), Duration::from_millis(40), 200_000_000);
+        let addr = if std::env::var("LAYER_BENCH_LINK").as_deref() == Ok("lo") {
+            reg.addr.clone()
+        } else {
+            wan.addr.clone()
+        };
+        Served {
+            addr,
+            digest,
+            gz_digest,
+            toc: inputs.toc.clone(),
+            _wan: wan,
+            _reg: reg,
         }
+    }
 
+    /// The layer mounted lazily with the store at `store`.
+    fn mount(&self, store: &Path, passthrough: bool) -> anyhow::Result<Lazy> {
+        mount_lazy(&self.addr, &self.digest, &self.toc, store, passthrough)
+    }
+}
+
+/// Every round's figures, in seconds or MB/s.
+#[derive(Default)]
+struct Rounds {
+    ttfb: Vec<f64>,
+    resolve_s: Vec<f64>,
+    lazy_seq: Vec<f64>,
+    lazy_par: Vec<f64>,
+    pull: Vec<f64>,
+    warm_fuse: Vec<f64>,
+    warm_pt: Vec<f64>,
+    warm_disk: Vec<f64>,
+}
+
+impl Rounds {
+    /// One round of every measurement.
+    fn round(&mut self, inputs: &Inputs, served: &Served, small: &str) -> anyhow::Result<()> {
+        self.first_byte(served, small)?;
+        // Cold read of every file: resolve + reads.
+        for (readers, out) in [(1usize, &mut self.lazy_seq), (8, &mut self.lazy_par)] {
+            out.push(cold_read_all(served, readers, inputs.files)?);
+        }
         // The non-lazy baseline: pull the tar.gz through the same link and
         // extract it.
         let into = tempfile::tempdir()?;
         let t = Instant::now();
         pull_and_extract(
-            &wan_addr,
-            &format!("/v2/bench/usrlib/blobs/{gz_digest}"),
+            &served.addr,
+            &format!("/v2/bench/usrlib/blobs/{}", served.gz_digest),
             into.path(),
         )?;
-        pull.push(t.elapsed().as_secs_f64());
+        self.pull.push(t.elapsed().as_secs_f64());
+        self.warm(served, &inputs.biggest, into.path())
+    }
 
-        // Warm: the biggest file stored; page caches dropped before each.
+    /// Time to first byte of a cold small file.
+    fn first_byte(&mut self, served: &Served, small: &str) -> anyhow::Result<()> {
         let store = tempfile::tempdir()?;
-        {
-            let lazy = mount_lazy(&wan_addr, &digest, &toc, store.path(), false)?;
-            let len = std::fs::read(lazy.dir.path().join(&biggest))?.len() as u64;
-            // The last chunk's store write makes the file complete (hash,
-            // rename) on a worker after the read returns: wait for it, or
-            // the next mount's store would see it half-renamed.
-            let partial = store.path().join("partial");
-            let t = Instant::now();
-            while t.elapsed() < Duration::from_secs(20)
-                && std::fs::read_dir(&partial)?
-                    .any(|e| e.is_ok_and(|e| e.metadata().is_ok_and(|m| m.len() == len)))
-            {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        for (pt, out) in [(false, &mut warm_fuse), (true, &mut warm_pt)] {
-            let lazy = mount_lazy(&wan_addr, &digest, &toc, store.path(), pt)?;
-            let path = lazy.dir.path().join(&biggest);
+        let lazy = served.mount(store.path(), false)?;
+        self.resolve_s.push(lazy.resolve_s);
+        let t = Instant::now();
+        let mut f = std::fs::File::open(lazy.dir.path().join(small))?;
+        let mut b = [0u8; 1];
+        f.read_exact(&mut b)?;
+        self.ttfb.push(t.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// Warm: the biggest file stored; page caches dropped before each
+    /// read, through FUSE, with passthrough and from the extracted copy
+    /// in `extracted`.
+    fn warm(&mut self, served: &Served, biggest: &str, extracted: &Path) -> anyhow::Result<()> {
+        let store = tempfile::tempdir()?;
+        store_file(served, store.path(), biggest)?;
+        for (pt, out) in [(false, &mut self.warm_fuse), (true, &mut self.warm_pt)] {
+            let lazy = served.mount(store.path(), pt)?;
+            let path = lazy.dir.path().join(biggest);
             // Open once (passthrough decides at open), drop, then time.
             drop_caches();
             let t = Instant::now();
@@ -383,57 +381,143 @@ fn main() -> anyhow::Result<()> {
         }
         drop_caches();
         let t = Instant::now();
-        let n = std::fs::read(into.path().join(&biggest))?.len();
-        warm_disk.push(n as f64 / t.elapsed().as_secs_f64() / 1e6);
+        let n = std::fs::read(extracted.join(biggest))?.len();
+        self.warm_disk
+            .push(n as f64 / t.elapsed().as_secs_f64() / 1e6);
+        Ok(())
     }
+}
 
-    // Peak RSS of the daemon serving the layer, every file read.
+/// Seconds to mount the layer cold and read every file with `readers`
+/// threads.
+fn cold_read_all(served: &Served, readers: usize, files: usize) -> anyhow::Result<f64> {
+    let store = tempfile::tempdir()?;
+    let t = Instant::now();
+    let lazy = served.mount(store.path(), false)?;
+    let list = files_under(lazy.dir.path());
+    let bytes = read_all(&list, readers);
+    let secs = t.elapsed().as_secs_f64();
+    let stats = &lazy.loader.stats;
+    eprintln!(
+        "cold, {readers} reader(s): {:.3} s, {} fetches, {} MiB fetched, {} joined",
+        t.elapsed().as_secs_f64(),
+        stats.fetches.load(std::sync::atomic::Ordering::Relaxed),
+        stats
+            .fetched_bytes
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >> 20,
+        stats.joined.load(std::sync::atomic::Ordering::Relaxed),
+    );
+    anyhow::ensure!(list.len() == files, "{} files, want {files}", list.len());
+    let _ = bytes;
+    Ok(secs)
+}
+
+/// Reads file `name` through a mount of the layer with its store at
+/// `store`, and waits until the store has it complete.
+fn store_file(served: &Served, store: &Path, name: &str) -> anyhow::Result<()> {
+    let lazy = served.mount(store, false)?;
+    let len = std::fs::read(lazy.dir.path().join(name))?.len() as u64;
+    // The last chunk's store write makes the file complete (hash,
+    // rename) on a worker after the read returns: wait for it, or
+    // the next mount's store would see it half-renamed.
+    let partial = store.join("partial");
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(20)
+        && std::fs::read_dir(&partial)?
+            .any(|e| e.is_ok_and(|e| e.metadata().is_ok_and(|m| m.len() == len)))
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// Peak and anonymous RSS (KiB) of `ringstar mount` serving the layer
+/// after every file was read; none without the `ringstar` binary.
+fn daemon_rss(served: &Served) -> anyhow::Result<Option<(u64, u64)>> {
     let store = tempfile::tempdir()?;
     let mnt = tempfile::tempdir()?;
     let exe = std::env::current_exe()?
         .parent()
         .map(|d| d.join("ringstar"))
         .filter(|p| p.exists());
-    let rss_kib = match exe {
-        Some(exe) => {
-            let mut child = Command::new(exe)
-                .args(["mount", "--no-background-fetch", "--ref"])
-                .arg(format!("{}/bench/usrlib:latest", wan_addr))
-                .args(["--digest", &digest, "--toc-digest", &toc, "--store"])
-                .arg(store.path())
-                .arg(mnt.path())
-                .stdout(Stdio::piped())
-                .spawn()?;
-            let mut line = String::new();
-            BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line)?;
-            read_all(&files_under(mnt.path()), 8);
-            // VmHWM counts the store's mapped page-cache pages too;
-            // RssAnon is the daemon's own memory.
-            let hwm = (
-                status_kib(child.id(), "VmHWM"),
-                status_kib(child.id(), "RssAnon"),
-            );
-            let _ = Command::new("kill")
-                .args(["-INT", &child.id().to_string()])
-                .status();
-            child.wait()?;
-            Some(hwm)
-        }
-        None => {
-            eprintln!("build the ringstar binary (cargo build --release) for the RSS figure");
-            None
-        }
+    let Some(exe) = exe else {
+        eprintln!("build the ringstar binary (cargo build --release) for the RSS figure");
+        return Ok(None);
     };
+    let mut child = Command::new(exe)
+        .args(["mount", "--no-background-fetch", "--ref"])
+        .arg(format!("{}/bench/usrlib:latest", served.addr))
+        .args([
+            "--digest",
+            &served.digest,
+            "--toc-digest",
+            &served.toc,
+            "--store",
+        ])
+        .arg(store.path())
+        .arg(mnt.path())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line)?;
+    read_all(&files_under(mnt.path()), 8);
+    // VmHWM counts the store's mapped page-cache pages too;
+    // RssAnon is the daemon's own memory.
+    let hwm = (
+        status_kib(child.id(), "VmHWM"),
+        status_kib(child.id(), "RssAnon"),
+    );
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    child.wait()?;
+    Ok(Some(hwm))
+}
 
+fn main() -> anyhow::Result<()> {
+    let rounds: usize = std::env::args().nth(1).map_or(Ok(3), |s| s.parse())?;
+    let max_mb: u64 = std::env::args().nth(2).map_or(Ok(100), |s| s.parse())?;
+    let inputs = Inputs::build(max_mb)?;
+    let served = Served::start(&inputs);
+    let small = inputs.small_file()?;
+    let mut figures = Rounds::default();
+    for _ in 0..rounds {
+        figures.round(&inputs, &served, &small)?;
+    }
+    // Peak RSS of the daemon serving the layer, every file read.
+    let rss_kib = daemon_rss(&served)?;
+    report_layer(&inputs, &served, rounds, figures, rss_kib);
+    Ok(())
+}
+
+/// The JSON line of every figure.
+fn report_layer(
+    inputs: &Inputs,
+    served: &Served,
+    rounds: usize,
+    figures: Rounds,
+    rss_kib: Option<(u64, u64)>,
+) {
+    let Rounds {
+        ttfb,
+        resolve_s,
+        lazy_seq,
+        lazy_par,
+        pull,
+        warm_fuse,
+        warm_pt,
+        warm_disk,
+    } = figures;
     let (seq, par, base) = (median(lazy_seq), median(lazy_par), median(pull));
     let (fuse, pt, disk) = (median(warm_fuse), median(warm_pt), median(warm_disk));
     report(
         "layer",
         serde_json::json!({
-            "files": files,
-            "tar_mib": tar.len() >> 20,
-            "estargz_mib": esgz.len() >> 20,
-            "targz_mib": gz.len() >> 20,
+            "files": inputs.files,
+            "tar_mib": inputs.tar.len() >> 20,
+            "estargz_mib": inputs.esgz.len() >> 20,
+            "targz_mib": inputs.gz.len() >> 20,
             "rtt_ms": 40, "link_mbit": 200, "rounds": rounds,
             "resolve_s": (median(resolve_s) * 1000.0).round() / 1000.0,
             "ttfb_small_file_ms": (median(ttfb) * 1e4).round() / 10.0,
@@ -449,8 +533,7 @@ fn main() -> anyhow::Result<()> {
             "warm_passthrough_vs_disk": (pt / disk * 100.0).round() / 100.0,
             "daemon_peak_rss_mib": rss_kib.map(|k| k.0 / 1024),
             "daemon_rss_anon_mib": rss_kib.map(|k| k.1 / 1024),
-            "digest_check": Digest::of(&esgz).to_string() == digest,
+            "digest_check": Digest::of(&inputs.esgz).to_string() == served.digest,
         }),
     );
-    Ok(())
 }

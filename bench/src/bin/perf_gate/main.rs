@@ -13,14 +13,17 @@
 //! Counts only the workload function itself (`--toggle-collect`), not the
 //! setup that makes its input.
 
-use std::collections::BTreeMap;
+mod baseline;
+mod callgrind;
+
 use std::ffi::OsStr;
 use std::hint::black_box;
-use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context as _;
+use baseline::Baseline;
 use ringstar_bench::{Rng, generated_toc, testdata, texty_bytes, toc_data_end, toc_json_of};
 use ringstar_core::inflate::ChunkReader;
 use ringstar_core::layer::Compression;
@@ -459,56 +462,34 @@ fn function_of(name: &str) -> &'static str {
     }
 }
 
-fn count(exe: &Path, name: &str) -> anyhow::Result<u64> {
-    let out = Command::new("valgrind")
-        .arg("--tool=callgrind")
-        .arg(format!("--toggle-collect=*{}*", function_of(name)))
-        .arg("--callgrind-out-file=/dev/null")
-        .arg(exe)
-        .arg("run")
-        .arg(name)
-        .output()
-        .context("running valgrind (apt-get install valgrind)")?;
-    let err = String::from_utf8_lossy(&out.stderr);
-    anyhow::ensure!(out.status.success(), "workload {name} failed:\n{err}");
-    let collected = err
-        .lines()
-        .find_map(|l| {
-            l.split_once("Collected :")
-                .map(|(_, n)| n.trim().to_string())
+/// The command line of a gate run.
+struct Options {
+    /// Rewrite the baseline with the counts.
+    update: bool,
+    /// How many percent more instructions fail a workload.
+    threshold: f64,
+    /// The one workload to count.
+    only: Option<String>,
+}
+
+impl Options {
+    fn parse(args: &[String]) -> anyhow::Result<Options> {
+        let update = args.iter().any(|a| a == "--update");
+        let threshold: f64 = match args.iter().position(|a| a == "--threshold") {
+            Some(i) => args.get(i + 1).context("--threshold PERCENT")?.parse()?,
+            None => 5.0,
+        };
+        let only = args
+            .iter()
+            .position(|a| a == "--only")
+            .and_then(|i| args.get(i + 1))
+            .cloned();
+        Ok(Options {
+            update,
+            threshold,
+            only,
         })
-        .with_context(|| format!("no instruction count from callgrind:\n{err}"))?;
-    let n: u64 = collected.parse()?;
-    anyhow::ensure!(n > 0, "callgrind counted nothing in {}", function_of(name));
-    Ok(n)
-}
-
-/// CPU features that libdeflate and sha2 choose code paths by at run
-/// time: instruction counts of the workloads using them are comparable
-/// only between machines that have the same ones.
-fn cpu_features() -> Vec<String> {
-    const DISPATCHED: &[&str] = &["avx2", "bmi2", "pclmulqdq", "sha_ni", "vpclmulqdq"];
-    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let flags: std::collections::BTreeSet<&str> = info
-        .lines()
-        .find(|l| l.starts_with("flags"))
-        .and_then(|l| l.split_once(':'))
-        .map(|(_, f)| f.split_whitespace().collect())
-        .unwrap_or_default();
-    DISPATCHED
-        .iter()
-        .filter(|f| flags.contains(*f))
-        .map(|f| f.to_string())
-        .collect()
-}
-
-/// Workloads whose code depends on [`cpu_features`].
-fn cpu_dispatched(name: &str) -> bool {
-    name.starts_with("inflate_verify")
-}
-
-fn baseline_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("baseline.json")
+    }
 }
 
 fn main() -> ExitCode {
@@ -527,110 +508,40 @@ fn real_main() -> anyhow::Result<ExitCode> {
         run_workload(args.get(1).context("run NAME")?)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let update = args.iter().any(|a| a == "--update");
-    let threshold: f64 = match args.iter().position(|a| a == "--threshold") {
-        Some(i) => args.get(i + 1).context("--threshold PERCENT")?.parse()?,
-        None => 5.0,
-    };
-    let only: Option<&String> = args
-        .iter()
-        .position(|a| a == "--only")
-        .and_then(|i| args.get(i + 1));
+    let Options {
+        update,
+        threshold,
+        only,
+    } = Options::parse(&args)?;
     if cfg!(debug_assertions) {
         anyhow::bail!("build with --release: a debug build's counts mean nothing");
     }
     let exe = std::env::current_exe()?;
-    let names: Vec<&str> = WORKLOADS
+    let workloads: Vec<(&str, &str)> = WORKLOADS
         .iter()
         .copied()
-        .filter(|n| only.is_none_or(|o| o == n))
+        .filter(|n| only.as_ref().is_none_or(|o| o == n))
+        .map(|n| (n, function_of(n)))
         .collect();
-    anyhow::ensure!(!names.is_empty(), "no workload matches {only:?}");
-    // Callgrind runs one thread; run as many workloads at once as there
-    // are CPUs (counts do not depend on it).
-    let results: Mutex<BTreeMap<String, anyhow::Result<u64>>> = Mutex::default();
-    let queue = Mutex::new(names.clone());
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
-    std::thread::scope(|s| {
-        for _ in 0..workers {
-            s.spawn(|| {
-                while let Some(name) = queue.lock().unwrap().pop() {
-                    eprintln!("perf-gate: counting {name}");
-                    let r = count(&exe, name);
-                    results.lock().unwrap().insert(name.to_string(), r);
-                }
-            });
-        }
-    });
-    let mut counts = BTreeMap::new();
-    for (name, r) in results.into_inner().unwrap() {
-        counts.insert(name, r?);
-    }
-    let path = baseline_path();
-    let stored: serde_json::Value = match std::fs::read(&path) {
-        Ok(b) => serde_json::from_slice(&b)?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => serde_json::json!({}),
-        Err(e) => return Err(e.into()),
-    };
-    let mut baseline: BTreeMap<String, u64> = stored
-        .get("instructions")
-        .cloned()
-        .map(serde_json::from_value)
-        .transpose()?
-        .unwrap_or_default();
-    let here = cpu_features();
-    let recorded: Option<Vec<String>> = stored
-        .get("cpu_features")
-        .cloned()
-        .map(serde_json::from_value)
-        .transpose()?;
-    let same_cpu = recorded.as_ref().is_none_or(|r| *r == here);
+    anyhow::ensure!(!workloads.is_empty(), "no workload matches {only:?}");
+    let counts = callgrind::count_all(&exe, &workloads)?;
+    let path = baseline::path();
+    let mut baseline = Baseline::load(&path)?;
+    let here = baseline::cpu_features();
+    let same_cpu = baseline.cpu_features.as_ref().is_none_or(|r| *r == here);
     if !same_cpu {
         println!(
             "perf-gate: the baseline's CPU had {:?}, this one has {here:?}: \
              the CPU-dispatched workloads are shown but not gated (update the \
              baseline on this machine kind in a commit of its own)",
-            recorded.unwrap_or_default()
+            baseline.cpu_features.clone().unwrap_or_default()
         );
     }
-    println!(
-        "{:<24} {:>16} {:>16} {:>8}  verdict",
-        "workload", "baseline", "now", "ratio"
-    );
-    let mut failed = false;
-    for (name, &now) in &counts {
-        let (old, ratio, verdict) = match baseline.get(name) {
-            Some(&old) => {
-                let ratio = now as f64 / old as f64;
-                let verdict = if !same_cpu && cpu_dispatched(name) {
-                    "not comparable (CPU)"
-                } else if ratio > 1.0 + threshold / 100.0 {
-                    failed = true;
-                    "REGRESSED"
-                } else if ratio < 1.0 - threshold / 100.0 {
-                    "faster (update the baseline)"
-                } else {
-                    "ok"
-                };
-                (old.to_string(), format!("{ratio:.3}"), verdict)
-            }
-            None => {
-                failed = true;
-                ("-".into(), "-".into(), "NO BASELINE")
-            }
-        };
-        println!("{name:<24} {old:>16} {now:>16} {ratio:>8}  {verdict}");
-    }
+    let failed = baseline::print_comparison(&counts, &baseline.instructions, same_cpu, threshold);
     if update {
-        for (name, now) in &counts {
-            baseline.insert(name.clone(), *now);
-        }
-        let json = serde_json::json!({
-            "about": "instructions per workload (callgrind), see docs/benchmarks.md; update with perf-gate --update and say why in the commit",
-            "cpu_features": here,
-            "instructions": baseline,
-        });
-        std::fs::write(&path, serde_json::to_string_pretty(&json)? + "\n")?;
+        baseline.instructions.extend(counts);
+        baseline.cpu_features = Some(here);
+        baseline.write(&path)?;
         println!("baseline written to {}", path.display());
         return Ok(ExitCode::SUCCESS);
     }
