@@ -67,8 +67,10 @@ fn resolves_run_a_few_at_a_time() {
     let store = tempfile::tempdir().unwrap();
     let mut m = Mounted::new(store.path(), 1 << 30, no_background());
     // The other test's resolvers may still be winding down (they only
-    // go away, never come, while this one runs).
-    let before = threads("resolve");
+    // go away, never come, while this one runs). Counted by the pool's
+    // names ("resolve-N"): threads this test spawns unnamed inherit the
+    // test thread's name, "resolves_run_a_", and must not count.
+    let before = threads("resolve-");
     let remote = remote_over(&mut m);
     let digests: Vec<String> = (0..25).map(|i| format!("sha256:{i:064x}")).collect();
     let wanted = Wanted {
@@ -92,7 +94,7 @@ fn resolves_run_a_few_at_a_time() {
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(300));
-    let now = threads("resolve");
+    let now = threads("resolve-");
     assert!(now <= before + 4, "{now} resolver threads, {before} before");
     assert!(
         claim.join().unwrap().is_err(),
