@@ -87,6 +87,8 @@ pub mod fopen {
 pub mod notify {
     pub const INVAL_INODE: i32 = 2;
     pub const INVAL_ENTRY: i32 = 3;
+    /// Re-queue every request read but not answered (Linux 6.9, 7.40).
+    pub const RESEND: i32 = 7;
 }
 
 /// FUSE-over-io_uring commands (`sqe.cmd_op`).

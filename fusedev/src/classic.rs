@@ -5,6 +5,7 @@
 
 use std::fs::File;
 use std::io::{IoSlice, Read, Write};
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -50,6 +51,23 @@ impl ReplySink for ClassicSink {
     }
 }
 
+/// A takeover session's idle channel: waits until it is readable (true)
+/// or the session stops (false). The channel is non-blocking, so a
+/// request another thread took first costs one EAGAIN, never a read that
+/// blocks past a stop.
+fn wait_for_request<F: Filesystem + ?Sized>(chan: &File, shared: &Shared<F>) -> bool {
+    let Some(wake) = &shared.wake else {
+        return true;
+    };
+    match crate::sys::wait_readable(chan.as_fd(), wake.as_fd()) {
+        Ok(woken) => !(woken || shared.stop.is_stopping()),
+        Err(e) => {
+            tracing::warn!(error = %e, "polling /dev/fuse");
+            false
+        }
+    }
+}
+
 /// Serves one channel with read(2)/write(2) until the connection ends.
 /// Used by the classic per-core threads and by the main-fd reader (which
 /// in ring mode sees only FORGET, BATCH_FORGET and INTERRUPT).
@@ -60,9 +78,18 @@ pub(crate) fn serve_classic<F: Filesystem + ?Sized>(chan: Arc<File>, shared: &Sh
     let sink: Arc<dyn ReplySink> = Arc::new(ClassicSink(chan.clone()));
     let mut seed = DeferSeed::new(sink, shared.pending.clone());
     loop {
+        if shared.wake.is_some() && shared.stop.is_stopping() {
+            break;
+        }
         let n = match (&*chan).read(&mut buf) {
             Ok(n) => n,
             Err(e) => match e.raw_os_error() {
+                Some(libc::EAGAIN) if shared.wake.is_some() => {
+                    if wait_for_request(&chan, shared) {
+                        continue;
+                    }
+                    break;
+                }
                 Some(libc::EINTR | libc::EAGAIN | libc::ENOENT) => continue,
                 Some(libc::ENODEV | libc::ECONNABORTED) => break,
                 _ => {

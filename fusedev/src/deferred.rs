@@ -132,6 +132,18 @@ impl PendingReplies {
         true
     }
 
+    /// Forgets every request still waiting, answering none of them: their
+    /// handles then answer nothing and report
+    /// [`DeferredRead::is_cancelled`]. For a handover, where the kernel
+    /// keeps the requests and RESEND gives them to the next process.
+    /// Returns how many were still unanswered.
+    pub(crate) fn abandon_all(&self) -> usize {
+        let all: Vec<PendingReply> = lock(&self.0).drain().map(|(_, p)| p).collect();
+        all.iter()
+            .filter(|p| !p.done.swap(true, Ordering::AcqRel))
+            .count()
+    }
+
     pub(crate) fn len(&self) -> usize {
         lock(&self.0).len()
     }

@@ -36,6 +36,9 @@ const WANTED: u64 = f::ASYNC_READ
 pub(crate) struct Negotiated {
     pub(crate) flags: u64,
     pub(crate) max_write: usize,
+    /// The protocol minor answered (the lower of the kernel's and ours).
+    pub(crate) minor: u32,
+    pub(crate) max_pages: u16,
 }
 
 impl Negotiated {
@@ -85,5 +88,11 @@ pub(crate) fn negotiate(
     if flags & f::PASSTHROUGH != 0 {
         out.max_stack_depth = 1;
     }
-    Ok((out, Negotiated { flags, max_write }))
+    let negotiated = Negotiated {
+        flags,
+        max_write,
+        minor: out.minor,
+        max_pages,
+    };
+    Ok((out, negotiated))
 }

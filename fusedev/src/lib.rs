@@ -7,6 +7,7 @@
 //! - [`session`]: mount, INIT, the per-core threads, teardown.
 //! - classic transport (read/write on cloned fds) and FUSE-over-io_uring.
 //! - [`passthrough`]: backing files the kernel reads directly.
+//! - [`takeover`]: handing a live connection to another process.
 //!
 //! The crate knows nothing of images.
 //!
@@ -14,7 +15,8 @@
 //! the map): the leaves `abi`, `types`, `sync`, `sys`; above them
 //! `encode`, `request`, `passthrough`, `deferred`, `options`; then `fs`,
 //! `knob`, `init`, `control`; then `reply` (the dispatcher); `serving`;
-//! the transports `classic` and `uring`; `session` and `offline` on top.
+//! the transports `classic` and `uring`; `takeover` (the state handed over), then
+//! `session` and `offline` on top.
 
 pub mod abi;
 mod classic;
@@ -33,6 +35,7 @@ mod serving;
 pub mod session;
 mod sync;
 mod sys;
+pub mod takeover;
 pub mod types;
 mod uring;
 
@@ -44,6 +47,7 @@ pub use session::{
     Session, Stats, Transport, TransportChoice, UnknownFuseUring, UringKnob, abort_connection,
     detach_mount,
 };
+pub use takeover::{Handover, TAKEOVER_STATE_VERSION, TakeoverError, TakeoverState};
 pub use types::{
     AttrReply, Entry, Errno, FileAttr, FileHandle, FileType, Ino, Statfs, Timestamp, Unique,
 };

@@ -121,6 +121,13 @@ pub struct MountOptions {
     pub passthrough: bool,
     /// Pin data-plane threads to their CPU.
     pub pin_threads: bool,
+    /// Make the session hand-over-able ([`crate::Session::handover`],
+    /// [`crate::Session::resume`]): the classic transport only (an `Auto`
+    /// transport becomes classic, `Ring` is refused: a ring whose owner
+    /// died loses requests, docs/fusedev.md "Takeover"), the channels are
+    /// non-blocking and polled with a stop eventfd, and the cloned
+    /// channels are kept so all of them can go to a keeper.
+    pub takeover: bool,
 }
 
 impl Default for MountOptions {
@@ -135,6 +142,7 @@ impl Default for MountOptions {
             ring_max_entries: DEFAULT_RING_MAX_ENTRIES,
             passthrough: true,
             pin_threads: true,
+            takeover: false,
         }
     }
 }

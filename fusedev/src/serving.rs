@@ -31,6 +31,10 @@ pub(crate) struct Shared<F: ?Sized> {
     pub(crate) negotiated: Negotiated,
     pub(crate) stats: Arc<Stats>,
     pub(crate) stop: Arc<Stop>,
+    /// Takeover sessions only: the stop eventfd the classic threads poll
+    /// beside their non-blocking channel, so a handover can stop them
+    /// without aborting the connection. `None`: blocking reads, as before.
+    pub(crate) wake: Option<Arc<File>>,
 }
 
 /// Tells the ring threads the session is going down. A queue whose every

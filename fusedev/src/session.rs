@@ -9,10 +9,11 @@
 
 use std::fs::File;
 use std::io::{self, IoSlice, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use zerocopy::IntoBytes;
 
@@ -34,6 +35,7 @@ use crate::request::{self, Operation};
 pub use crate::serving::Stats;
 use crate::serving::{Shared, Stop};
 use crate::sys;
+use crate::takeover::{Handover, TAKEOVER_STATE_VERSION, TakeoverError, TakeoverState};
 use crate::types::Errno;
 
 /// A mounted filesystem and the threads serving it. Dropping it unmounts.
@@ -48,6 +50,13 @@ pub struct Session {
     stats: Arc<Stats>,
     stop: Arc<Stop>,
     mounted: bool,
+    /// What INIT settled (or what the state handed over says it settled).
+    negotiated: Negotiated,
+    /// Takeover sessions: the cloned channels, kept so every one of them
+    /// can go to a keeper (a clone only this process held would die with
+    /// it, and its requests with ECONNABORTED).
+    clones: Vec<Arc<File>>,
+    takeover: bool,
 }
 
 impl std::fmt::Debug for Session {
@@ -58,6 +67,14 @@ impl std::fmt::Debug for Session {
             .field("conn_id", &self.conn_id)
             .finish()
     }
+}
+
+/// A connection past INIT: what [`Session::serve`] starts from.
+struct Connection {
+    main: Arc<File>,
+    mountpoint: PathBuf,
+    conn_id: Option<u32>,
+    negotiated: Negotiated,
 }
 
 /// Opens `/dev/fuse` and mounts `fuse.<subtype>` on it at `mountpoint`.
@@ -136,6 +153,15 @@ impl Session {
         opts: &MountOptions,
     ) -> io::Result<Session> {
         let mut opts = opts.clone();
+        if opts.takeover {
+            if opts.transport == TransportChoice::Ring {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    TakeoverError::RingRequired,
+                ));
+            }
+            opts.transport = TransportChoice::Classic;
+        }
         if !want_ring(
             opts.transport,
             opts.uring_knob,
@@ -151,17 +177,41 @@ impl Session {
                 return Err(e);
             }
         };
+        let conn = Connection {
+            main,
+            mountpoint: mountpoint.to_path_buf(),
+            conn_id,
+            negotiated,
+        };
+        Session::serve(fs, conn, &opts, None)
+    }
+
+    /// Serves a connection whose INIT is settled: the filesystem's init,
+    /// then the threads. `adopted`: the cloned channels of a connection
+    /// taken over (else new clones are made, one per possible CPU).
+    fn serve<F: Filesystem>(
+        fs: Arc<F>,
+        conn: Connection,
+        opts: &MountOptions,
+        adopted: Option<Vec<Arc<File>>>,
+    ) -> io::Result<Session> {
+        let Connection {
+            main,
+            mountpoint,
+            conn_id,
+            negotiated,
+        } = conn;
         let info = ConnInfo {
             passthrough: negotiated
                 .passthrough()
                 .then(|| Passthrough { fuse: main.clone() }),
             max_read: negotiated.max_write,
         };
-        init_filesystem(&*fs, &info, mountpoint, conn_id)?;
+        init_filesystem(&*fs, &info, &mountpoint, conn_id)?;
         // From here on, dropping the session (on an error below too)
         // unmounts and joins the threads started so far.
         let mut session = Session {
-            mountpoint: mountpoint.to_path_buf(),
+            mountpoint,
             main,
             conn_id,
             transport: if negotiated.ring() {
@@ -174,6 +224,17 @@ impl Session {
             stats: Arc::new(Stats::default()),
             stop: Arc::new(Stop::default()),
             mounted: true,
+            negotiated,
+            clones: Vec::new(),
+            takeover: opts.takeover,
+        };
+        let wake = if opts.takeover {
+            sys::set_nonblocking(session.main.as_fd())?;
+            let wake = Arc::new(File::from(sys::eventfd()?));
+            session.stop.register(wake.clone());
+            Some(wake)
+        } else {
+            None
         };
         let shared = Arc::new(Shared {
             fs,
@@ -181,8 +242,9 @@ impl Session {
             negotiated,
             stats: session.stats.clone(),
             stop: session.stop.clone(),
+            wake,
         });
-        session.start_threads(&shared, &opts)?;
+        session.start_threads(&shared, opts, adopted)?;
         Ok(session)
     }
 
@@ -191,6 +253,7 @@ impl Session {
         &mut self,
         shared: &Arc<Shared<F>>,
         opts: &MountOptions,
+        adopted: Option<Vec<Arc<File>>>,
     ) -> io::Result<()> {
         let cpus = sys::possible_cpus();
         tracing::info!(
@@ -205,6 +268,14 @@ impl Session {
         // classic mode.
         let (m, s) = (self.main.clone(), shared.clone());
         self.spawn("fuse-main", move || serve_classic(m, &s))?;
+        if let Some(chans) = adopted {
+            for (i, chan) in chans.into_iter().enumerate() {
+                sys::set_nonblocking(chan.as_fd())?;
+                self.clones.push(chan.clone());
+                self.spawn_classic_core(i, i % cpus.max(1), chan, shared, opts)?;
+            }
+            return Ok(());
+        }
         for cpu in 0..cpus {
             match self.transport {
                 Transport::Classic => self.start_classic_core(cpu, shared, opts)?,
@@ -222,8 +293,23 @@ impl Session {
         opts: &MountOptions,
     ) -> io::Result<()> {
         let chan = Arc::new(File::from(sys::clone_channel(self.main.as_fd())?));
+        if self.takeover {
+            sys::set_nonblocking(chan.as_fd())?;
+            self.clones.push(chan.clone());
+        }
+        self.spawn_classic_core(cpu, cpu, chan, shared, opts)
+    }
+
+    fn spawn_classic_core<F: Filesystem>(
+        &mut self,
+        index: usize,
+        cpu: usize,
+        chan: Arc<File>,
+        shared: &Arc<Shared<F>>,
+        opts: &MountOptions,
+    ) -> io::Result<()> {
         let (s, pin) = (shared.clone(), opts.pin_threads);
-        self.spawn(&format!("fuse-core{cpu}"), move || {
+        self.spawn(&format!("fuse-core{index}"), move || {
             pin_to(cpu, pin);
             serve_classic(chan, &s)
         })
@@ -349,6 +435,120 @@ impl Session {
         }
         tracing::info!(mountpoint = %self.mountpoint.display(), "FUSE session down");
         r
+    }
+}
+
+/// Takeover: handing a live session to another process, and serving one
+/// handed over (docs/fusedev.md, "Takeover").
+impl Session {
+    /// Serves a connection another process mounted and negotiated: `fds`
+    /// are its channels (main first, then the clones, as
+    /// [`Session::takeover_fds`] gave them), `state` what INIT settled.
+    /// Classic transport, no INIT; once the threads run it writes
+    /// `FUSE_NOTIFY_RESEND`, so requests the previous process read but
+    /// never answered come again. `opts` gives only `pin_threads`.
+    pub fn resume<F: Filesystem>(
+        fs: Arc<F>,
+        fds: Vec<OwnedFd>,
+        state: &TakeoverState,
+        opts: &MountOptions,
+    ) -> Result<Session, TakeoverError> {
+        if state.version != TAKEOVER_STATE_VERSION {
+            return Err(TakeoverError::Version {
+                found: state.version,
+            });
+        }
+        let negotiated = state.negotiated();
+        if negotiated.ring() {
+            return Err(TakeoverError::Ring);
+        }
+        if fds.len() != state.channels || fds.is_empty() {
+            return Err(TakeoverError::Channels {
+                expected: state.channels,
+                got: fds.len(),
+            });
+        }
+        let mut chans = fds.into_iter().map(|fd| Arc::new(File::from(fd)));
+        let main = chans.next().ok_or(TakeoverError::Channels {
+            expected: state.channels,
+            got: 0,
+        })?;
+        let opts = MountOptions {
+            takeover: true,
+            transport: TransportChoice::Classic,
+            ..opts.clone()
+        };
+        let conn = Connection {
+            main,
+            conn_id: connection_id(&state.mountpoint).or(state.connection_id),
+            mountpoint: state.mountpoint.clone(),
+            negotiated,
+        };
+        let session = Session::serve(fs, conn, &opts, Some(chans.collect()))?;
+        let resent = crate::takeover::notify_resend(session.main.as_fd())?;
+        if !resent {
+            tracing::warn!(
+                "this kernel has no FUSE_NOTIFY_RESEND (before 6.9): requests the previous process read but did not answer wait until their callers are killed"
+            );
+        }
+        tracing::info!(mountpoint = %session.mountpoint.display(), channels = state.channels, resent, "FUSE session taken over");
+        Ok(session)
+    }
+
+    /// What a new process needs besides the fds to serve this connection.
+    pub fn takeover_state(&self) -> Result<TakeoverState, TakeoverError> {
+        if !self.takeover {
+            return Err(TakeoverError::NotEnabled);
+        }
+        Ok(TakeoverState::new(
+            &self.negotiated,
+            self.mountpoint.clone(),
+            self.conn_id,
+            1 + self.clones.len(),
+        ))
+    }
+
+    /// Every channel of the connection, main first: all of them must go to
+    /// the keeper, since a request read on a clone that dies with this
+    /// process fails with ECONNABORTED instead of being resent.
+    pub fn takeover_fds(&self) -> Result<Vec<BorrowedFd<'_>>, TakeoverError> {
+        if !self.takeover {
+            return Err(TakeoverError::NotEnabled);
+        }
+        let clones = self.clones.iter().map(|c| c.as_fd());
+        Ok(std::iter::once(self.main.as_fd()).chain(clones).collect())
+    }
+
+    /// Stops serving without unmounting or aborting: the threads stop
+    /// reading and finish the request in hand, deferred reads get up to
+    /// `grace` to be answered, the rest are abandoned (unanswered; the
+    /// next process gets them again through RESEND). Returns the fds and
+    /// the state to hand on.
+    pub fn handover(mut self, grace: Duration) -> Result<Handover, TakeoverError> {
+        let state = self.takeover_state()?;
+        let fds = self
+            .takeover_fds()?
+            .iter()
+            .map(|fd| fd.try_clone_to_owned())
+            .collect::<io::Result<Vec<OwnedFd>>>()?;
+        self.stop.stop();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        // A poll, not a wait on a condition: deferred answers come from the
+        // filesystem's own threads, and this runs once per process life.
+        let deadline = Instant::now() + grace;
+        while self.pending.len() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let abandoned = self.pending.abandon_all();
+        self.mounted = false;
+        tracing::info!(mountpoint = %self.mountpoint.display(), abandoned, "FUSE session handed over (still mounted)");
+        Ok(Handover {
+            fds,
+            state,
+            abandoned,
+        })
     }
 }
 

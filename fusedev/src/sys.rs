@@ -162,6 +162,41 @@ pub fn eventfd() -> io::Result<OwnedFd> {
     Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
 }
 
+/// Sets `O_NONBLOCK` on `fd`. On a `/dev/fuse` channel this is a flag of
+/// the shared open file: every process holding it (the keeper, the next
+/// daemon) sees it too, which is what a takeover session wants.
+pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: F_GETFL takes no pointer; `fd` is a valid borrowed fd.
+    let flags = check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })?;
+    // SAFETY: F_SETFL takes an int argument, no pointer; `fd` is valid.
+    check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) })?;
+    Ok(())
+}
+
+/// Waits until `chan` is readable or `wake` is: returns whether `wake`
+/// fired. EINTR counts as "look again" (false).
+pub fn wait_readable(chan: BorrowedFd<'_>, wake: BorrowedFd<'_>) -> io::Result<bool> {
+    let mut fds = [
+        libc::pollfd {
+            fd: chan.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: wake.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    // SAFETY: `fds` is a live array of 2 pollfds for the whole call and
+    // both fds are valid borrowed fds.
+    match check(unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) }) {
+        Ok(_) => Ok(fds[1].revents != 0),
+        Err(e) if e.raw_os_error() == Some(libc::EINTR) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
