@@ -68,8 +68,14 @@ pub fn serve(path: &Path, idle_exit: Duration) -> Result<(), KeeperError> {
     r
 }
 
+/// Clients served at once; more wait in the listen backlog.
+const MAX_CLIENTS: usize = 64;
+
+/// One thread, every client multiplexed with poll(2): a daemon may keep
+/// its connection open for its whole life without keeping others out.
 fn accept_loop(listener: BorrowedFd<'_>, idle_exit: Duration) -> Result<(), KeeperError> {
     let mut store = Store::default();
+    let mut clients: Vec<OwnedFd> = Vec::new();
     let mut empty_since = Some(Instant::now());
     loop {
         let timeout = match empty_since {
@@ -85,61 +91,79 @@ fn accept_loop(listener: BorrowedFd<'_>, idle_exit: Duration) -> Result<(), Keep
             },
             None => None,
         };
-        let mut fds = [PollFd::new(&listener, PollFlags::IN)];
-        match poll(&mut fds, timeout.as_ref()) {
-            Ok(0) => continue,
-            Ok(_) => {}
+        let ready = match wait(listener, &clients, timeout.as_ref()) {
+            Ok(r) => r,
             Err(rustix::io::Errno::INTR) => continue,
             Err(e) => return Err(e.into()),
-        }
-        let conn = match accept_with(listener, SocketFlags::CLOEXEC) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "accepting a keeper client");
-                continue;
-            }
         };
-        let next = serve_client(&conn, &mut store);
+        let mut gone = Vec::new();
+        for i in ready.clients {
+            match serve_one(&clients[i], &mut store) {
+                Some(Next::Exit) => return Ok(()),
+                Some(Next::Continue) => {}
+                None => gone.push(i),
+            }
+        }
+        for i in gone.into_iter().rev() {
+            clients.swap_remove(i);
+        }
+        if ready.listener && clients.len() < MAX_CLIENTS {
+            match accept_with(listener, SocketFlags::CLOEXEC) {
+                Ok(c) => clients.push(c),
+                Err(e) => tracing::warn!(error = %e, "accepting a keeper client"),
+            }
+        }
         empty_since = match (store.entries.is_empty(), empty_since) {
             (true, None) => Some(Instant::now()),
             (true, since) => since,
             (false, _) => None,
         };
-        if next == Next::Exit {
-            return Ok(());
-        }
     }
 }
 
-/// Serves one client until it hangs up. A client that says nothing for
-/// 10 s is dropped, so one stuck client cannot keep the keeper from the
-/// others for long.
-fn serve_client(conn: &OwnedFd, store: &mut Store) -> Next {
-    let _ = rustix::net::sockopt::set_socket_timeout(
-        conn,
-        rustix::net::sockopt::Timeout::Recv,
-        Some(Duration::from_secs(10)),
-    );
-    loop {
-        let msg = match wire::recv(conn.as_fd()) {
-            Ok(Some(m)) => m,
-            Ok(None) => return Next::Continue,
-            Err(e) => {
-                tracing::debug!(error = %e, "keeper client");
-                return Next::Continue;
-            }
-        };
-        let Some(req) = wire::decode_request(&msg.bytes) else {
-            let _ = wire::answer(conn, status::BAD_REQUEST, b"malformed request", &[]);
-            continue;
-        };
-        match handle(conn, store, &req, msg.fds) {
-            Ok(Next::Exit) => return Next::Exit,
-            Ok(Next::Continue) => {}
-            Err(e) => {
-                tracing::debug!(error = %e, "answering a keeper client");
-                return Next::Continue;
-            }
+/// What poll found readable.
+struct Ready {
+    listener: bool,
+    clients: Vec<usize>,
+}
+
+fn wait(
+    listener: BorrowedFd<'_>,
+    clients: &[OwnedFd],
+    timeout: Option<&Timespec>,
+) -> Result<Ready, rustix::io::Errno> {
+    let mut fds = vec![PollFd::new(&listener, PollFlags::IN)];
+    fds.extend(clients.iter().map(|c| PollFd::new(c, PollFlags::IN)));
+    poll(&mut fds, timeout)?;
+    Ok(Ready {
+        listener: !fds[0].revents().is_empty(),
+        clients: (1..fds.len())
+            .filter(|&i| !fds[i].revents().is_empty())
+            .map(|i| i - 1)
+            .collect(),
+    })
+}
+
+/// Serves one request from a readable client. `None`: the client hung
+/// up (or broke the protocol) and is dropped.
+fn serve_one(conn: &OwnedFd, store: &mut Store) -> Option<Next> {
+    let msg = match wire::recv(conn.as_fd()) {
+        Ok(Some(m)) => m,
+        Ok(None) => return None,
+        Err(e) => {
+            tracing::debug!(error = %e, "keeper client");
+            return None;
+        }
+    };
+    let Some(req) = wire::decode_request(&msg.bytes) else {
+        let _ = wire::answer(conn, status::BAD_REQUEST, b"malformed request", &[]);
+        return Some(Next::Continue);
+    };
+    match handle(conn, store, &req, msg.fds) {
+        Ok(next) => Some(next),
+        Err(e) => {
+            tracing::debug!(error = %e, "answering a keeper client");
+            None
         }
     }
 }
