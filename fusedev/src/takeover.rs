@@ -74,6 +74,8 @@ pub enum TakeoverError {
     Channels { expected: usize, got: usize },
     #[error("the connection uses FUSE-over-io_uring, which cannot be taken over")]
     Ring,
+    #[error("takeover state: max_write {max_write} is not max_pages {max_pages} pages")]
+    Inconsistent { max_write: usize, max_pages: u16 },
     #[error("takeover needs the classic transport; TransportChoice::Ring was required")]
     RingRequired,
 }
@@ -122,6 +124,14 @@ impl TakeoverState {
         let state: TakeoverState = serde_json::from_slice(bytes)?;
         if state.flags & init_flags::OVER_IO_URING != 0 {
             return Err(TakeoverError::Ring);
+        }
+        // max_write sizes every read buffer: it must be what INIT derived
+        // from max_pages (a u16 of pages), never a free number.
+        if state.max_write != usize::from(state.max_pages) * 4096 {
+            return Err(TakeoverError::Inconsistent {
+                max_write: state.max_write,
+                max_pages: state.max_pages,
+            });
         }
         Ok(state)
     }
@@ -192,6 +202,16 @@ mod tests {
         assert!(matches!(
             TakeoverState::from_bytes(&ring.to_bytes()),
             Err(TakeoverError::Ring)
+        ));
+    }
+
+    #[test]
+    fn a_max_write_other_than_max_pages_pages_is_refused() {
+        let mut huge = state();
+        huge.max_write = usize::MAX;
+        assert!(matches!(
+            TakeoverState::from_bytes(&huge.to_bytes()),
+            Err(TakeoverError::Inconsistent { .. })
         ));
     }
 }
