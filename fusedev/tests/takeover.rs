@@ -259,7 +259,6 @@ fn kill9_while_a_read_is_blocked() {
 }
 
 #[test]
-#[ignore = "flaky (about 1 run in 2 under load): the read the first server answers during its handover grace sometimes never completes; not yet understood, see docs/fusedev.md Takeover"]
 fn graceful_handover_finishes_what_it_read() {
     let (mut h, _keeper) = Harness::new();
     let mut reader = h.reader();

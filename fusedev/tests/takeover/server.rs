@@ -252,12 +252,17 @@ pub fn run_reader() -> ! {
                 let (path, name) = (mnt.join(name), name.to_string());
                 let ino = FILES.iter().find(|(n, _)| *n == name).unwrap().1;
                 std::thread::spawn(move || {
-                    let verdict = match read_exactly(&path, ino) {
-                        Ok(d) if d == content(ino) => "good".to_string(),
-                        Ok(d) => format!("bad {} bytes", d.len()),
-                        Err(e) => format!("err {e}"),
+                    // The verdict goes out before the file is closed:
+                    // close(2) sends FLUSH and waits for its answer, which
+                    // a server handing over no longer reads (the next
+                    // server answers it).
+                    let (verdict, file) = match open_and_read(&path, ino) {
+                        Ok((d, f)) if d == content(ino) => ("good".to_string(), Some(f)),
+                        Ok((d, f)) => (format!("bad {} bytes", d.len()), Some(f)),
+                        Err(e) => (format!("err {e}"), None),
                     };
                     println!("@@read {name} {verdict}");
+                    drop(file);
                 });
             }
             (Some("loop"), _) => {
@@ -305,8 +310,14 @@ fn read_loop(
 /// EOF would need one more request, which a server that stopped reading
 /// for a handover does not take.
 fn read_exactly(path: &std::path::Path, ino: u64) -> std::io::Result<Vec<u8>> {
+    open_and_read(path, ino).map(|(data, _file)| data)
+}
+
+/// [`read_exactly`], handing back the still open file.
+fn open_and_read(path: &std::path::Path, ino: u64) -> std::io::Result<(Vec<u8>, std::fs::File)> {
     use std::io::Read;
     let mut buf = vec![0u8; content(ino).len()];
-    std::fs::File::open(path)?.read_exact(&mut buf)?;
-    Ok(buf)
+    let mut file = std::fs::File::open(path)?;
+    file.read_exact(&mut buf)?;
+    Ok((buf, file))
 }
