@@ -195,6 +195,9 @@ impl MountArgs {
             store_size: self.store_size,
             passthrough: self.passthrough,
             fuse_uring: self.fuse_uring.into(),
+            // A foreground mount ends with its command: nothing takes it
+            // over.
+            takeover: false,
             ..Settings::default()
         };
         s.fetcher.request_timeout = std::time::Duration::from_secs(self.request_timeout);

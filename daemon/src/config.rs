@@ -132,6 +132,10 @@ pub struct Ringstar {
     /// `/dev/fuse`).
     #[serde(deserialize_with = "de_fuse_uring")]
     pub fuse_uring: Option<FuseUring>,
+    /// Keep the layer mount's FUSE connection through restarts, kill -9
+    /// and upgrades (default true; docs/snapshotter.md, "Restarts"). Takes
+    /// the classic transport: a ring cannot be taken over.
+    pub takeover: Option<bool>,
 }
 
 /// `[ringstar] fuse_uring`, checked as the file is read.

@@ -35,6 +35,19 @@ pub const PASSTHROUGH: bool = true;
 /// (the reference refuses to; its snapshots are unavailable until then).
 pub const ALLOW_INVALID_MOUNTS_ON_RESTART: bool = true;
 
+/// Keep the layer mount's FUSE connection through restarts (#16).
+pub const TAKEOVER: bool = true;
+
+/// How long a SIGTERM'd daemon lets reads in flight finish before it
+/// hands the connection over; the rest are resent to the next process.
+pub const HANDOVER_GRACE: Duration = Duration::from_millis(250);
+
+/// How long `--takeover` waits for the daemon it replaces to exit.
+pub const REPLACE_WAIT: Duration = Duration::from_secs(30);
+
+/// An fd keeper holding nothing exits after this long.
+pub const KEEPER_IDLE_EXIT: Duration = Duration::from_secs(600);
+
 /// "No timeout", as a duration the fetcher can add to an instant: no
 /// timeout a config gives is longer, so an instant plus any of them
 /// cannot overflow.

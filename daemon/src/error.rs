@@ -209,6 +209,10 @@ pub enum StartError {
     Serve(#[source] containerd_snapshots::tonic::transport::Error),
     #[error("stopping")]
     Stop(#[source] tokio::task::JoinError),
+    #[error("takeover")]
+    Takeover(#[source] crate::takeover::TakeoverStartError),
+    #[error("starting the takeover journal")]
+    Journal(#[source] ringstar_layerfs::journal::JournalError),
 }
 
 impl StartError {

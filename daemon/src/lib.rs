@@ -21,20 +21,23 @@ pub mod metadata;
 pub mod remote;
 pub mod settings;
 pub mod snapshots;
+pub mod takeover;
 
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use ringstar_core::store::Store;
 use ringstar_fetcher::Fetcher;
 use ringstar_fusedev::Session;
+use ringstar_layerfs::journal::{Inherited, Journal};
 use ringstar_layerfs::{LayerFs, Loader};
 
 pub use error::{SnapError, StartError};
 use remote::Remote;
 pub use settings::Settings;
 use snapshots::Snapshots;
+use takeover::{Prior, RootLock, Takeover};
 
 /// A started daemon: the layer filesystem mounted, the metadata open,
 /// restores under way. Serve it with [`Daemon::serve`].
@@ -42,6 +45,10 @@ use snapshots::Snapshots;
 pub struct Daemon {
     remote: Arc<Remote>,
     snapshots: Arc<Snapshots>,
+    /// The fd holder, with takeover on.
+    takeover: Option<Mutex<Takeover>>,
+    settings: Settings,
+    _lock: RootLock,
 }
 
 /// How the daemon was asked to stop.
@@ -49,22 +56,17 @@ pub struct Daemon {
 pub enum Stop {
     /// SIGINT: unmount everything and remove what only this run needs.
     Graceful,
-    /// SIGTERM: stop serving and exit; the metadata is consistent.
+    /// SIGTERM: stop serving and exit; the metadata is consistent. With
+    /// takeover the mount stays, for the next process to serve.
     Terminate,
 }
 
 impl Daemon {
     /// Starts the daemon under `root` with `settings`.
     pub fn start(root: &Path, settings: &Settings) -> Result<Daemon, StartError> {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(root)
-            .map_err(StartError::io("creating", root))?;
-        // The root holds every tenant's cached files and snapshots: only
-        // root reads it, even when it existed with a wider mode.
-        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700))
-            .map_err(StartError::io("chmod 0700", root))?;
+        create_root(root)?;
+        let lock = takeover::lock_root(root, settings.replace_running, defaults::REPLACE_WAIT)
+            .map_err(StartError::Takeover)?;
         let fetcher = Fetcher::new(settings.fetcher.clone()).map_err(StartError::Fetcher)?;
         let store_dir = root.join("store");
         let store =
@@ -79,14 +81,32 @@ impl Daemon {
             settings.loader.clone(),
         )
         .map_err(StartError::Loader)?;
-        let fs = Arc::new(LayerFs::new(loader, settings.passthrough));
         let mountpoint = root.join("fuse");
-        let session = mount_layers(fs.clone(), &mountpoint, settings)?;
-        tracing::info!(mountpoint = %mountpoint.display(), transport = ?session.transport(), passthrough = settings.passthrough, "layer filesystem mounted");
+        let mut takeover = if settings.takes_over() {
+            Some(Takeover::connect(root).map_err(StartError::Takeover)?)
+        } else {
+            None
+        };
+        let prior = takeover.as_mut().and_then(|t| t.prior(&mountpoint));
+        let fs = Arc::new(layer_fs(
+            loader,
+            settings,
+            takeover.as_ref(),
+            prior.is_some(),
+        )?);
+        // A new mount serves at once; a taken-over one only once the
+        // layers the kernel knows are back (see `resume`).
+        let session = match &prior {
+            None => Some(mount_layers(fs.clone(), &mountpoint, settings)?),
+            Some(_) => None,
+        };
+        if let (Some(t), Some(s)) = (&mut takeover, &session) {
+            t.deposit(s).map_err(StartError::Takeover)?;
+        }
         let remote = Remote::new(
-            fs,
+            fs.clone(),
             session,
-            mountpoint,
+            mountpoint.clone(),
             fetcher,
             settings.resolver.clone(),
             settings.remote.clone(),
@@ -99,11 +119,22 @@ impl Daemon {
         ) {
             Ok(s) => Arc::new(s),
             Err(e) => {
-                remote.shutdown();
+                if prior.is_none() {
+                    remote.shutdown();
+                }
                 return Err(StartError::Snapshots(e));
             }
         };
-        Ok(Daemon { remote, snapshots })
+        if let Some(prior) = prior {
+            resume(&remote, fs, &mountpoint, prior, settings, takeover.as_mut())?;
+        }
+        Ok(Daemon {
+            remote,
+            snapshots,
+            takeover: takeover.map(Mutex::new),
+            settings: settings.clone(),
+            _lock: lock,
+        })
     }
 
     /// Serves the snapshots API on unix socket `address` (mode 0660)
@@ -143,16 +174,109 @@ impl Daemon {
         Ok(how)
     }
 
-    /// Unmounts the layer filesystem; on a graceful stop also removes
-    /// what no snapshot owns. Blocking.
+    /// SIGINT: unmounts the layer filesystem, removes what no snapshot
+    /// owns and lets the fd holder go. SIGTERM: with takeover, hands the
+    /// mount over (it stays, served by the next process); without,
+    /// unmounts. Blocking.
     pub fn stop(&self, how: Stop) {
-        self.remote.shutdown();
+        match (how, &self.takeover) {
+            (Stop::Terminate, Some(_)) => {
+                let h = self.remote.handover(defaults::HANDOVER_GRACE);
+                tracing::info!(
+                    abandoned = h.map(|h| h.abandoned),
+                    "layer filesystem left mounted for the next process"
+                );
+            }
+            _ => {
+                self.remote.shutdown();
+                if let Some(t) = &self.takeover {
+                    t.lock().expect("takeover").forget();
+                }
+            }
+        }
         if how == Stop::Graceful
             && let Err(e) = self.snapshots.cleanup()
         {
             tracing::warn!(error = %e, "cleanup on stop");
         }
     }
+
+    /// What the daemon runs with.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+}
+
+/// The daemon's root, mode 0700: it holds every tenant's cached files
+/// and snapshots, so only root reads it, even when it existed with a
+/// wider mode.
+fn create_root(root: &Path) -> Result<(), StartError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(root)
+        .map_err(StartError::io("creating", root))?;
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700))
+        .map_err(StartError::io("chmod 0700", root))
+}
+
+/// The layer filesystem; with takeover, journaled for the next process
+/// and, when taking a mount over (`resuming`), starting from what the
+/// previous processes journaled.
+fn layer_fs(
+    loader: Arc<Loader>,
+    settings: &Settings,
+    takeover: Option<&Takeover>,
+    resuming: bool,
+) -> Result<LayerFs, StartError> {
+    let Some(t) = takeover else {
+        return Ok(LayerFs::new(loader, settings.passthrough));
+    };
+    let (journal, inherited) =
+        Journal::start(&t.journal_path(), resuming).map_err(StartError::Journal)?;
+    let inherited = if resuming {
+        inherited
+    } else {
+        Inherited::default()
+    };
+    Ok(LayerFs::journaled(
+        loader,
+        settings.passthrough,
+        Arc::new(journal),
+        &inherited,
+    ))
+}
+
+/// Serves a mount a previous process left: the restored layers first
+/// (requests wait in the kernel meanwhile), then the connection, resent
+/// requests included. A connection that cannot be resumed is detached and
+/// mounted anew (containers using it lose their files, as before #16).
+fn resume(
+    remote: &Arc<Remote>,
+    fs: Arc<LayerFs>,
+    mountpoint: &Path,
+    prior: Prior,
+    settings: &Settings,
+    takeover: Option<&mut Takeover>,
+) -> Result<(), StartError> {
+    let started = std::time::Instant::now();
+    remote.settle_restores(settings.remote.resolve_timeout);
+    let opts = settings.mount_options();
+    match Session::resume(fs.clone(), prior.fds, &prior.state, &opts) {
+        Ok(session) => {
+            tracing::info!(mountpoint = %mountpoint.display(), layers = fs.layer_names().len(), waited = ?started.elapsed(), "layer filesystem taken over");
+            remote.set_session(session);
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot resume the held FUSE connection; mounting anew");
+            let session = mount_layers(fs, mountpoint, settings)?;
+            if let Some(t) = takeover {
+                t.deposit(&session).map_err(StartError::Takeover)?;
+            }
+            remote.set_session(session);
+        }
+    }
+    Ok(())
 }
 
 fn mount_layers(
@@ -170,9 +294,11 @@ fn mount_layers(
         .mode(0o755)
         .create(mountpoint)
         .map_err(StartError::io("creating", mountpoint))?;
-    tracing::info!(fuse_uring = ?settings.fuse_uring, "FUSE transport setting");
-    Session::mount(fs, mountpoint, &settings.mount_options())
-        .map_err(StartError::io("mounting", mountpoint))
+    tracing::info!(fuse_uring = ?settings.fuse_uring, takeover = settings.takes_over(), "FUSE transport setting");
+    let session = Session::mount(fs, mountpoint, &settings.mount_options())
+        .map_err(StartError::io("mounting", mountpoint))?;
+    tracing::info!(mountpoint = %mountpoint.display(), transport = ?session.transport(), passthrough = settings.passthrough, "layer filesystem mounted");
+    Ok(session)
 }
 
 fn bind_socket(address: &Path) -> Result<tokio::net::UnixListener, StartError> {

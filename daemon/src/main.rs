@@ -3,12 +3,14 @@
 //! ```text
 //! ringstar-snapshotter [--address /run/ringstar/ringstar.sock]
 //!     [--root /var/lib/ringstar] [--config /etc/ringstar/config.toml]
-//!     [--log-level info]
+//!     [--log-level info] [--takeover]
 //! ```
 //!
-//! SIGINT unmounts everything and removes what no snapshot owns; SIGTERM
-//! stops serving and exits (the metadata is always consistent). Remote
-//! snapshots are restored on the next start.
+//! SIGINT unmounts everything and removes what no snapshot owns. SIGTERM
+//! stops serving and exits, leaving the layer mount to the next process
+//! (takeover; kill -9 and a crash leave it the same way): running
+//! containers keep their files. `--takeover` replaces a running daemon
+//! (an upgrade). Remote snapshots are restored on the next start.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -38,6 +40,13 @@ struct Args {
     /// error, warn, info, debug or trace (RUST_LOG overrides).
     #[arg(long, default_value = "info")]
     log_level: String,
+    /// Replace the daemon running on this root (an upgrade): it gets
+    /// SIGTERM, hands the layer mount over, and this one serves it.
+    #[arg(long)]
+    takeover: bool,
+    /// Run as the fd keeper on this socket (started by the daemon itself).
+    #[arg(long, hide = true, value_name = "SOCKET")]
+    run_fdkeeper: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -49,6 +58,18 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    if let Some(socket) = &args.run_fdkeeper {
+        return match ringstar_daemon::takeover::run_keeper(
+            socket,
+            ringstar_daemon::defaults::KEEPER_IDLE_EXIT,
+        ) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ringstar-snapshotter --run-fdkeeper: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -80,7 +101,8 @@ fn run(args: &Args) -> anyhow::Result<()> {
             signal(SignalKind::terminate())?,
         )
     };
-    let settings = Settings::from_config(&loaded.config);
+    let mut settings = Settings::from_config(&loaded.config);
+    settings.replace_running = args.takeover;
     let daemon = Daemon::start(&args.root, &settings)?;
     let how = runtime.block_on(async {
         let stop = async {

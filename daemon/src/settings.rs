@@ -38,6 +38,10 @@ pub struct Settings {
     /// Start even when a stored remote snapshot's layer cannot be
     /// restored.
     pub allow_invalid_mounts_on_restart: bool,
+    /// Keep the FUSE connection through restarts (takeover).
+    pub takeover: bool,
+    /// Replace a daemon running on the same root (`--takeover`).
+    pub replace_running: bool,
 }
 
 impl Default for Settings {
@@ -84,6 +88,8 @@ impl Settings {
                 ..RemoteSettings::default()
             },
             allow_invalid_mounts_on_restart: config.allow_invalid_mounts_on_restart(),
+            takeover: r.takeover.unwrap_or(defaults::TAKEOVER),
+            replace_running: false,
         }
     }
 
@@ -97,7 +103,14 @@ impl Settings {
             ..MountOptions::default()
         };
         self.fuse_uring.apply(&mut options);
+        options.takeover = self.takes_over();
         options
+    }
+
+    /// Whether the mount is kept through restarts: asked for, and not
+    /// ruled out by a required ring (which cannot be taken over).
+    pub fn takes_over(&self) -> bool {
+        self.takeover && self.fuse_uring != FuseUring::On
     }
 }
 
@@ -137,6 +150,7 @@ mod tests {
         assert_eq!(s.fuse_uring, FuseUring::Auto);
         assert!(s.loader.background.enabled);
         assert!(s.allow_invalid_mounts_on_restart);
+        assert!(s.takes_over() && s.mount_options().takeover);
     }
 
     #[test]

@@ -453,9 +453,22 @@ fn socket_mode_and_systemd_notifications() {
     assert!(!daemon("absent.toml").wait().unwrap().success());
     std::fs::write(dir.path().join("c.toml"), "noprefetch = true\n").unwrap();
     let mut child = daemon("c.toml");
-    let mut buf = [0u8; 64];
-    let n = listener.recv(&mut buf).unwrap();
-    assert_eq!(&buf[..n], b"READY=1");
+    let mut buf = [0u8; 256];
+    let mut recv = || {
+        let n = listener.recv(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    // Under systemd the layer mount's fds go to its fd store before the
+    // daemon is ready (the fds themselves are dropped by this socket).
+    let before_ready: Vec<String> = std::iter::from_fn(|| Some(recv()))
+        .take_while(|m| m != "READY=1")
+        .collect();
+    assert!(
+        before_ready
+            .iter()
+            .any(|m| m == "FDSTORE=1\nFDNAME=ringstar-fuse-state\n"),
+        "{before_ready:?}"
+    );
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o660, "socket mode {mode:o}");
     for d in ["root", "root/store"] {
@@ -470,9 +483,19 @@ fn socket_mode_and_systemd_notifications() {
         .arg(child.id().to_string())
         .status()
         .unwrap();
-    let n = listener.recv(&mut buf).unwrap();
-    assert_eq!(&buf[..n], b"STOPPING=1");
+    assert_eq!(recv(), "STOPPING=1");
     assert!(child.wait().unwrap().success());
+    // SIGINT unmounts: the fd store is emptied too.
+    listener.set_nonblocking(true).unwrap();
+    let mut after = Vec::new();
+    while let Ok(n) = listener.recv(&mut buf) {
+        after.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert!(
+        after.iter().all(|m| m.starts_with("FDSTOREREMOVE=1\n"))
+            && after.iter().any(|m| m.ends_with("=ringstar-fuse-state\n")),
+        "{after:?}"
+    );
     assert!(!socket.exists(), "the socket is removed on exit");
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
     assert!(

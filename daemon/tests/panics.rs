@@ -59,7 +59,7 @@ fn panics_are_contained() {
     let session = m2.session.take().unwrap();
     let remote = Remote::new(
         m2.fs.clone(),
-        session,
+        Some(session),
         m2.dir.path().to_path_buf(),
         m2.fetcher.clone(),
         ResolverConfig::default(),

@@ -43,7 +43,7 @@ fn remote_over(m: &mut Mounted) -> std::sync::Arc<Remote> {
     let session = m.session.take().unwrap();
     Remote::new(
         m.fs.clone(),
-        session,
+        Some(session),
         m.dir.path().to_path_buf(),
         m.fetcher.clone(),
         ResolverConfig::default(),

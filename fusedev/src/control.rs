@@ -7,9 +7,10 @@ use std::path::Path;
 
 use crate::sys;
 
-/// The connection id: the minor number of the mount's device, from
-/// mountinfo (stat-ing the mount point could block on a dead daemon).
-pub(crate) fn connection_id(mountpoint: &Path) -> Option<u32> {
+/// The connection id of the FUSE mount at `mountpoint`: the minor number
+/// of the mount's device, from mountinfo (stat-ing the mount point could
+/// block on a dead daemon).
+pub fn connection_id(mountpoint: &Path) -> Option<u32> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let target = mountpoint.to_str()?;
     info.lines().rev().find_map(|line| {

@@ -45,7 +45,7 @@ pub use request::Ctx;
 pub use session::{
     DEFAULT_RING_DEPTH, DEFAULT_RING_MAX_ENTRIES, ENABLE_URING_KNOB, FuseUring, MountOptions,
     Session, Stats, Transport, TransportChoice, UnknownFuseUring, UringKnob, abort_connection,
-    detach_mount,
+    detach_mount, mounted_connection_id,
 };
 pub use takeover::{Handover, TAKEOVER_STATE_VERSION, TakeoverError, TakeoverState};
 pub use types::{

@@ -12,6 +12,7 @@ use std::io::{self, IoSlice, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -20,7 +21,7 @@ use zerocopy::IntoBytes;
 use crate::abi;
 use crate::classic::{serve_classic, write_reply};
 use crate::control::connection_id;
-pub use crate::control::{abort_connection, detach_mount};
+pub use crate::control::{abort_connection, connection_id as mounted_connection_id, detach_mount};
 use crate::deferred::PendingReplies;
 use crate::fs::{ConnInfo, Filesystem};
 use crate::init::{Negotiated, negotiate};
@@ -57,6 +58,10 @@ pub struct Session {
     /// it, and its requests with ECONNABORTED).
     clones: Vec<Arc<File>>,
     takeover: bool,
+    /// Set when the connection is left to another process: the backing
+    /// ids registered on it stay open for that process (see
+    /// [`Passthrough`]).
+    backings_kept: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Session {
@@ -201,10 +206,12 @@ impl Session {
             conn_id,
             negotiated,
         } = conn;
+        let backings_kept = Arc::new(AtomicBool::new(false));
         let info = ConnInfo {
-            passthrough: negotiated
-                .passthrough()
-                .then(|| Passthrough { fuse: main.clone() }),
+            passthrough: negotiated.passthrough().then(|| Passthrough {
+                fuse: main.clone(),
+                kept: backings_kept.clone(),
+            }),
             max_read: negotiated.max_write,
         };
         init_filesystem(&*fs, &info, &mountpoint, conn_id)?;
@@ -227,6 +234,7 @@ impl Session {
             negotiated,
             clones: Vec::new(),
             takeover: opts.takeover,
+            backings_kept,
         };
         let wake = if opts.takeover {
             sys::set_nonblocking(session.main.as_fd())?;
@@ -519,6 +527,23 @@ impl Session {
         Ok(std::iter::once(self.main.as_fd()).chain(clones).collect())
     }
 
+    fn stop_threads(&mut self) {
+        self.stop.stop();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+
+    /// Stops serving at once and leaves the mount: deferred reads are
+    /// abandoned (the next process gets them through RESEND).
+    fn leave(&mut self) {
+        self.stop_threads();
+        self.backings_kept.store(true, Ordering::Release);
+        let abandoned = self.pending.abandon_all();
+        self.mounted = false;
+        tracing::info!(mountpoint = %self.mountpoint.display(), abandoned, "FUSE session left mounted for takeover");
+    }
+
     /// Stops serving without unmounting or aborting: the threads stop
     /// reading and finish the request in hand, deferred reads get up to
     /// `grace` to be answered, the rest are abandoned (unanswered; the
@@ -531,10 +556,8 @@ impl Session {
             .iter()
             .map(|fd| fd.try_clone_to_owned())
             .collect::<io::Result<Vec<OwnedFd>>>()?;
-        self.stop.stop();
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
+        self.stop_threads();
+        self.backings_kept.store(true, Ordering::Release);
         // A poll, not a wait on a condition: deferred answers come from the
         // filesystem's own threads, and this runs once per process life.
         let deadline = Instant::now() + grace;
@@ -553,7 +576,15 @@ impl Session {
 }
 
 impl Drop for Session {
+    /// Unmounts — except a takeover session, which is left mounted for
+    /// whoever holds its fds (a keeper) to hand to the next process: a
+    /// panic unwinding the owner must leave it as a kill -9 would. Only
+    /// [`Session::unmount`] unmounts one.
     fn drop(&mut self) {
+        if self.takeover && self.mounted {
+            self.leave();
+            return;
+        }
         if let Err(e) = self.shutdown() {
             tracing::warn!(error = %e, "unmounting");
         }

@@ -2,7 +2,7 @@
 //! by its layer id, or one layer at the root), open files, passthrough;
 //! and the lookups every FUSE operation starts with.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -16,6 +16,7 @@ use crate::attr::{
 };
 use crate::error::AddLayerError;
 use crate::inode::{Inode, InodeNumbers, MAX_NODES};
+use crate::journal::{Inherited, Journal};
 use crate::layer::RemoteLayer;
 use crate::loader::Loader;
 use crate::open_files::OpenFiles;
@@ -35,13 +36,23 @@ pub struct LayerFs {
     /// READ requests of layer files answered (by the daemon; passthrough
     /// reads never get here).
     pub(crate) reads: AtomicU64,
+    /// Records slots and io modes for a process taking over the mount.
+    journal: Option<Arc<Journal>>,
 }
 
 #[derive(Debug, Default)]
 struct Layers {
     by_slot: BTreeMap<u32, Arc<RemoteLayer>>,
     by_name: BTreeMap<String, u32>,
+    /// Slots an earlier process on this connection gave layers not shown
+    /// again yet: the kernel may hold their inode numbers.
+    reserved: HashMap<String, u32>,
 }
+
+/// File handles carry the generation of the process that issued them in
+/// their high bits, so a RELEASE of an earlier process's handle never
+/// names one of ours.
+const FH_GENERATION_SHIFT: u32 = 40;
 
 impl std::fmt::Debug for LayerFs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -65,7 +76,27 @@ impl LayerFs {
             passthrough: Mutex::new(None),
             use_passthrough: passthrough,
             reads: AtomicU64::new(0),
+            journal: None,
         }
+    }
+
+    /// A filesystem whose slots and io modes go to `journal`, starting
+    /// from what earlier processes serving the same FUSE connection left
+    /// (`inherited`; empty for a new mount): layers shown again get their
+    /// old slots, so inode numbers the kernel holds keep their meaning.
+    pub fn journaled(
+        loader: Arc<Loader>,
+        passthrough: bool,
+        journal: Arc<Journal>,
+        inherited: &Inherited,
+    ) -> LayerFs {
+        let mut fs = LayerFs::new(loader, passthrough);
+        fs.next_slot = AtomicU32::new(inherited.next_slot());
+        fs.next_fh = AtomicU64::new((u64::from(journal.generation()) << FH_GENERATION_SHIFT) | 1);
+        fs.open = OpenFiles::resumed(journal.clone(), &inherited.modes);
+        fs.layers.get_mut().expect("layers").reserved = inherited.slots.clone();
+        fs.journal = Some(journal);
+        fs
     }
 
     /// A filesystem whose root is `layer`'s root.
@@ -106,9 +137,19 @@ impl LayerFs {
         if l.by_name.contains_key(&layer.name) {
             return Err(AddLayerError::Taken(layer.name.clone()));
         }
-        let slot = self.next_slot.fetch_add(1, Ordering::AcqRel);
+        let slot = match l.reserved.remove(&layer.name) {
+            Some(slot) => slot,
+            None => self.next_slot.fetch_add(1, Ordering::AcqRel),
+        };
         l.by_name.insert(layer.name.clone(), slot);
+        let name = layer.name.clone();
         l.by_slot.insert(slot, layer);
+        let seq = self.journal.as_ref().map(|j| j.next_seq());
+        drop(l);
+        // Recorded before the caller shows the layer to anyone.
+        if let (Some(j), Some(seq)) = (&self.journal, seq) {
+            j.slot(seq, &name, Some(slot));
+        }
         Ok(())
     }
 
@@ -117,6 +158,11 @@ impl LayerFs {
         let mut l = self.layers.write().expect("layers");
         let slot = l.by_name.remove(name)?;
         let layer = l.by_slot.remove(&slot)?;
+        let seq = self.journal.as_ref().map(|j| j.next_seq());
+        drop(l);
+        if let (Some(j), Some(seq)) = (&self.journal, seq) {
+            j.slot(seq, name, None);
+        }
         layer.mark_removed();
         Some(layer)
     }

@@ -14,6 +14,7 @@ pub mod error;
 mod flight;
 mod fs;
 mod inode;
+pub mod journal;
 pub mod layer;
 pub mod loader;
 mod open_files;

@@ -15,6 +15,8 @@ use std::sync::{Arc, Mutex};
 use ringstar_core::Digest;
 use ringstar_fusedev::{BackingFile, BackingId};
 
+use crate::journal::{IoMode, Journal};
+
 /// An open regular file: its store key (pinned while open) and how it is
 /// served.
 #[derive(Debug)]
@@ -25,22 +27,66 @@ struct OpenFile {
     passthrough: bool,
 }
 
+/// An inode's backing file: ours, or one an earlier process on this
+/// connection registered for opens we never saw (#16). An inherited id is
+/// never closed: those opens may still use it, and the kernel refuses
+/// another backing file for the inode while they last.
+#[derive(Debug, Clone)]
+enum Backing {
+    Own(Arc<BackingFile>),
+    Inherited(BackingId),
+}
+
+impl Backing {
+    fn id(&self) -> BackingId {
+        match self {
+            Backing::Own(b) => b.id(),
+            Backing::Inherited(id) => *id,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Table {
     by_fh: HashMap<u64, OpenFile>,
     /// Inode → its cached opens.
     cached: HashMap<u64, u32>,
     /// Inode → its backing file and passthrough opens.
-    passthrough: HashMap<u64, (Arc<BackingFile>, u32)>,
+    passthrough: HashMap<u64, (Backing, u32)>,
 }
 
 /// The open regular files of a mount.
 #[derive(Debug, Default)]
 pub(crate) struct OpenFiles {
     table: Mutex<Table>,
+    /// Where mode changes are recorded for a process taking over.
+    journal: Option<Arc<Journal>>,
 }
 
 impl OpenFiles {
+    /// Open files journaled to `journal`, starting from the modes that
+    /// opens of an earlier process hold (`inherited`). Those inodes keep
+    /// their mode for this process's life: their opens' releases carry
+    /// handles this process never issued.
+    pub fn resumed(journal: Arc<Journal>, inherited: &HashMap<u64, IoMode>) -> OpenFiles {
+        let mut t = Table::default();
+        for (&ino, &mode) in inherited {
+            match mode {
+                IoMode::Cached => {
+                    t.cached.insert(ino, 1);
+                }
+                IoMode::Passthrough(raw) => {
+                    let id = BackingId::inherited(raw);
+                    t.passthrough.insert(ino, (Backing::Inherited(id), 1));
+                }
+            }
+        }
+        OpenFiles {
+            table: Mutex::new(t),
+            journal: Some(journal),
+        }
+    }
+
     /// Records open `fh` of inode `ino` (content `key`, pinned by the
     /// caller). `backing` makes a backing file when the inode has no mode
     /// yet; it runs without the lock. Returns the backing id when the
@@ -60,6 +106,7 @@ impl OpenFiles {
         let mut t = self.table.lock().expect("open files");
         // Decided again under the lock: another open may have fixed the
         // mode meanwhile (then ours, if any, is dropped below, unlocked).
+        let mut began = None;
         let id = if t.cached.contains_key(&ino) {
             None
         } else if let Some((b, n)) = t.passthrough.get_mut(&ino) {
@@ -67,13 +114,18 @@ impl OpenFiles {
             Some(b.id())
         } else if let Some(b) = made.clone() {
             let id = b.id();
-            t.passthrough.insert(ino, (b, 1));
+            t.passthrough.insert(ino, (Backing::Own(b), 1));
+            began = Some(IoMode::Passthrough(id.get()));
             Some(id)
         } else {
             None
         };
         if id.is_none() {
-            *t.cached.entry(ino).or_default() += 1;
+            let n = t.cached.entry(ino).or_default();
+            if *n == 0 {
+                began = Some(IoMode::Cached);
+            }
+            *n += 1;
         }
         t.by_fh.insert(
             fh,
@@ -83,9 +135,23 @@ impl OpenFiles {
                 passthrough: id.is_some(),
             },
         );
+        let seq = self.seq_if(began.is_some());
         drop(t);
         drop(made);
+        // Recorded before the OPEN is answered: the kernel fixes the mode
+        // only on our answer.
+        if let (Some(j), Some(seq)) = (&self.journal, seq) {
+            j.mode(seq, ino, began);
+        }
         id
+    }
+
+    /// A journal sequence number when there is a journal and `event`.
+    fn seq_if(&self, event: bool) -> Option<u64> {
+        self.journal
+            .as_ref()
+            .filter(|_| event)
+            .map(|j| j.next_seq())
     }
 
     /// Whether `ino` is open already (its mode fixed).
@@ -104,16 +170,24 @@ impl OpenFiles {
             t.cached.get_mut(&f.ino)
         };
         let mut closed = None;
+        let mut ended = false;
         if let Some(n) = count {
             *n -= 1;
             if *n == 0 {
+                ended = true;
                 t.cached.remove(&f.ino);
                 // The kernel holds its own reference to the backing file
                 // for as long as it needs it.
                 closed = t.passthrough.remove(&f.ino);
             }
         }
+        let seq = self.seq_if(ended);
         drop(t);
+        // Recorded before the id is closed: a kill in between leaves an
+        // id registered that nobody names, never a name for a closed id.
+        if let (Some(j), Some(seq)) = (&self.journal, seq) {
+            j.mode(seq, f.ino, None);
+        }
         drop(closed);
         Some(f.key)
     }

@@ -15,6 +15,7 @@
 //! who shows it is decided under the lock ([`Visibility::Adding`]), the
 //! work done outside it, and the outcome published under it again.
 
+mod session;
 mod settings;
 mod wanted;
 
@@ -25,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use ringstar_core::Digest;
 use ringstar_fetcher::{Fetcher, ResolverConfig};
-use ringstar_fusedev::{Ino, Session};
+use ringstar_fusedev::Session;
 use ringstar_layerfs::AddLayerError;
 use ringstar_layerfs::resolve::{LayerSource, ResolveError, resolve};
 use ringstar_layerfs::{LayerFs, RemoteLayer};
@@ -111,7 +112,7 @@ pub struct Remote {
 impl Remote {
     pub fn new(
         fs: Arc<LayerFs>,
-        session: Session,
+        session: Option<Session>,
         mountpoint: PathBuf,
         fetcher: Fetcher,
         resolver: ResolverConfig,
@@ -120,7 +121,7 @@ impl Remote {
         let (queue, sources) = crossbeam_channel::unbounded::<LayerSource>();
         let remote = Arc::new(Remote {
             fs,
-            session: Mutex::new(Some(Arc::new(session))),
+            session: Mutex::new(session.map(Arc::new)),
             fetcher,
             resolver,
             settings,
@@ -553,37 +554,6 @@ impl Remote {
             .collect();
         for d in stale {
             self.release(&d);
-        }
-    }
-
-    /// Drops the kernel's cached lookup of `name` in the mount's root and
-    /// the root's attributes: two writes to `/dev/fuse`, made without the
-    /// session lock.
-    fn invalidate_root(&self, name: &str) {
-        let session = self.session.lock().expect("session").clone();
-        if let Some(s) = session {
-            let _ = s.invalidate_entry(Ino(1), std::ffi::OsStr::new(name));
-            let _ = s.invalidate_inode(Ino(1));
-        }
-    }
-
-    /// Unmounts the layer filesystem (every layer goes with it).
-    pub fn shutdown(&self) {
-        let Some(mut session) = self.session.lock().expect("session").take() else {
-            return;
-        };
-        // An invalidation in flight holds the session for two writes.
-        let session = loop {
-            match Arc::try_unwrap(session) {
-                Ok(s) => break s,
-                Err(shared) => {
-                    session = shared;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-            }
-        };
-        if let Err(e) = session.unmount() {
-            tracing::warn!(error = %e, "unmounting the layer filesystem");
         }
     }
 }

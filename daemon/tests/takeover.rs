@@ -1,0 +1,293 @@
+//! Running containers keep their files when ringstar restarts: SIGTERM,
+//! kill -9 and an upgrade (`--takeover`) leave the layer mount to the fd
+//! keeper, and the next process serves it. End to end with Debian's
+//! docker-registry, containerd and runc (see `world`).
+
+mod world;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use ringstar_testkit::DelayProxy;
+use ringstar_testkit::images::{TarBuilder, busybox_layers};
+use world::{World, busybox, estargz, wait_exit, wait_for};
+
+/// Reads two of the image's files in a loop (each `cat` is a new process
+/// exec'd from the lazily pulled layer), keeps the count in /tmp/count,
+/// prints FAIL for every read that fails, and stops when /tmp/stop
+/// appears.
+const READ_LOOP: &str = "n=0; while [ ! -e /tmp/stop ]; do \
+    if cat /etc/hello.txt /etc/one.txt > /dev/null; then n=$((n+1)); echo $n > /tmp/count; \
+    else echo FAIL; fi; done; echo reads=$n";
+
+/// `ctr run --rm` of `reference` as `id` in the background, its output
+/// going to `<world>/<id>.out`.
+fn spawn_container(w: &World, reference: &str, id: &str, cmd: &[&str]) -> (Child, PathBuf) {
+    let out = w.dir.path().join(format!("{id}.out"));
+    let file = std::fs::File::create(&out).unwrap();
+    let child = w
+        .ctr_cmd("ctr")
+        .args(["run", "--rm", "--snapshotter", "ringstar", "--net-host"])
+        .arg(reference)
+        .arg(id)
+        .args(cmd)
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .unwrap();
+    (child, out)
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// The reader's count, read by a process exec'd into its container: the
+/// command the issue saw fail with "transport endpoint is not connected".
+fn reads(w: &World, execs: &mut u32) -> u64 {
+    *execs += 1;
+    let id = format!("e{execs}");
+    let out = w.ctr_ok(&[
+        "task",
+        "exec",
+        "--exec-id",
+        &id,
+        "reader",
+        "cat",
+        "/tmp/count",
+    ]);
+    out.trim().parse().unwrap_or(0)
+}
+
+/// Waits until the reader has read `more` times more.
+fn reads_go_on(w: &World, execs: &mut u32, more: u64, after: &str) {
+    let from = reads(w, execs);
+    let started = Instant::now();
+    while reads(w, execs) < from + more {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "reads stopped after {after} (at {from})\n--- reader\n{}\n{}",
+            read(&w.dir.path().join("reader.out")),
+            w.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Until dropped, drops the page, dentry and inode caches every 50 ms, so
+/// the reads reach the layer filesystem instead of the kernel's caches.
+struct CacheDropper(Arc<AtomicBool>);
+
+impl CacheDropper {
+    fn start() -> CacheDropper {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        CacheDropper(stop)
+    }
+}
+
+impl Drop for CacheDropper {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// After a restart: the new process took the mount over (no remount),
+/// containerd is back, and the reader goes on.
+fn taken_over(w: &World, execs: &mut u32, how: &str, takeovers: &mut usize) {
+    let log = w.ringstar_log();
+    let now = log.matches("layer filesystem taken over").count();
+    assert_eq!(now, *takeovers + 1, "{how}: no takeover\n{}", w.logs());
+    *takeovers = now;
+    wait_for("containerd to reconnect", Duration::from_secs(30), || {
+        w.ctr(&["snapshot", "--snapshotter", "ringstar", "ls"]).0
+    });
+    reads_go_on(w, execs, 20, how);
+}
+
+#[test]
+fn running_containers_keep_reading_through_sigterm_kill_and_upgrade() {
+    let mut w = World::start();
+    w.push("ringstar/loop", "esgz", &estargz(), &["true"]);
+    let reference = format!("{}/ringstar/loop:esgz", w.registry.addr);
+    w.rpull(&reference);
+    let (mut reader, reader_out) =
+        spawn_container(&w, &reference, "reader", &["sh", "-c", READ_LOOP]);
+    let mut execs = 0;
+    wait_for("the reader to start", Duration::from_secs(60), || {
+        w.ctr(&[
+            "task",
+            "exec",
+            "--exec-id",
+            "first",
+            "reader",
+            "cat",
+            "/tmp/count",
+        ])
+        .0
+    });
+    let _dropper = CacheDropper::start();
+    let mut takeovers = 0;
+
+    // SIGTERM: the process exits, the mount stays, the next one serves it.
+    w.stop_ringstar(libc::SIGTERM);
+    let mountpoint = w.root().join("fuse");
+    assert!(
+        read(Path::new("/proc/self/mountinfo")).contains(&format!(" {} ", mountpoint.display())),
+        "SIGTERM unmounted the layers"
+    );
+    w.start_ringstar();
+    taken_over(&w, &mut execs, "SIGTERM", &mut takeovers);
+
+    // kill -9, a few times (a panic that aborts is the same to the kernel).
+    for cycle in 0..3 {
+        w.stop_ringstar(libc::SIGKILL);
+        w.start_ringstar();
+        taken_over(&w, &mut execs, &format!("kill -9 #{cycle}"), &mut takeovers);
+    }
+
+    // An upgrade: a new process replaces the running one, which exits 0.
+    let mut old = w.ringstar.take().unwrap();
+    w.start_ringstar_with(&["--takeover"]);
+    assert!(
+        wait_exit(&mut old, Duration::from_secs(30)),
+        "the old daemon stayed"
+    );
+    assert!(old.wait().unwrap().success());
+    taken_over(&w, &mut execs, "--takeover", &mut takeovers);
+
+    // kill -9 in the middle of a lazy pull: the pull fails or finishes,
+    // and the same pull after the restart gives an image that runs.
+    w.push(
+        "ringstar/second",
+        "esgz",
+        &estargz(),
+        &["cat", "/etc/one.txt"],
+    );
+    let second = format!("{}/ringstar/second:esgz", w.registry.addr);
+    let mut pull = w
+        .ctr_cmd("ctr-remote")
+        .args([
+            "image",
+            "rpull",
+            "--plain-http",
+            "--snapshotter",
+            "ringstar",
+        ])
+        .arg(&second)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+    w.stop_ringstar(libc::SIGKILL);
+    w.start_ringstar();
+    taken_over(&w, &mut execs, "kill -9 during a pull", &mut takeovers);
+    assert!(
+        wait_exit(&mut pull, Duration::from_secs(60)),
+        "the pull hung"
+    );
+    w.rpull(&second);
+    assert_eq!(
+        w.run_container(&second, &[]),
+        "hello from layer 1\n",
+        "{}",
+        w.logs()
+    );
+    assert_eq!(
+        w.run_container(&reference, &["cat", "/etc/hello.txt"]),
+        "hello from ringstar\n"
+    );
+
+    // Not one read failed, and the reader ends normally.
+    w.ctr_ok(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "stop",
+        "reader",
+        "sh",
+        "-c",
+        "echo > /tmp/stop",
+    ]);
+    assert!(
+        wait_exit(&mut reader, Duration::from_secs(30)),
+        "the reader hung"
+    );
+    let out = read(&reader_out);
+    assert!(!out.contains("FAIL"), "reads failed:\n{out}\n{}", w.logs());
+    let total: u64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("reads="))
+        .unwrap_or_else(|| panic!("the reader did not finish: {out}"))
+        .parse()
+        .unwrap();
+    assert!(total >= 120, "{total} reads");
+    let log = w.ringstar_log();
+    let gaps: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("layer filesystem taken over"))
+        .filter_map(|l| l.split("waited=").nth(1))
+        .collect();
+    eprintln!("{total} reads, none failed; takeover waits: {gaps:?}");
+}
+
+#[test]
+fn a_read_in_flight_at_kill_completes_after_the_restart() {
+    // No background fetch or prefetch: the big file arrives only when
+    // read, over a 1 MB/s link, so the read is in flight for seconds.
+    let mut w = World::start_configured("noprefetch = true\nno_background_fetch = true\n");
+    let proxy = DelayProxy::start(
+        w.registry.addr.clone(),
+        Duration::from_millis(20),
+        8_000_000,
+    );
+    let big: Vec<u8> = (0..12 << 20).map(|_| fastrand::u8(..)).collect();
+    let mut layers = busybox_layers(&busybox()).unwrap();
+    layers.push(
+        TarBuilder::default()
+            .dir("data/")
+            .file("data/big.bin", 0o644, &big)
+            .finish(),
+    );
+    w.push_layers("ringstar/big", "esgz", &layers, &estargz(), &["true"]);
+    let reference = format!("{}/ringstar/big:esgz", proxy.addr);
+    w.rpull(&reference);
+
+    let cmd = ["sh", "-c", "echo start; busybox sha256sum /data/big.bin"];
+    let (mut reader, out) = spawn_container(&w, &reference, "big", &cmd);
+    wait_for("the container to start", Duration::from_secs(60), || {
+        read(&out).contains("start\n")
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        read(&out),
+        "start\n",
+        "the read was not in flight at the kill"
+    );
+    w.stop_ringstar(libc::SIGKILL);
+    w.start_ringstar();
+    assert!(
+        wait_exit(&mut reader, Duration::from_secs(120)),
+        "the read hung"
+    );
+    let want = ringstar_core::Digest::of(&big).to_string();
+    let hex = want.trim_start_matches("sha256:");
+    assert_eq!(
+        read(&out),
+        format!("start\n{hex}  /data/big.bin\n"),
+        "{}",
+        w.logs()
+    );
+    assert!(w.ringstar_log().contains("layer filesystem taken over"));
+}
