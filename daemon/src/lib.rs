@@ -112,11 +112,11 @@ impl Daemon {
             settings.remote.clone(),
         )
         .map_err(StartError::Resolvers)?;
-        let snapshots = match Snapshots::open(
-            root,
-            remote.clone(),
-            settings.allow_invalid_mounts_on_restart,
-        ) {
+        // A taken-over mount is in use: refusing to start over a layer
+        // that cannot be restored would hang every read of the mount, so
+        // such a layer answers EIO instead (until it resolves again).
+        let allow_invalid = settings.allow_invalid_mounts_on_restart || prior.is_some();
+        let snapshots = match Snapshots::open(root, remote.clone(), allow_invalid) {
             Ok(s) => Arc::new(s),
             Err(e) => {
                 if prior.is_none() {

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use ringstar_testkit::DelayProxy;
 use ringstar_testkit::images::{TarBuilder, busybox_layers};
+use ringstar_testkit::{DelayProxy, Fault, FaultProxy};
 use world::{World, busybox, estargz, wait_exit, wait_for};
 
 /// Reads two of the image's files in a loop (each `cat` is a new process
@@ -290,4 +290,146 @@ fn a_read_in_flight_at_kill_completes_after_the_restart() {
         w.logs()
     );
     assert!(w.ringstar_log().contains("layer filesystem taken over"));
+}
+
+/// Writes a line to the FIFO at `path` in task `id`'s root, once the
+/// task opened it for reading (non-blocking: a task that never does
+/// fails the test instead of hanging it).
+fn write_fifo(w: &World, id: &str, path: &str) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tasks = w.ctr_ok(&["task", "ls"]);
+    let pid = tasks
+        .lines()
+        .find_map(|l| {
+            let mut f = l.split_whitespace();
+            (f.next() == Some(id)).then(|| f.next().unwrap().to_string())
+        })
+        .unwrap_or_else(|| panic!("no task {id}: {tasks}"));
+    let fifo = format!("/proc/{pid}/root{path}");
+    let started = Instant::now();
+    let mut file = loop {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+        {
+            Ok(f) => break f,
+            Err(e) if started.elapsed() > Duration::from_secs(30) => {
+                panic!("{fifo}: {e}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    std::io::Write::write_all(&mut file, b"go\n").unwrap();
+}
+
+#[test]
+fn a_layer_whose_registry_is_gone_after_the_restart_answers_eio() {
+    let mut w = World::start_configured("noprefetch = true\nno_background_fetch = true\n");
+    let proxy = FaultProxy::start(w.registry.addr.clone());
+    let big: Vec<u8> = (0..1 << 20).map(|_| fastrand::u8(..)).collect();
+    let mut layers = busybox_layers(&busybox()).unwrap();
+    layers.push(
+        TarBuilder::default()
+            .dir("data/")
+            .file("data/big.bin", 0o644, &big)
+            .finish(),
+    );
+    w.push_layers("ringstar/gone", "esgz", &layers, &estargz(), &["true"]);
+    let reference = format!("{}/ringstar/gone:esgz", proxy.addr);
+    w.rpull(&reference);
+
+    // The container opens the file, says so, waits on a FIFO the test
+    // made in its upper dir, then reads the file with a shell builtin (an
+    // exec would need the layers too).
+    let script = "exec 3< /data/big.bin; echo up; read x < /tmp/go; \
+                  read -r line <&3; echo rc=$?";
+    // (`ctr container create` reorders flags: `--` keeps `-c` the shell's.)
+    w.ctr_ok(&[
+        "container",
+        "create",
+        "--snapshotter",
+        "ringstar",
+        &reference,
+        "gone",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]);
+    let mounts = w.ctr_ok(&[
+        "snapshot",
+        "--snapshotter",
+        "ringstar",
+        "mounts",
+        "/mnt",
+        "gone",
+    ]);
+    let upper = mounts
+        .split(',')
+        .find_map(|o| o.strip_prefix("upperdir="))
+        .unwrap_or_else(|| panic!("no upperdir in {mounts}"))
+        .to_string();
+    let fifo = Path::new(&upper).join("tmp/go");
+    // (Made in the upper dir before the overlay is mounted; opened
+    // through the container's root, as overlayfs gives FIFOs inodes of
+    // its own.)
+    std::fs::create_dir_all(fifo.parent().unwrap()).unwrap();
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = w.dir.path().join("gone.out");
+    let file = std::fs::File::create(&out).unwrap();
+    let mut task = w
+        .ctr_cmd("ctr")
+        .args(["task", "start", "gone"])
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .unwrap();
+    wait_for(
+        "the container to open the file",
+        Duration::from_secs(60),
+        || read(&out).contains("up\n"),
+    );
+
+    // The registry goes (every connection answers 503) while ringstar is
+    // down: the next process cannot restore the layers.
+    w.stop_ringstar(libc::SIGKILL);
+    proxy.plan(std::iter::repeat_n(
+        Fault::status("503 Service Unavailable", ""),
+        10_000,
+    ));
+    proxy.cut_all();
+    w.start_ringstar();
+    assert!(
+        w.ringstar_log().contains("layer filesystem taken over"),
+        "{}",
+        w.logs()
+    );
+
+    // The read fails with EIO at once; the mount itself answers.
+    let started = Instant::now();
+    write_fifo(&w, "gone", "/tmp/go");
+    assert!(
+        wait_exit(&mut task, Duration::from_secs(60)),
+        "the read hung"
+    );
+    let said = read(&out);
+    // rc=1 is not an end of file: the file is 1 MiB of random bytes.
+    assert!(said.contains("rc=1"), "{said}\n{}", w.logs());
+    // (ash's `read` says nothing of why; the daemon does.)
+    assert!(
+        w.ringstar_log().contains("could not be restored"),
+        "{}",
+        w.logs()
+    );
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert!(std::fs::read_dir(w.root().join("fuse")).is_ok());
+    let _ = w.ctr(&["container", "rm", "gone"]);
 }

@@ -36,6 +36,9 @@ pub struct LayerFs {
     /// READ requests of layer files answered (by the daemon; passthrough
     /// reads never get here).
     pub(crate) reads: AtomicU64,
+    /// Requests for layers taken over but not restored (logged at 1, 2,
+    /// 4, 8, …: a log line per failure, without a flood).
+    unrestored: AtomicU64,
     /// Records slots and io modes for a process taking over the mount.
     journal: Option<Arc<Journal>>,
 }
@@ -76,6 +79,7 @@ impl LayerFs {
             passthrough: Mutex::new(None),
             use_passthrough: passthrough,
             reads: AtomicU64::new(0),
+            unrestored: AtomicU64::new(0),
             journal: None,
         }
     }
@@ -200,14 +204,27 @@ impl LayerFs {
         out
     }
 
+    /// The layer in `slot`. A slot an earlier process gave a layer that
+    /// this one could not bring back (its source is gone) is EIO: the
+    /// kernel's inodes there name files that exist but cannot be served.
+    /// Any other empty slot is a removed layer: ENOENT.
     pub(crate) fn slot_layer(&self, slot: u32) -> Result<Arc<RemoteLayer>, Errno> {
-        self.layers
-            .read()
-            .expect("layers")
-            .by_slot
-            .get(&slot)
-            .cloned()
-            .ok_or(Errno::ENOENT)
+        let l = self.layers.read().expect("layers");
+        if let Some(layer) = l.by_slot.get(&slot) {
+            return Ok(layer.clone());
+        }
+        if let Some(name) = l
+            .reserved
+            .iter()
+            .find_map(|(n, s)| (*s == slot).then_some(n))
+        {
+            let n = self.unrestored.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.is_power_of_two() {
+                tracing::warn!(layer = %name, slot, requests = n, "a layer taken over could not be restored (its source is gone?): EIO");
+            }
+            return Err(Errno::EIO);
+        }
+        Err(Errno::ENOENT)
     }
 
     pub(crate) fn attr_of(&self, i: Inode) -> Result<(FileAttr, Duration), Errno> {

@@ -183,16 +183,18 @@ impl Filesystem for LayerFs {
                 whiteout: false,
             }) => (slot, node),
             Ok(Inode::StateFile { slot }) => {
-                let Ok(layer) = self.slot_layer(slot) else {
-                    return ReadResult::Error(Errno::ENOENT);
+                let layer = match self.slot_layer(slot) {
+                    Ok(layer) => layer,
+                    Err(e) => return ReadResult::Error(e),
                 };
                 return ReadResult::Data(read_state_file(&layer, offset, out.buf()));
             }
             Ok(_) => return ReadResult::Error(Errno::EINVAL),
             Err(e) => return ReadResult::Error(e),
         };
-        let Ok(layer) = self.slot_layer(slot) else {
-            return ReadResult::Error(Errno::ENOENT);
+        let layer = match self.slot_layer(slot) {
+            Ok(layer) => layer,
+            Err(e) => return ReadResult::Error(e),
         };
         self.reads.fetch_add(1, Ordering::Relaxed);
         let Some(n) = layer.tree().get(node) else {
