@@ -11,8 +11,10 @@
 # of its own (nothing of the host's containerd is touched); pushes a
 # two-layer busybox image written as eStargz by ringstar's writer; pulls it
 # lazily with `ctr-remote image rpull`, creates and runs a container, prints
-# the pull/create/run times and how much of the image was fetched; then
-# stops everything it started.
+# the pull/create/run times and how much of the image was fetched; kills
+# ringstar with -9 under a running container and starts it again, which
+# takes the mount over (the container keeps its files); then stops
+# everything it started.
 set -euo pipefail
 cd "$(dirname "$0")"
 [ "$(id -u)" = 0 ] || { echo "demo.sh: run as root (FUSE mounts, containerd)" >&2; exit 1; }
@@ -39,13 +41,15 @@ pids=()
 cleanup() {
   set +e
   if [ -S "$dir/containerd.sock" ]; then
-    ctr -a "$dir/containerd.sock" -n $ns task kill -s SIGKILL demo >/dev/null 2>&1
-    ctr -a "$dir/containerd.sock" -n $ns task rm -f demo >/dev/null 2>&1
-    ctr -a "$dir/containerd.sock" -n $ns container rm demo >/dev/null 2>&1
+    for c in demo live; do
+      ctr -a "$dir/containerd.sock" -n $ns task kill -s SIGKILL $c >/dev/null 2>&1
+      ctr -a "$dir/containerd.sock" -n $ns task rm -f $c >/dev/null 2>&1
+      ctr -a "$dir/containerd.sock" -n $ns container rm $c >/dev/null 2>&1
+    done
     ctr -a "$dir/containerd.sock" -n $ns image rm --sync "$image" >/dev/null 2>&1
   fi
-  # ringstar first (SIGINT: unmount and clean up), then containerd, then
-  # the registry.
+  # ringstar first (SIGINT: unmount, clean up, stop its fd keeper), then
+  # containerd, then the registry.
   for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
     sig=TERM
     [ "${pids[$i]}" = "${ringstar_pid:-}" ] && sig=INT
@@ -85,10 +89,13 @@ EOF
 containerd --config "$dir/containerd.toml" >"$dir/containerd.log" 2>&1 &
 pids+=($!)
 : >"$dir/ringstar.toml"
-"$bin/ringstar-snapshotter" --root "$dir/ringstar" --address "$dir/ringstar.sock" \
-  --config "$dir/ringstar.toml" >"$dir/ringstar.log" 2>&1 &
-ringstar_pid=$!
-pids+=($!)
+start_ringstar() {
+  "$bin/ringstar-snapshotter" --root "$dir/ringstar" --address "$dir/ringstar.sock" \
+    --config "$dir/ringstar.toml" >>"$dir/ringstar.log" 2>&1 &
+  ringstar_pid=$!
+  pids+=($!)
+}
+start_ringstar
 for _ in $(seq 100); do
   [ -S "$dir/containerd.sock" ] && [ -S "$dir/ringstar.sock" ] && (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
   sleep 0.1
@@ -129,3 +136,19 @@ fuse_layers=$(ls "$dir/ringstar/fuse" | wc -l)
 echo "layers served by ringstar's FUSE mount: $fuse_layers (of 2)"
 [ "$fuse_layers" = 2 ] || { echo "demo.sh: the layers were not mounted lazily" >&2; exit 1; }
 echo "ringstar log: $(grep -c 'remote snapshot prepared' "$dir/ringstar.log") remote snapshots prepared"
+
+say "kill -9 ringstar under a running container, start it again"
+ctrx run -d --snapshotter ringstar --net-host "$image" live \
+  sh -c 'while :; do cat /etc/hello.txt >/dev/null; busybox sleep 1; done' >/dev/null
+kill -KILL "$ringstar_pid"
+wait "$ringstar_pid" 2>/dev/null || true
+served=$(grep -c 'serving the snapshots API' "$dir/ringstar.log")
+start_ringstar
+for _ in $(seq 100); do
+  [ "$(grep -c 'serving the snapshots API' "$dir/ringstar.log")" -gt "$served" ] && break
+  sleep 0.1
+done
+grep 'layer filesystem taken over' "$dir/ringstar.log" | tail -1 | sed 's/.*taken over /taken over: /'
+printf 'the running container still reads its files: '
+ctrx task exec --exec-id after-kill live cat /etc/hello.txt | tee "$dir/after.out"
+grep -q "hello from a lazily pulled container" "$dir/after.out" || { echo "demo.sh: the container lost its files" >&2; exit 1; }
