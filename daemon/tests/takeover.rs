@@ -209,8 +209,11 @@ fn running_containers_keep_reading_through_sigterm_kill_and_upgrade() {
         "hello from ringstar\n"
     );
 
-    // Not one read failed, and the reader ends normally.
-    w.ctr_ok(&[
+    // Not one read failed, and the reader ends normally. (The exec's own
+    // status is not checked: the reader may see the file and exit, which
+    // kills every process in its container, before the exec's shell
+    // exits.)
+    let _ = w.ctr(&[
         "task",
         "exec",
         "--exec-id",
