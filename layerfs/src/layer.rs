@@ -39,7 +39,10 @@ pub struct RemoteLayer {
     /// The regular file each blob-order chunk belongs to (`u32::MAX`: a
     /// superseded entry's chunk, nobody's).
     owners: Vec<u32>,
-    /// Compressed bytes of chunks not yet known present.
+    /// One bit per canonical chunk: its bytes count in the state file's
+    /// `fetchedSize` only once present (see [`counted_chunks`]).
+    counted: Vec<u64>,
+    /// Compressed bytes of counted chunks not yet known present.
     absent_bytes: AtomicU64,
     prefetch: Prefetch,
     last_error: Mutex<Option<String>>,
@@ -52,6 +55,50 @@ pub struct RemoteLayer {
     /// Each node's store key, made on first use (`None`: a file the store
     /// cannot hold, whose reads fail).
     store_keys: Box<[OnceLock<Option<FileKey>>]>,
+}
+
+/// The canonical chunks whose bytes the state file counts as fetched
+/// only once stored: the contents of files the store can hold (each
+/// chunk verifiable and not too big, the chunks tiling the file: what
+/// [`RemoteLayer::store_key`] asks), which reads and the background
+/// fetch store. The rest of the blob — tar headers, the TOC and footer,
+/// the landmark files, superseded entries, files the store cannot hold
+/// (their reads fail) — counts as fetched once the layer is resolved,
+/// so the state file reaches 100 % when every file is stored, as the
+/// reference's does (#18). No hashing: this runs at resolve.
+fn counted_chunks(tree: &ringstar_core::LayerTree, canonical: &[u32]) -> Vec<u64> {
+    use ringstar_core::tree::{NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK};
+    let landmarks: Vec<NodeId> = [PREFETCH_LANDMARK, NO_PREFETCH_LANDMARK]
+        .iter()
+        .filter_map(|name| tree.lookup(NodeId::ROOT, name))
+        .collect();
+    let mut counted = vec![0u64; tree.all_chunks().len().div_ceil(64)];
+    for id in (0..tree.len() as u32).map(NodeId) {
+        let span = tree.chunk_span(id);
+        if span.is_empty() || landmarks.contains(&id) {
+            continue;
+        }
+        let mut reach = 0u64;
+        let storable = tree.chunks(id).iter().all(|c| {
+            let ok = c.chunk_offset == reach
+                && c.size > 0
+                && c.size <= MAX_CHUNK
+                && tree.chunk_digest(id, c).is_some();
+            reach = c.chunk_offset.saturating_add(c.size);
+            ok
+        }) && reach == tree.node(id).size();
+        if storable {
+            for g in span {
+                let canon = canonical[g] as usize;
+                counted[canon / 64] |= 1 << (canon % 64);
+            }
+        }
+    }
+    counted
+}
+
+fn is_set(bits: &[u64], i: usize) -> bool {
+    bits[i / 64] & (1 << (i % 64)) != 0
 }
 
 #[derive(Debug, Default)]
@@ -75,18 +122,19 @@ impl RemoteLayer {
             .enumerate()
             .map(|(i, c)| *first.entry(c.offset).or_insert(i as u32))
             .collect();
-        let absent = chunks
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| canonical[*i] as usize == *i)
-            .map(|(_, c)| c.compressed_len())
-            .sum();
         let mut owners = vec![u32::MAX; chunks.len()];
         for id in 0..layer.tree.len() as u32 {
             for g in layer.tree.chunk_span(NodeId(id)) {
                 owners[g] = id;
             }
         }
+        let counted = counted_chunks(&layer.tree, &canonical);
+        let absent = chunks
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| is_set(&counted, *i))
+            .map(|(_, c)| c.compressed_len())
+            .sum();
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let store_keys = (0..layer.tree.len()).map(|_| OnceLock::new()).collect();
         RemoteLayer {
@@ -100,6 +148,7 @@ impl RemoteLayer {
                 .map(|_| AtomicU64::new(0))
                 .collect(),
             canonical,
+            counted,
             absent_bytes: AtomicU64::new(absent),
             layer,
             prefetch: Prefetch::default(),
@@ -163,7 +212,9 @@ impl RemoteLayer {
         };
         let canon = canon as usize;
         let bit = 1u64 << (canon % 64);
-        if self.present[canon / 64].fetch_or(bit, Ordering::AcqRel) & bit == 0 {
+        if self.present[canon / 64].fetch_or(bit, Ordering::AcqRel) & bit == 0
+            && is_set(&self.counted, canon)
+        {
             let c = &self.tree().all_chunks()[canon];
             self.absent_bytes
                 .fetch_sub(c.compressed_len(), Ordering::AcqRel);
@@ -186,8 +237,8 @@ impl RemoteLayer {
     }
 
     /// `fetchedSize` as the state file reports it: the blob minus the
-    /// compressed bytes of chunks not yet stored (so metadata, fetched at
-    /// resolve time, counts as fetched).
+    /// compressed bytes of file contents not yet stored (so metadata,
+    /// fetched at resolve time, counts as fetched).
     pub fn fetched_size(&self) -> u64 {
         self.blob_size
             .saturating_sub(self.absent_bytes.load(Ordering::Acquire))
