@@ -690,6 +690,31 @@ fn notifications_invalidate_the_kernel_cache(t: TransportChoice) {
     s.unmount().unwrap();
 }
 
+/// close(2) costs one FLUSH per connection, not one per close: the first
+/// is answered ENOSYS and the kernel sends no more.
+fn close_sends_flush_once(t: TransportChoice) {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path();
+    let fs_ = Arc::new(TestFs::new());
+    let s = mount(fs_.clone(), mnt, t);
+    let requests =
+        || s.stats().ring.load(Ordering::Relaxed) + s.stats().classic.load(Ordering::Relaxed);
+    let path = mnt.join("small.txt");
+    drop(fs::File::open(&path).unwrap());
+    std::thread::sleep(Duration::from_millis(100));
+    let before = requests();
+    const CLOSES: u64 = 50;
+    for _ in 0..CLOSES {
+        drop(fs::File::open(&path).unwrap());
+    }
+    // RELEASE is sent after close returns: let the last ones arrive.
+    std::thread::sleep(Duration::from_millis(200));
+    let per_close = (requests() - before) as f64 / CLOSES as f64;
+    // OPEN and RELEASE; with a FLUSH each it would be 3.
+    assert!(per_close <= 2.1, "{per_close} requests per open and close");
+    s.unmount().unwrap();
+}
+
 macro_rules! per_transport {
     ($($name:ident),*) => {
         mod classic {
@@ -713,5 +738,6 @@ per_transport!(
     notifications_invalidate_the_kernel_cache,
     panics_are_contained,
     slow_reads_leave_metadata_alone,
-    teardown_with_every_entry_held
+    teardown_with_every_entry_held,
+    close_sends_flush_once
 );

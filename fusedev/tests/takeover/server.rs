@@ -253,9 +253,9 @@ pub fn run_reader() -> ! {
                 let ino = FILES.iter().find(|(n, _)| *n == name).unwrap().1;
                 std::thread::spawn(move || {
                     // The verdict goes out before the file is closed:
-                    // close(2) sends FLUSH and waits for its answer, which
-                    // a server handing over no longer reads (the next
-                    // server answers it).
+                    // close(2) may send FLUSH (the first of a connection)
+                    // and wait for its answer, which a server handing
+                    // over no longer reads (the next server answers it).
                     let (verdict, file) = match open_and_read(&path, ino) {
                         Ok((d, f)) if d == content(ino) => ("good".to_string(), Some(f)),
                         Ok((d, f)) => (format!("bad {} bytes", d.len()), Some(f)),
