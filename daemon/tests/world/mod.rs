@@ -188,6 +188,11 @@ impl World {
     /// the snapshots API (a line in its log: with `--takeover` the socket
     /// is the old daemon's until the new one binds it).
     pub fn start_ringstar_with(&mut self, extra: &[&str]) {
+        self.start_ringstar_from(Path::new(env!("CARGO_BIN_EXE_ringstar-snapshotter")), extra);
+    }
+
+    /// As [`World::start_ringstar_with`], running the binary at `bin`.
+    pub fn start_ringstar_from(&mut self, bin: &Path, extra: &[&str]) {
         let d = self.dir.path();
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -197,7 +202,7 @@ impl World {
         std::fs::write(d.join("ringstar.toml"), &self.config).unwrap();
         let serving = || self.ringstar_log().matches(SERVING).count();
         let before = serving();
-        let child = Command::new(env!("CARGO_BIN_EXE_ringstar-snapshotter"))
+        let child = Command::new(bin)
             .arg("--root")
             .arg(self.root())
             .arg("--address")
