@@ -136,6 +136,9 @@ pub struct Ringstar {
     /// and upgrades (default true; docs/snapshotter.md, "Restarts"). Takes
     /// the classic transport: a ring cannot be taken over.
     pub takeover: Option<bool>,
+    /// Without systemd: how long the fd keeper holds the mount for the
+    /// next process once a daemon is gone (default 30 s).
+    pub takeover_wait_sec: Option<u64>,
 }
 
 /// `[ringstar] fuse_uring`, checked as the file is read.

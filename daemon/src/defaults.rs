@@ -42,6 +42,12 @@ pub const TAKEOVER: bool = true;
 /// hands the connection over; the rest are resent to the next process.
 pub const HANDOVER_GRACE: Duration = Duration::from_millis(250);
 
+/// How long the fd keeper holds a mount for the next process once a
+/// daemon is gone (SIGTERM, kill -9). Reads of the mount wait meanwhile;
+/// after it they fail, as with no takeover. systemd's fd store has no
+/// such limit: it holds until the unit is stopped.
+pub const TAKEOVER_WAIT: Duration = Duration::from_secs(30);
+
 /// How long `--takeover` waits for the daemon it replaces to exit.
 pub const REPLACE_WAIT: Duration = Duration::from_secs(30);
 

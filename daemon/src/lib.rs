@@ -83,7 +83,7 @@ impl Daemon {
         .map_err(StartError::Loader)?;
         let mountpoint = root.join("fuse");
         let mut takeover = if settings.takes_over() {
-            Some(Takeover::connect(root).map_err(StartError::Takeover)?)
+            Some(Takeover::connect(root, settings.takeover_wait).map_err(StartError::Takeover)?)
         } else {
             None
         };
@@ -127,6 +127,13 @@ impl Daemon {
         };
         if let Some(prior) = prior {
             resume(&remote, fs, &mountpoint, prior, settings, takeover.as_mut())?;
+        }
+        // The kernel caches the root's attributes for a day once asked
+        // (layerfs `ROOT_ATTR_TTL`): ask now, while a process serves, so
+        // that a stat of the mountpoint while none does (a plain
+        // `umount` after SIGTERM) does not wait for the next one.
+        if let Err(e) = std::fs::metadata(&mountpoint) {
+            tracing::warn!(mountpoint = %mountpoint.display(), error = %e, "stat of the layer mount");
         }
         Ok(Daemon {
             remote,

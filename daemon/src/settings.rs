@@ -40,6 +40,8 @@ pub struct Settings {
     pub allow_invalid_mounts_on_restart: bool,
     /// Keep the FUSE connection through restarts (takeover).
     pub takeover: bool,
+    /// How long the fd keeper holds the mount for a successor.
+    pub takeover_wait: Duration,
     /// Replace a daemon running on the same root (`--takeover`).
     pub replace_running: bool,
 }
@@ -89,6 +91,9 @@ impl Settings {
             },
             allow_invalid_mounts_on_restart: config.allow_invalid_mounts_on_restart(),
             takeover: r.takeover.unwrap_or(defaults::TAKEOVER),
+            takeover_wait: r
+                .takeover_wait_sec
+                .map_or(defaults::TAKEOVER_WAIT, Duration::from_secs),
             replace_running: false,
         }
     }

@@ -125,7 +125,13 @@ pub struct Prior {
 /// Where the fds are held across the daemon's death.
 #[derive(Debug)]
 enum Holder {
-    Keeper { keeper: Keeper, socket: PathBuf },
+    /// `wait`: how long the keeper holds the mount for a successor once
+    /// this process is gone (its lease).
+    Keeper {
+        keeper: Keeper,
+        socket: PathBuf,
+        wait: Duration,
+    },
     Systemd(systemd::FdStore),
 }
 
@@ -139,8 +145,9 @@ pub struct Takeover {
 impl Takeover {
     /// Connects to the fd holder of `root`: systemd's fd store when
     /// systemd runs the daemon with one, else the keeper on
-    /// `<root>/takeover/fdkeeper.sock`, started when none answers.
-    pub fn connect(root: &Path) -> Result<Takeover, TakeoverStartError> {
+    /// `<root>/takeover/fdkeeper.sock`, started when none answers, which
+    /// holds the mount for `wait` after this process is gone.
+    pub fn connect(root: &Path, wait: Duration) -> Result<Takeover, TakeoverStartError> {
         let dir = root.join("takeover");
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -169,7 +176,11 @@ impl Takeover {
         };
         tracing::info!(socket = %socket.display(), "takeover through the fd keeper");
         Ok(Takeover {
-            holder: Holder::Keeper { keeper, socket },
+            holder: Holder::Keeper {
+                keeper,
+                socket,
+                wait,
+            },
             dir,
         })
     }
@@ -184,7 +195,7 @@ impl Takeover {
     /// (unmounted by hand, a reboot's leftovers) is forgotten.
     pub fn prior(&mut self, mountpoint: &Path) -> Option<Prior> {
         let fetched = match &mut self.holder {
-            Holder::Keeper { keeper, socket } => match keeper.fetch(ENTRY) {
+            Holder::Keeper { keeper, socket, .. } => match keeper.fetch(ENTRY) {
                 Ok(d) => d.map(|d| (d.fds, d.state)),
                 Err(e) => {
                     tracing::warn!(socket = %socket.display(), error = %e, "asking the fd keeper");
@@ -231,13 +242,23 @@ impl Takeover {
             cause: std::io::Error::other(e),
         })?;
         match &mut self.holder {
-            Holder::Keeper { keeper, socket } => {
-                keeper
-                    .replace(ENTRY, &fds, &state)
-                    .map_err(|cause| TakeoverStartError::Keeper {
-                        socket: socket.clone(),
-                        cause,
-                    })
+            Holder::Keeper {
+                keeper,
+                socket,
+                wait,
+            } => {
+                let err = |cause| TakeoverStartError::Keeper {
+                    socket: socket.clone(),
+                    cause,
+                };
+                keeper.replace(ENTRY, &fds, &state).map_err(err)?;
+                // Without a successor within `wait` the keeper lets the
+                // mount go, and what waits on it gets an error instead of
+                // waiting forever (a keeper older than LEASE holds on).
+                if let Err(e) = keeper.lease(ENTRY, *wait) {
+                    tracing::warn!(socket = %socket.display(), error = %e, "the fd keeper takes no lease: it holds the mount until told");
+                }
+                Ok(())
             }
             Holder::Systemd(store) => Ok(store.store(&fds, &state)?),
         }
@@ -247,7 +268,7 @@ impl Takeover {
     /// and a keeper holding nothing else exits.
     pub fn forget(&mut self) {
         match &mut self.holder {
-            Holder::Keeper { keeper, socket } => {
+            Holder::Keeper { keeper, socket, .. } => {
                 if let Err(e) = keeper.drop_entry(ENTRY) {
                     tracing::warn!(socket = %socket.display(), error = %e, "dropping the fd keeper's entry");
                 }

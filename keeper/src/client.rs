@@ -156,6 +156,21 @@ impl Keeper {
             .ok_or(KeeperError::Protocol("malformed STATS answer"))
     }
 
+    /// Once this connection is gone (its process exited or died), the
+    /// keeper drops `name` unless another client fetches or takes it
+    /// within `within`: a holder nobody comes back for lets go, so the
+    /// callers waiting on what the fds serve get an error instead of
+    /// waiting forever. A client that fetches the entry holds the lease
+    /// from then on; a REPLACE or DEPOSIT starts without one.
+    pub fn lease(&self, name: &str, within: Duration) -> Result<(), KeeperError> {
+        let secs = u32::try_from(within.as_secs()).unwrap_or(u32::MAX);
+        match self.call(op::LEASE, name, &secs.to_le_bytes(), &[])?.0 {
+            status::OK => Ok(()),
+            status::NOT_FOUND => Err(KeeperError::NotFound(name.to_string())),
+            st => Err(KeeperError::Status(st)),
+        }
+    }
+
     /// Tells the keeper to close everything and exit.
     pub fn shutdown(&self) -> Result<(), KeeperError> {
         self.expect_ok(op::SHUTDOWN, "", &[], &[])

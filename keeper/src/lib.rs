@@ -42,6 +42,8 @@ pub enum KeeperError {
     Status(u8),
     #[error("the keeper already holds an entry named {0:?}")]
     Exists(String),
+    #[error("the keeper holds no entry named {0:?}")]
+    NotFound(String),
     #[error("a keeper already answers on {0}")]
     AlreadyRunning(PathBuf),
 }

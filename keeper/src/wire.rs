@@ -46,6 +46,11 @@ pub(crate) mod op {
     pub const SHUTDOWN: u8 = 7;
     /// `"<fds> <entries>"`: what the keeper holds.
     pub const STATS: u8 = 8;
+    /// Blob: seconds as a little-endian u32. Once the client that sent
+    /// this hangs up, the entry is dropped unless a client fetches or
+    /// takes it within that time. (A keeper without it answers
+    /// `BAD_REQUEST`, and holds as before.)
+    pub const LEASE: u8 = 9;
 }
 
 /// Answer statuses.

@@ -152,3 +152,74 @@ fn a_second_keeper_on_the_same_socket_refuses() {
     k.shutdown().unwrap();
     wait_exit(&mut child, Duration::from_secs(20));
 }
+
+/// An entry whose fd's other end is gone for good (POLLERR or POLLHUP:
+/// here pipes with one end left; in the daemon a `/dev/fuse` fd whose
+/// connection was unmounted) is dropped, and the keeper, holding
+/// nothing, goes idle and exits.
+#[test]
+fn an_entry_whose_fd_ended_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("keeper.sock");
+    let (mut child, k) = start(&socket, 1);
+    let (alive_r, alive_w) = pipe();
+    k.deposit("alive", &[alive_r.as_fd()], b"").unwrap();
+    let (r, w) = pipe();
+    k.deposit("ended", &[w.as_fd()], b"").unwrap();
+    drop(w);
+    assert_eq!(k.list().unwrap(), vec!["alive", "ended"]);
+    drop(r);
+    let started = Instant::now();
+    while k.list().unwrap() != vec!["alive".to_string()] {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            k.list()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The live entry is kept (a read end whose writer is still open
+    // reports nothing), and keeps the keeper from its idle exit.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(k.list().unwrap(), vec!["alive".to_string()]);
+    // Its writer gone, the read end reports POLLHUP: dropped too, and
+    // the keeper, holding nothing, exits after its idle second.
+    drop(alive_w);
+    drop(k);
+    assert!(wait_exit(&mut child, Duration::from_secs(20)).success());
+}
+
+/// LEASE: once its holder hangs up, an entry nobody fetches within the
+/// lease is dropped; one fetched in time is kept, and the lease is the
+/// fetcher's from then on.
+#[test]
+fn a_lease_drops_what_nobody_comes_back_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("keeper.sock");
+    let (_child, watcher) = start(&socket, 600);
+    let (r, _w) = pipe();
+
+    // Its holder goes; another client fetches it within the lease: kept.
+    let holder = Keeper::connect(&socket).unwrap();
+    holder.deposit("kept", &[r.as_fd()], b"").unwrap();
+    holder.lease("kept", Duration::from_secs(2)).unwrap();
+    drop(holder);
+    std::thread::sleep(Duration::from_millis(500));
+    let successor = Keeper::connect(&socket).unwrap();
+    assert!(successor.fetch("kept").unwrap().is_some());
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(watcher.list().unwrap(), vec!["kept".to_string()]);
+
+    // The successor goes too and nobody comes back: dropped after 2 s.
+    drop(successor);
+    let gone_at = Instant::now();
+    while !watcher.list().unwrap().is_empty() {
+        assert!(gone_at.elapsed() < Duration::from_secs(10), "still held");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(gone_at.elapsed() >= Duration::from_millis(1500));
+    assert!(matches!(
+        watcher.lease("absent", Duration::from_secs(1)),
+        Err(KeeperError::NotFound(_))
+    ));
+}

@@ -13,8 +13,14 @@ use crate::state_dir::state_json;
 /// Layer content never changes: the kernel may cache it as long as it
 /// likes (removal invalidates the layer's root entry explicitly).
 pub(crate) const LAYER_TTL: Duration = Duration::from_secs(24 * 3600);
-/// The mount root and the state files change.
+/// The state directory and files change.
 pub(crate) const ROOT_TTL: Duration = Duration::from_secs(1);
+/// The mount root's own attributes never change (`root_attr`; its
+/// listing is never cached and its entries are invalidated one by one):
+/// cached for as long as the kernel likes, so stat(2) of the mountpoint
+/// needs no daemon. That matters between two processes serving a
+/// taken-over mount: a plain `umount` stats the mountpoint first (#16).
+pub(crate) const ROOT_ATTR_TTL: Duration = LAYER_TTL;
 
 fn kind_of(k: FileKind) -> FileType {
     match k {

@@ -12,7 +12,8 @@ use ringstar_core::{Digest, NodeId};
 use ringstar_fusedev::{BackingFile, Entry, Errno, FileAttr, Passthrough};
 
 use crate::attr::{
-    LAYER_TTL, ROOT_TTL, entry_of, node_attr, root_attr, state_dir_attr, state_file_attr,
+    LAYER_TTL, ROOT_ATTR_TTL, ROOT_TTL, entry_of, node_attr, root_attr, state_dir_attr,
+    state_file_attr,
 };
 use crate::error::AddLayerError;
 use crate::inode::{Inode, InodeNumbers, MAX_NODES};
@@ -229,7 +230,7 @@ impl LayerFs {
 
     pub(crate) fn attr_of(&self, i: Inode) -> Result<(FileAttr, Duration), Errno> {
         Ok(match i {
-            Inode::Root => (root_attr(), ROOT_TTL),
+            Inode::Root => (root_attr(), ROOT_ATTR_TTL),
             Inode::Node {
                 slot,
                 node,

@@ -48,14 +48,14 @@ impl Remote {
         }
     }
 
-    /// Drops the kernel's cached lookup of `name` in the mount's root and
-    /// the root's attributes: two writes to `/dev/fuse`, made without the
-    /// session lock.
+    /// Drops the kernel's cached lookup of `name` in the mount's root: a
+    /// write to `/dev/fuse`, made without the session lock.
     pub(super) fn invalidate_root(&self, name: &str) {
         let session = self.session.lock().expect("session").clone();
         if let Some(s) = session {
+            // Only the name: the root's attributes never change and its
+            // listing is never cached (layerfs `ROOT_ATTR_TTL`).
             let _ = s.invalidate_entry(Ino(1), std::ffi::OsStr::new(name));
-            let _ = s.invalidate_inode(Ino(1));
         }
     }
 
