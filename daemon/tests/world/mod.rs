@@ -193,6 +193,13 @@ impl World {
 
     /// As [`World::start_ringstar_with`], running the binary at `bin`.
     pub fn start_ringstar_from(&mut self, bin: &Path, extra: &[&str]) {
+        let before = self.spawn_ringstar(bin, extra);
+        self.wait_serving(before);
+    }
+
+    /// Starts ringstar without waiting for it; what [`World::wait_serving`]
+    /// takes.
+    pub fn spawn_ringstar(&mut self, bin: &Path, extra: &[&str]) -> usize {
         let d = self.dir.path();
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -200,8 +207,7 @@ impl World {
             .open(d.join("ringstar.log"))
             .unwrap();
         std::fs::write(d.join("ringstar.toml"), &self.config).unwrap();
-        let serving = || self.ringstar_log().matches(SERVING).count();
-        let before = serving();
+        let before = self.ringstar_log().matches(SERVING).count();
         let child = Command::new(bin)
             .arg("--root")
             .arg(self.root())
@@ -215,10 +221,15 @@ impl World {
             .stderr(log)
             .spawn()
             .unwrap();
-        wait_for("ringstar to serve", Duration::from_secs(30), || {
-            serving() > before
-        });
         self.ringstar = Some(child);
+        before
+    }
+
+    /// Waits until a ringstar started after `before` serving lines serves.
+    pub fn wait_serving(&self, before: usize) {
+        wait_for("ringstar to serve", Duration::from_secs(30), || {
+            self.ringstar_log().matches(SERVING).count() > before
+        });
     }
 
     pub fn ringstar_log(&self) -> String {
