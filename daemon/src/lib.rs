@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use ringstar_core::store::Store;
 use ringstar_fetcher::Fetcher;
 use ringstar_fusedev::Session;
-use ringstar_layerfs::journal::{Inherited, Journal};
+use ringstar_layerfs::journal::Journal;
 use ringstar_layerfs::{LayerFs, Loader};
 
 pub use error::{SnapError, StartError};
@@ -239,13 +239,9 @@ fn layer_fs(
     let Some(t) = takeover else {
         return Ok(LayerFs::new(loader, settings.passthrough));
     };
+    // Not resuming, the journal replays nothing: `inherited` is empty.
     let (journal, inherited) =
         Journal::start(&t.journal_path(), resuming).map_err(StartError::Journal)?;
-    let inherited = if resuming {
-        inherited
-    } else {
-        Inherited::default()
-    };
     Ok(LayerFs::journaled(
         loader,
         settings.passthrough,

@@ -311,6 +311,20 @@ fn running_containers_keep_reading_through_sigterm_kill_and_upgrade() {
     eprintln!("{total} reads, none failed; takeover waits: {gaps:?}");
 }
 
+/// The busybox layers and a layer holding `/data/big.bin`, `size` random
+/// (incompressible) bytes; and those bytes.
+fn with_big_file(size: usize) -> (Vec<Vec<u8>>, Vec<u8>) {
+    let big: Vec<u8> = (0..size).map(|_| fastrand::u8(..)).collect();
+    let mut layers = busybox_layers(&busybox()).unwrap();
+    layers.push(
+        TarBuilder::default()
+            .dir("data/")
+            .file("data/big.bin", 0o644, &big)
+            .finish(),
+    );
+    (layers, big)
+}
+
 #[test]
 fn a_read_in_flight_at_kill_completes_after_the_restart() {
     // No background fetch or prefetch: the big file arrives only when
@@ -321,14 +335,7 @@ fn a_read_in_flight_at_kill_completes_after_the_restart() {
         Duration::from_millis(20),
         8_000_000,
     );
-    let big: Vec<u8> = (0..12 << 20).map(|_| fastrand::u8(..)).collect();
-    let mut layers = busybox_layers(&busybox()).unwrap();
-    layers.push(
-        TarBuilder::default()
-            .dir("data/")
-            .file("data/big.bin", 0o644, &big)
-            .finish(),
-    );
+    let (layers, big) = with_big_file(12 << 20);
     w.push_layers("ringstar/big", "esgz", &layers, &estargz(), &["true"]);
     let reference = format!("{}/ringstar/big:esgz", proxy.addr);
     w.rpull(&reference);
@@ -401,14 +408,7 @@ fn write_fifo(w: &World, id: &str, path: &str) {
 fn a_layer_whose_registry_is_gone_after_the_restart_answers_eio() {
     let mut w = World::start_configured("noprefetch = true\nno_background_fetch = true\n");
     let proxy = FaultProxy::start(w.registry.addr.clone());
-    let big: Vec<u8> = (0..1 << 20).map(|_| fastrand::u8(..)).collect();
-    let mut layers = busybox_layers(&busybox()).unwrap();
-    layers.push(
-        TarBuilder::default()
-            .dir("data/")
-            .file("data/big.bin", 0o644, &big)
-            .finish(),
-    );
+    let (layers, _) = with_big_file(1 << 20);
     w.push_layers("ringstar/gone", "esgz", &layers, &estargz(), &["true"]);
     let reference = format!("{}/ringstar/gone:esgz", proxy.addr);
     w.rpull(&reference);
@@ -431,20 +431,7 @@ fn a_layer_whose_registry_is_gone_after_the_restart_answers_eio() {
         "-c",
         script,
     ]);
-    let mounts = w.ctr_ok(&[
-        "snapshot",
-        "--snapshotter",
-        "ringstar",
-        "mounts",
-        "/mnt",
-        "gone",
-    ]);
-    let upper = mounts
-        .split(',')
-        .find_map(|o| o.strip_prefix("upperdir="))
-        .unwrap_or_else(|| panic!("no upperdir in {mounts}"))
-        .to_string();
-    let fifo = Path::new(&upper).join("tmp/go");
+    let fifo = upper_dir(&w, "gone").join("tmp/go");
     // (Made in the upper dir before the overlay is mounted; opened
     // through the container's root, as overlayfs gives FIFOs inodes of
     // its own.)
