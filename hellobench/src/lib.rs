@@ -3,7 +3,10 @@
 //! proxy, containerd and snapshotters reset for every sample ([`world`]),
 //! and the report ([`report`]). The `hellobench` binary drives them.
 
+pub mod fusetrace;
 pub mod images;
 pub mod report;
 pub mod rootfs;
+pub mod scale;
+pub mod scale_report;
 pub mod world;

@@ -17,8 +17,9 @@ use anyhow::{Context as _, bail};
 use clap::Parser;
 use ringstar_hellobench::images::{self, VARIANTS};
 use ringstar_hellobench::report::{self, Sample};
-use ringstar_hellobench::world::{Net, Snap, World, which};
-use ringstar_testkit::AccessLogEntry;
+use ringstar_hellobench::scale::{self, Group, ScaleSample};
+use ringstar_hellobench::scale_report;
+use ringstar_hellobench::world::{Net, Snap, World, check_lazy, which};
 
 #[derive(Parser)]
 #[command(
@@ -64,6 +65,23 @@ struct Args {
     /// prefetch_wait = false' (for experiments; top-level keys first).
     #[arg(long, default_value = "")]
     ringstar_toml: String,
+    /// Many containers at once instead: N containers started together
+    /// after the pull, for each N given (e.g. 1,5,20,50).
+    #[arg(long, value_delimiter = ',')]
+    scale: Vec<usize>,
+    /// With --scale: the image groups, each one image or several joined
+    /// by '+' (containers go to a group's images in turn). Their images
+    /// replace --images.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "python3,minbase+python3+gcc+node+busybox"
+    )]
+    groups: Vec<String>,
+    /// With --scale: `perf record -a -g` of each sample's containers
+    /// into the output directory.
+    #[arg(long)]
+    perf: bool,
 }
 
 fn main() -> ExitCode {
@@ -76,18 +94,14 @@ fn main() -> ExitCode {
     }
 }
 
-fn now_s() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    secs.to_string()
-}
-
 fn run(mut args: Args) -> anyhow::Result<()> {
     if args.quick {
         args.images = vec!["busybox".into()];
         args.networks = vec!["lo".into()];
         args.reps = 1;
+    }
+    if !args.scale.is_empty() {
+        args.images = scale_images(&args.groups);
     }
     check_variants(&args.variants)?;
     let nets = args
@@ -111,7 +125,7 @@ fn run(mut args: Args) -> anyhow::Result<()> {
     let out = args
         .out
         .clone()
-        .unwrap_or_else(|| PathBuf::from(format!("hellobench-results/{}", now_s())));
+        .unwrap_or_else(|| PathBuf::from(format!("hellobench-results/{}", report::now_s())));
     std::fs::create_dir_all(&out)?;
     std::fs::create_dir_all(&args.cache)?;
     // containerd and the snapshotters get these paths in their configs:
@@ -129,6 +143,25 @@ fn run(mut args: Args) -> anyhow::Result<()> {
     for spec in &specs {
         let p = images::prepare(&args.cache, &world.registry.addr, spec, &args.variants)?;
         pushed.push(p);
+    }
+    if !args.scale.is_empty() {
+        let groups = scale_groups(&args.groups, &specs, &pushed);
+        let plan = ScalePlan {
+            kinds: run_kinds(&args.variants, world.has_peer()),
+            shuffle: Shuffle::new(args.seed),
+            nets,
+            groups: &groups,
+            ns: &args.scale,
+            reps: args.reps,
+            out: &out,
+            perf: args.perf,
+        };
+        let samples = plan.run(&mut world)?;
+        world.stop();
+        let summary = scale_report::summary(&samples);
+        std::fs::write(out.join("scale-summary.md"), &summary)?;
+        println!("{summary}");
+        return Ok(());
     }
     let plan = Plan {
         kinds: run_kinds(&args.variants, world.has_peer()),
@@ -255,6 +288,100 @@ impl Plan<'_> {
     }
 }
 
+/// The images of `--groups`, each once.
+fn scale_images(groups: &[String]) -> Vec<String> {
+    let mut images: Vec<String> = Vec::new();
+    for i in groups.iter().flat_map(|g| g.split('+')) {
+        if !images.iter().any(|x| x == i) {
+            images.push(i.to_string());
+        }
+    }
+    images
+}
+
+fn scale_groups<'a>(
+    groups: &[String],
+    specs: &'a [images::Spec],
+    pushed: &'a [images::Pushed],
+) -> Vec<Group<'a>> {
+    groups
+        .iter()
+        .map(|g| Group {
+            label: g.clone(),
+            images: g
+                .split('+')
+                .filter_map(|name| specs.iter().position(|s| s.name == name))
+                .map(|i| (&specs[i], &pushed[i]))
+                .collect(),
+        })
+        .collect()
+}
+
+/// Every many-containers sample: per network, group, N and repetition,
+/// each kind of run in random order.
+struct ScalePlan<'a> {
+    kinds: Vec<(Snap, String)>,
+    shuffle: Shuffle,
+    nets: Vec<Net>,
+    groups: &'a [Group<'a>],
+    ns: &'a [usize],
+    reps: u32,
+    out: &'a Path,
+    perf: bool,
+}
+
+impl ScalePlan<'_> {
+    fn run(mut self, world: &mut World) -> anyhow::Result<Vec<ScaleSample>> {
+        let total = self.nets.len()
+            * self.groups.len()
+            * self.ns.len()
+            * self.reps as usize
+            * self.kinds.len();
+        let mut samples = Vec::new();
+        let started = Instant::now();
+        for &net in &self.nets {
+            world.set_net(net);
+            for group in self.groups {
+                for &n in self.ns {
+                    for rep in 1..=self.reps {
+                        let mut order = self.kinds.clone();
+                        self.shuffle.shuffle(&mut order);
+                        for (snap, variant) in order {
+                            let kind = scale::Kind {
+                                net,
+                                group,
+                                n,
+                                snap,
+                                variant: &variant,
+                                rep,
+                                perf_dir: self.perf.then_some(self.out),
+                            };
+                            let s = scale::sample(world, &kind)?;
+                            eprintln!(
+                                "[{}/{total} {:>4.0}s] {} {} x{n} {} {}: last output {:.2} s, exited {:.2} s, cpu {:.2} s, {} reqs, {} failed",
+                                samples.len() + 1,
+                                started.elapsed().as_secs_f64(),
+                                s.net,
+                                s.group,
+                                s.snapshotter,
+                                s.variant,
+                                s.last_output_s,
+                                s.all_exited_s,
+                                s.daemon_cpu_s,
+                                s.registry_requests,
+                                s.failed
+                            );
+                            samples.push(s);
+                            scale_report::write_samples(self.out, &samples)?;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(samples)
+    }
+}
+
 /// A sample as the progress line shows it.
 fn progress_line(s: &Sample) -> String {
     format!(
@@ -285,15 +412,6 @@ fn write_report(out: &Path, samples: &[Sample]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The snapshotter name containerd knows `snap` by.
-fn snapshotter_name(snap: Snap) -> &'static str {
-    if snap == Snap::Ringstar {
-        "ringstar"
-    } else {
-        "stargz"
-    }
-}
-
 /// One container start from `spec`'s image (`variant`) through `snap`:
 /// pull, create, run, timed, then checked to have been lazy.
 fn sample(
@@ -312,7 +430,9 @@ fn sample(
     let log_start = world.registry_log_end();
     let id = format!("hb-{}-{rep}", spec.name);
     let t0 = Instant::now();
-    pull(world, snap, &reference).with_context(|| format!("{what}: pull"))?;
+    world
+        .pull(snap, &reference)
+        .with_context(|| format!("{what}: pull"))?;
     let pull = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     create(world, snap, &reference, &id).with_context(|| format!("{what}: create"))?;
@@ -333,7 +453,7 @@ fn sample(
     let _ = world.ctr(&["task", "rm", "-f", &id]);
     let _ = world.ctr(&["container", "rm", &id]);
     Ok(Sample {
-        date: now_s(),
+        date: report::now_s(),
         net: net.label().into(),
         image: spec.name.into(),
         variant: variant.into(),
@@ -351,28 +471,12 @@ fn sample(
     })
 }
 
-/// Pulls `reference`: a normal pull for overlayfs, `rpull` for the lazy
-/// snapshotters.
-fn pull(world: &World, snap: Snap, reference: &str) -> anyhow::Result<String> {
-    match snap {
-        Snap::Legacy => world.ctr(&["image", "pull", "--plain-http", reference]),
-        s => world.ctr_remote(&[
-            "image",
-            "rpull",
-            "--plain-http",
-            "--snapshotter",
-            snapshotter_name(s),
-            reference,
-        ]),
-    }
-}
-
 /// Creates container `id` from `reference` on `snap`'s snapshotter.
 fn create(world: &World, snap: Snap, reference: &str, id: &str) -> anyhow::Result<String> {
     let mut create = vec!["container", "create", "--net-host"];
     let sn;
     if snap != Snap::Legacy {
-        sn = format!("--snapshotter={}", snapshotter_name(snap));
+        sn = format!("--snapshotter={}", snap.plugin());
         create.push(&sn);
     }
     create.extend([reference, id]);
@@ -397,28 +501,4 @@ fn start(world: &World, id: &str, what: &str) -> anyhow::Result<(f64, String)> {
     let output = std::fs::read_to_string(&out_path)
         .with_context(|| format!("{what}: reading the output at {}", out_path.display()))?;
     Ok((run_s, output))
-}
-
-/// Lazy means: every layer served by the snapshotter, and no layer blob
-/// (one of `digests`) sent whole by the registry.
-fn check_lazy(
-    what: &str,
-    log: &[AccessLogEntry],
-    digests: &[String],
-    lazy: usize,
-    layers: usize,
-) -> anyhow::Result<()> {
-    let whole: Vec<_> = log
-        .iter()
-        .filter(|r| {
-            r.method == "GET" && r.status == 200 && digests.iter().any(|d| r.path.ends_with(d))
-        })
-        .collect();
-    if lazy < layers || !whole.is_empty() {
-        bail!(
-            "{what}: NOT LAZY: {lazy} of {layers} layers served by the snapshotter, {} layer blobs downloaded whole (a fallback to a normal pull?)",
-            whole.len()
-        );
-    }
-    Ok(())
 }

@@ -32,7 +32,7 @@ impl Snap {
     }
 
     /// The proxy plugin name in containerd's config.
-    fn plugin(self) -> &'static str {
+    pub fn plugin(self) -> &'static str {
         match self {
             Snap::Legacy => "overlayfs",
             Snap::Ringstar => "ringstar",
@@ -140,7 +140,8 @@ impl World {
         self.dir.join("containerd.sock")
     }
 
-    fn snap_root(&self, s: Snap) -> PathBuf {
+    /// The snapshotter's root directory (its mounts are below it).
+    pub fn snap_root(&self, s: Snap) -> PathBuf {
         self.dir.join(format!("{}-root", s.plugin()))
     }
 
@@ -244,7 +245,13 @@ impl World {
         }
     }
 
-    fn ctr_cmd(&self, bin: &str) -> Command {
+    /// The running lazy snapshotter's process id.
+    pub fn snapshotter_pid(&self) -> Option<u32> {
+        self.snapshotter.as_ref().map(|(_, c)| c.id())
+    }
+
+    /// `bin` (ctr, ctr-remote) with this world's address and namespace.
+    pub fn ctr_cmd(&self, bin: &str) -> Command {
         let mut c = Command::new(bin);
         c.arg("--address")
             .arg(self.sock())
@@ -266,6 +273,22 @@ impl World {
 
     pub fn ctr_remote(&self, args: &[&str]) -> anyhow::Result<String> {
         sh(self.ctr_cmd("ctr-remote").args(args))
+    }
+
+    /// Pulls `reference`: a normal pull for overlayfs, `rpull` for the lazy
+    /// snapshotters.
+    pub fn pull(&self, snap: Snap, reference: &str) -> anyhow::Result<String> {
+        match snap {
+            Snap::Legacy => self.ctr(&["image", "pull", "--plain-http", reference]),
+            s => self.ctr_remote(&[
+                "image",
+                "rpull",
+                "--plain-http",
+                "--snapshotter",
+                s.plugin(),
+                reference,
+            ]),
+        }
     }
 
     /// How many layers the lazy snapshotter serves itself: ringstar's
@@ -347,6 +370,30 @@ fn wait_until(limit: Duration, mut ok: impl FnMut() -> bool) -> anyhow::Result<(
             bail!("timed out after {limit:?}");
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// Lazy means: every layer served by the snapshotter, and no layer blob
+/// (one of `digests`) sent whole by the registry.
+pub fn check_lazy(
+    what: &str,
+    log: &[AccessLogEntry],
+    digests: &[String],
+    lazy: usize,
+    layers: usize,
+) -> anyhow::Result<()> {
+    let whole: Vec<_> = log
+        .iter()
+        .filter(|r| {
+            r.method == "GET" && r.status == 200 && digests.iter().any(|d| r.path.ends_with(d))
+        })
+        .collect();
+    if lazy < layers || !whole.is_empty() {
+        bail!(
+            "{what}: NOT LAZY: {lazy} of {layers} layers served by the snapshotter, {} layer blobs downloaded whole (a fallback to a normal pull?)",
+            whole.len()
+        );
     }
     Ok(())
 }
