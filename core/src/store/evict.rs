@@ -47,7 +47,7 @@ impl Store {
             };
             index.used -= e.charged;
             match e.state {
-                State::Complete => released.paths.push(self.complete_path(&k, e.id)),
+                State::Complete { .. } => released.paths.push(self.complete_path(&k, e.id)),
                 State::Partial(_) => {
                     let (d, j) = self.partial_paths(&k, e.id);
                     released.paths.extend([j, d]);

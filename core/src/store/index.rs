@@ -75,8 +75,11 @@ impl Partial {
 
 #[derive(Debug)]
 pub(super) enum State {
-    /// Under its content digest: the whole file, verified.
-    Complete,
+    /// Under its content digest: the whole file. `verified`: hashed to
+    /// its name in this process's life. A complete file an earlier run
+    /// left is trusted only after that (once, on first use): promotion
+    /// does not fsync, so after a crash its bytes may be torn.
+    Complete { verified: bool },
     /// Under its layout digest.
     Partial(Partial),
 }
@@ -96,7 +99,7 @@ impl Entry {
     /// The content digest that pins it.
     pub(super) fn content<'a>(&'a self, key: &'a Digest) -> &'a Digest {
         match &self.state {
-            State::Complete => key,
+            State::Complete { .. } => key,
             State::Partial(p) => &p.content,
         }
     }
@@ -138,7 +141,7 @@ impl Index {
     pub(super) fn complete(&self, file: &FileKey) -> Option<&Entry> {
         self.entries
             .get(&file.content)
-            .filter(|e| matches!(e.state, State::Complete) && e.size == file.size)
+            .filter(|e| matches!(e.state, State::Complete { .. }) && e.size == file.size)
     }
 
     /// The partial entry of `file`'s layout.

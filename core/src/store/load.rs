@@ -126,7 +126,7 @@ fn load_complete(dir: &Path, index: &mut Index, found: &mut Found) -> Result<(),
                 size: meta.len(),
                 charged: meta.len(),
                 last_use: 0,
-                state: State::Complete,
+                state: State::Complete { verified: false },
             },
         );
     }

@@ -34,8 +34,10 @@
 //! - records loaded at start are trusted only after the bytes they cover
 //!   hash to the record's digest again (once, on first use), so a torn
 //!   data write or journal record is just absent;
-//! - a file becomes complete only by a rename after fsync, and only after
-//!   its whole content hashed to its name;
+//! - a file becomes complete only by a rename after its whole content
+//!   hashed to its name; one an earlier run left (no fsync: a crash may
+//!   have torn it) is hashed again before its first use, read or
+//!   passthrough;
 //! - the store directory is locked (`flock`) by the one process using it
 //!   and kept at mode 0700.
 //!
@@ -151,17 +153,13 @@ impl Store {
         self.lock()
             .entries
             .get(content)
-            .is_some_and(|e| matches!(e.state, State::Complete))
+            .is_some_and(|e| matches!(e.state, State::Complete { .. }))
     }
 
-    /// Opens a complete file for reading (a passthrough backing file).
+    /// Opens a complete file for reading (a passthrough backing file),
+    /// verified first if an earlier run left it.
     pub fn open_complete(&self, content: &Digest, size: u64) -> Option<File> {
-        let id = self
-            .lock()
-            .entries
-            .get(content)
-            .filter(|e| matches!(e.state, State::Complete) && e.size == size)?
-            .id;
+        let id = self.verified_complete(content, size)?;
         File::open(self.complete_path(content, id)).ok()
     }
 
@@ -188,7 +186,7 @@ impl Store {
             complete_files: index
                 .entries
                 .values()
-                .filter(|e| matches!(e.state, State::Complete))
+                .filter(|e| matches!(e.state, State::Complete { .. }))
                 .count(),
             capacity: self.capacity,
         }

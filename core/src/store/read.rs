@@ -81,10 +81,8 @@ impl Store {
         chunks: &[StoreChunk],
         touched: &dyn Fn() -> Vec<usize>,
     ) -> Result<Found, Vec<usize>> {
-        let mut index = self.lock();
-        if let Some(e) = index.complete(file) {
-            let id = e.id;
-            index.touch(&file.content);
+        if let Some(id) = self.verified_complete(&file.content, file.size) {
+            self.lock().touch(&file.content);
             return Ok(Found {
                 key: file.content,
                 id,
@@ -92,6 +90,7 @@ impl Store {
                 to_check: Vec::new(),
             });
         }
+        let mut index = self.lock();
         let Some((p, id)) = index.partial(file) else {
             return Err(touched());
         };

@@ -436,3 +436,43 @@ fn queries_never_wait_behind_a_puts_file_io() {
         "one partial file, promoted; none made twice"
     );
 }
+
+/// Promotion does not fsync: after a crash a complete file may have its
+/// size but not its bytes (delayed allocation leaves zeros). It is hashed
+/// before its first use in the next run, dropped, and fetched again;
+/// never served, never handed to the kernel.
+#[test]
+fn a_complete_file_torn_by_a_crash_is_hashed_before_use_and_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = file(5000, 9);
+    let chunks = chunks_of(&data, 2000);
+    let key = key_of(&data, &chunks);
+    {
+        let store = Store::open(dir.path(), 1 << 30).unwrap();
+        for c in &chunks {
+            put(&store, &key, c, &data);
+        }
+        assert!(store.is_complete(key.content()));
+    }
+    let path = fs::read_dir(dir.path().join("complete"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    fs::write(&path, vec![0u8; 5000]).unwrap();
+    let store = Store::open(dir.path(), 1 << 30).unwrap();
+    assert!(store.open_complete(key.content(), 5000).is_none());
+    assert!(!path.exists(), "the torn file is gone");
+    assert_eq!(read_all(&store, &key, &chunks), Err(vec![0, 1, 2]));
+    assert_eq!(store.usage().bytes, 0);
+    for c in &chunks {
+        put(&store, &key, c, &data);
+    }
+    assert_eq!(read_all(&store, &key, &chunks).unwrap(), data);
+    // A good file from an earlier run is served once hashed.
+    drop(store);
+    let store = Store::open(dir.path(), 1 << 30).unwrap();
+    assert_eq!(read_all(&store, &key, &chunks).unwrap(), data);
+    assert!(store.open_complete(key.content(), 5000).is_some());
+}
