@@ -155,6 +155,19 @@ pub struct Entry {
     pub attr_ttl: Duration,
 }
 
+impl Entry {
+    /// "No such name", cached by the kernel for `ttl` (a plain ENOENT is
+    /// not cached: every later lookup of the name comes to the daemon).
+    pub fn negative(ttl: Duration) -> Entry {
+        Entry {
+            attr: FileAttr::new(Ino(0), FileType::RegularFile, 0, 0),
+            generation: 0,
+            entry_ttl: ttl,
+            attr_ttl: Duration::ZERO,
+        }
+    }
+}
+
 /// A getattr answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AttrReply {

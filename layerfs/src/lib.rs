@@ -41,6 +41,7 @@ pub use layer::RemoteLayer;
 pub use loader::{BackgroundConfig, Loader, LoaderConfig};
 pub use state_dir::STATE_DIR;
 
+use attr::LAYER_TTL;
 use inode::Inode;
 use read::{PendingRead, PendingState};
 use state_dir::{read_state_file, state_file_name};
@@ -99,7 +100,13 @@ impl Filesystem for LayerFs {
                 if node == NodeId::ROOT && name == STATE_DIR {
                     return self.entry(Inode::StateDir { slot });
                 }
-                let e = whiteout::lookup(tree, node, name).ok_or(Errno::ENOENT)?;
+                // A layer never changes and its slot is never reused, so
+                // its absent names can be cached as long as its entries:
+                // overlayfs looks every name up in every lower layer, and
+                // each container's overlay asks again.
+                let Some(e) = whiteout::lookup(tree, node, name) else {
+                    return Ok(Entry::negative(LAYER_TTL));
+                };
                 self.entry(Inode::Node {
                     slot,
                     node: e.node,

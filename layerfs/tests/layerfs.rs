@@ -700,3 +700,43 @@ fn a_failing_source_fails_only_its_own_reads() {
         Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}"),
     }
 }
+
+/// overlayfs looks every name up in every lower layer, and each
+/// container's overlay asks again: a name a layer lacks is answered once
+/// and the kernel keeps the answer (a negative entry; layers never change
+/// and slots are never reused). The mount's root, where layers come and
+/// go, keeps answering ENOENT (`layers_come_and_go_while_others_are_read`).
+#[test]
+fn absent_names_in_a_layer_are_asked_once() {
+    let reg = Registry::start();
+    let (blob, toc) = estargz(
+        &tar_of(&[("bin/sh", b"#!"), ("etc/os-release", b"x")], &[]),
+        &WriterOptions::default(),
+    );
+    let digest = reg.push("neg/img", &blob);
+    let store = tempfile::tempdir().unwrap();
+    let m = Mounted::new(store.path(), 1 << 30, no_background());
+    m.add(&reg.addr, "neg/img", "l", &digest, Some(&toc))
+        .unwrap();
+    let requests = || {
+        m.session
+            .as_ref()
+            .unwrap()
+            .stats()
+            .classic
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    assert!(m.path("l/bin").metadata().is_ok());
+    assert!(m.path("l/bin/python3").metadata().is_err());
+    let before = requests();
+    for _ in 0..20 {
+        assert!(m.path("l/bin/python3").metadata().is_err());
+        assert!(m.path("l/usr").metadata().is_err());
+    }
+    // `l/usr` once, `l/bin/python3` never again.
+    assert!(
+        requests() - before <= 1,
+        "{} requests for 40 lookups of absent names",
+        requests() - before
+    );
+}
