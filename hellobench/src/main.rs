@@ -158,10 +158,7 @@ fn run(mut args: Args) -> anyhow::Result<()> {
         };
         let samples = plan.run(&mut world)?;
         world.stop();
-        let summary = scale_report::summary(&samples);
-        std::fs::write(out.join("scale-summary.md"), &summary)?;
-        println!("{summary}");
-        return Ok(());
+        return write_scale_report(&out, &samples);
     }
     let plan = Plan {
         kinds: run_kinds(&args.variants, world.has_peer()),
@@ -397,6 +394,14 @@ fn progress_line(s: &Sample) -> String {
         s.registry_requests,
         s.registry_mbytes
     )
+}
+
+/// The many-containers summary, written to `out` and printed.
+fn write_scale_report(out: &Path, samples: &[ScaleSample]) -> anyhow::Result<()> {
+    let summary = scale_report::summary(samples);
+    std::fs::write(out.join("scale-summary.md"), &summary)?;
+    println!("{summary}");
+    Ok(())
 }
 
 /// The summary and chart, written to `out` and the summary printed.
