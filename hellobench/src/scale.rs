@@ -22,7 +22,7 @@ use crate::world::{Net, Snap, World, check_lazy};
 /// How long N containers may take before the stragglers count as failed.
 const SAMPLE_LIMIT: Duration = Duration::from_secs(300);
 /// How often the output files are looked at.
-const POLL: Duration = Duration::from_millis(5);
+const POLL: Duration = Duration::from_millis(10);
 
 /// Images started together: one image (`python3`) or several
 /// (`minbase+python3+gcc+node+busybox`), containers given to them in turn.
@@ -263,8 +263,11 @@ fn stop_perf(mut p: Child) {
     let _ = p.wait();
 }
 
+/// Whether the output at `path` says `expect` (a stat first: most polls
+/// find nothing, and the poller shares the CPUs it measures).
 fn printed(path: &Path, expect: &str) -> bool {
-    std::fs::read_to_string(path).is_ok_and(|s| s.contains(expect))
+    std::fs::metadata(path).is_ok_and(|m| m.len() >= expect.len() as u64)
+        && std::fs::read_to_string(path).is_ok_and(|s| s.contains(expect))
 }
 
 /// Busy seconds of all CPUs so far: /proc/stat's first line, all but
