@@ -141,7 +141,9 @@ impl Loader {
             }
         };
         let blob = BlobChunk::of(tree, node, index);
-        let planned = layer.read_ahead.miss(tree, node, blob, self.policy);
+        let planned = layer
+            .read_ahead
+            .miss(tree.all_chunks(), node, blob, self.policy);
         let first = ClaimedChunk {
             node,
             blob,

@@ -36,6 +36,18 @@ pub(crate) const PREFETCH_IN_FLIGHT: usize = 2;
 /// for a 22 MB working set and ran 4–5 s instead of 1.1 s.
 pub const CROSS_FILE_READ_AHEAD: u64 = 512 << 10;
 
+/// A reader whose misses have continued exactly where the last window
+/// ended this many times in a row is reading the blob through (tar, a
+/// backup agent, a model server loading its weights), not faulting in a
+/// program: its windows then grow to [`PROVEN_STREAM_READ_AHEAD`] whatever
+/// `max_read_ahead` says. Startups rarely string so many together, and
+/// any other miss of the layer starts the count again (#18).
+pub const STREAM_PROOF: u32 = 8;
+
+/// How far a proven stream reads ahead (8 MiB, as layer-bench measured
+/// for whole-layer reads over a WAN).
+pub const PROVEN_STREAM_READ_AHEAD: u64 = 8 << 20;
+
 /// A followed reader keeps this many windows in flight at most ...
 const STREAM_IN_FLIGHT: u32 = 2;
 /// ... and is followed while it is within this many windows of the
@@ -117,6 +129,8 @@ struct State {
     miss_node: Option<NodeId>,
     /// The last miss's window budget.
     miss_budget: u64,
+    /// Misses in a row that started where the last window ended.
+    run: u32,
     stream: Stream,
 }
 
@@ -126,6 +140,7 @@ impl Default for State {
             miss_end: u64::MAX,
             miss_node: None,
             miss_budget: 0,
+            run: 0,
             stream: Stream::default(),
         }
     }
@@ -142,6 +157,8 @@ struct Stream {
     reader: u64,
     frontier: u64,
     budget: u64,
+    /// The most a window of this stream grows to.
+    cap: u64,
     in_flight: u32,
 }
 
@@ -149,28 +166,37 @@ impl ReadAhead {
     /// A foreground miss of file `node` at blob-order chunk `from` (whose
     /// member starts at blob offset `at`): its window. The budget doubles
     /// when the miss continues where the last window ended — up to
-    /// `max_read_ahead` within one file (a file read through), up to
-    /// [`CROSS_FILE_READ_AHEAD`] across files (a program opening files
-    /// that neighbour in the blob does not read the whole layer) — and is
-    /// `read_ahead` otherwise. A budget above `read_ahead` starts
+    /// [`PROVEN_STREAM_READ_AHEAD`] once [`STREAM_PROOF`] misses in a row
+    /// did, else up to `max_read_ahead` within one file (a file read
+    /// through), up to [`CROSS_FILE_READ_AHEAD`] across files (a program
+    /// opening files that neighbour in the blob does not read the whole
+    /// layer) — and is `read_ahead` otherwise. A budget above `read_ahead` starts
     /// following the reader (the caller then calls [`Self::next_window`]).
-    pub fn miss(&self, tree: &LayerTree, node: NodeId, from: BlobChunk, policy: Policy) -> Planned {
-        let at = tree.all_chunks()[from.0].offset;
+    pub fn miss(&self, all: &[Chunk], node: NodeId, from: BlobChunk, policy: Policy) -> Planned {
+        let at = all[from.0].offset;
         let mut st = self.state.lock().expect("read-ahead");
         let same_file = st.miss_node.replace(node) == Some(node);
         let base = policy.read_ahead;
-        let cap = if same_file {
+        let continues = st.miss_end == at;
+        st.run = if continues {
+            st.run.saturating_add(1)
+        } else {
+            0
+        };
+        let cap = if st.run >= STREAM_PROOF {
+            policy.max_read_ahead.max(PROVEN_STREAM_READ_AHEAD)
+        } else if same_file {
             policy.max_read_ahead
         } else {
             policy.max_read_ahead.min(CROSS_FILE_READ_AHEAD.max(base))
         };
-        let budget = if st.miss_end == at {
+        let budget = if continues {
             (st.miss_budget.max(base) * 2).min(cap)
         } else {
             base
         };
         st.miss_budget = budget;
-        let extent = extent(tree.all_chunks(), from, budget, u64::MAX);
+        let extent = extent(all, from, budget, u64::MAX);
         st.miss_end = extent.blob_end;
         let generation = st.stream.generation + 1;
         st.stream = if budget > base {
@@ -182,6 +208,7 @@ impl ReadAhead {
                 reader: at,
                 frontier: extent.blob_end,
                 budget,
+                cap,
                 in_flight: 1,
             }
         } else {
@@ -229,7 +256,7 @@ impl ReadAhead {
         let extent = extent(tree.all_chunks(), BlobChunk(from), s.budget, u64::MAX);
         st.stream.frontier = extent.blob_end;
         st.stream.in_flight += 1;
-        st.stream.budget = (s.budget * 2).min(policy.max_read_ahead);
+        st.stream.budget = (s.budget * 2).min(s.cap.max(policy.max_read_ahead));
         st.miss_end = extent.blob_end;
         Some(Planned {
             extent,
@@ -286,6 +313,36 @@ mod tests {
         assert_eq!(extent(&all, BlobChunk(0), u64::MAX, u64::MAX).chunks, 0..4);
         let all = chunks(4, 1000, WINDOW_GAP + 1);
         assert_eq!(extent(&all, BlobChunk(0), u64::MAX, u64::MAX).chunks, 0..1);
+    }
+
+    /// Misses that keep continuing where the last window ended grow
+    /// windows only once they have done so STREAM_PROOF times in a row;
+    /// a miss elsewhere starts the count again.
+    #[test]
+    fn only_a_proven_stream_grows_past_the_default() {
+        let all = chunks(4000, 32 << 10, 0);
+        let policy = Policy {
+            read_ahead: 128 << 10,
+            max_read_ahead: 128 << 10,
+        };
+        let ra = ReadAhead::default();
+        let mut from = 0;
+        let mut budgets = Vec::new();
+        for _ in 0..12 {
+            let p = ra.miss(&all, NodeId::ROOT, BlobChunk(from), policy);
+            budgets.push(p.extent.blob_end - all[from].offset);
+            from = p.extent.chunks.end;
+        }
+        assert!(
+            budgets[..STREAM_PROOF as usize]
+                .iter()
+                .all(|&b| b == 128 << 10)
+        );
+        assert!(budgets[STREAM_PROOF as usize] > 128 << 10, "{budgets:?}");
+        // A miss elsewhere: back to the default, and the count restarts.
+        let p = ra.miss(&all, NodeId::ROOT, BlobChunk(3000), policy);
+        assert_eq!(p.extent.chunks.len(), 4);
+        assert!(p.stream.is_none());
     }
 
     #[test]

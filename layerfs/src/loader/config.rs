@@ -18,7 +18,8 @@ pub struct LoaderConfig {
     /// windows fetched 3-4x their working set (hellobench, gcc
     /// esgz-noopt on loopback: 67-86 MB and a 4-5 s run with 8 MiB, 28 MB
     /// and 1.5 s with 1 MiB, 22 MB and 1.1-1.4 s with it off). Whole-layer
-    /// readers (layer-bench's cold read) gain from 8 MiB.
+    /// readers (layer-bench's cold read) gain from 8 MiB, and get it
+    /// without this once proven (`planner::STREAM_PROOF`).
     pub max_read_ahead: u64,
     pub background: BackgroundConfig,
 }
