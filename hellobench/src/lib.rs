@@ -3,6 +3,7 @@
 //! proxy, containerd and snapshotters reset for every sample ([`world`]),
 //! and the report ([`report`]). The `hellobench` binary drives them.
 
+pub mod fullread;
 pub mod fusetrace;
 pub mod images;
 pub mod report;

@@ -15,6 +15,7 @@ use std::time::Instant;
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
+use ringstar_hellobench::fullread::{self, FullReadSample};
 use ringstar_hellobench::images::{self, VARIANTS};
 use ringstar_hellobench::report::{self, Sample};
 use ringstar_hellobench::scale::{self, Group, ScaleSample};
@@ -82,6 +83,11 @@ struct Args {
     /// into the output directory.
     #[arg(long)]
     perf: bool,
+    /// Whole-image reads instead: after the pull one container tars its
+    /// whole root, then (caches dropped) a second one does it again; with
+    /// the daemons' memory and disk (docs/hellobench.md).
+    #[arg(long)]
+    full_read: bool,
 }
 
 fn main() -> ExitCode {
@@ -114,13 +120,7 @@ fn run(mut args: Args) -> anyhow::Result<()> {
         .iter()
         .map(|i| images::spec(i))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    if args.images.iter().any(|i| i != "busybox") {
-        for bin in ["debootstrap", "strace"] {
-            if !which(bin) {
-                bail!("{bin} is needed to build the images (apt-get install debootstrap strace)");
-            }
-        }
-    }
+    check_image_tools(&args.images)?;
     let ringstar = ringstar_daemon(&args)?;
     let out = args
         .out
@@ -160,6 +160,11 @@ fn run(mut args: Args) -> anyhow::Result<()> {
         world.stop();
         return write_scale_report(&out, &samples);
     }
+    if args.full_read {
+        let samples = full_read_run(&mut world, &args, &nets, &specs, &out)?;
+        world.stop();
+        return write_full_read_report(&out, &samples);
+    }
     let plan = Plan {
         kinds: run_kinds(&args.variants, world.has_peer()),
         shuffle: Shuffle::new(args.seed),
@@ -171,6 +176,19 @@ fn run(mut args: Args) -> anyhow::Result<()> {
     let samples = plan.run(&mut world)?;
     world.stop();
     write_report(&out, &samples)
+}
+
+/// Fails unless the tools that build the Debian images are there (when
+/// any is asked for).
+fn check_image_tools(images: &[String]) -> anyhow::Result<()> {
+    if images.iter().any(|i| i != "busybox") {
+        for bin in ["debootstrap", "strace"] {
+            if !which(bin) {
+                bail!("{bin} is needed to build the images (apt-get install debootstrap strace)");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Fails unless every variant is one hellobench builds.
@@ -285,6 +303,48 @@ impl Plan<'_> {
     }
 }
 
+/// Every whole-image read sample: per network, image and repetition,
+/// each kind of run in random order.
+fn full_read_run(
+    world: &mut World,
+    args: &Args,
+    nets: &[Net],
+    specs: &[images::Spec],
+    out: &Path,
+) -> anyhow::Result<Vec<FullReadSample>> {
+    let kinds = run_kinds(&args.variants, world.has_peer());
+    let mut shuffle = Shuffle::new(args.seed);
+    let mut samples = Vec::new();
+    for &net in nets {
+        world.set_net(net);
+        for spec in specs {
+            for rep in 1..=args.reps {
+                let mut order = kinds.clone();
+                shuffle.shuffle(&mut order);
+                for (snap, variant) in order {
+                    let s = fullread::sample(world, net, spec, snap, &variant, rep)?;
+                    eprintln!(
+                        "[{}] {} {} {} {}: cold {:.2} s, re-read {:.2} s, {} reqs, peak RSS {:.0} MB, disk {:.0} MB",
+                        samples.len() + 1,
+                        s.net,
+                        s.image,
+                        s.snapshotter,
+                        s.variant,
+                        s.cold_s,
+                        s.reread_s,
+                        s.registry_requests,
+                        s.peak_rss_mb,
+                        s.disk_mb
+                    );
+                    samples.push(s);
+                    fullread::write_samples(out, &samples)?;
+                }
+            }
+        }
+    }
+    Ok(samples)
+}
+
 /// The images of `--groups`, each once.
 fn scale_images(groups: &[String]) -> Vec<String> {
     let mut images: Vec<String> = Vec::new();
@@ -394,6 +454,14 @@ fn progress_line(s: &Sample) -> String {
         s.registry_requests,
         s.registry_mbytes
     )
+}
+
+/// The whole-image read summary, written to `out` and printed.
+fn write_full_read_report(out: &Path, samples: &[FullReadSample]) -> anyhow::Result<()> {
+    let summary = fullread::summary(samples);
+    std::fs::write(out.join("fullread-summary.md"), &summary)?;
+    println!("{summary}");
+    Ok(())
 }
 
 /// The many-containers summary, written to `out` and printed.
