@@ -1,35 +1,44 @@
-//! Names and paths of the store's files, and mapping one for reading.
+//! Names and paths of the store's files, and hashing one through
+//! `pread`.
 //!
 //! `complete/<content>.<id>` and `partial/<layout>.<id>.{data,idx}`:
 //! `<id>` is one life of one entry, so a name is never reused.
 
 use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use std::sync::Arc;
 
-use memmap2::Mmap;
-
 use super::index::Entry;
 use super::{Store, StoreError, io_at};
-use crate::digest::Digest;
+use crate::digest::{Digest, Hasher};
 
 /// What the store's directories are made (and kept): only root reads the
 /// cached contents of every tenant's images.
 const DIR_MODE: u32 = 0o700;
 
-/// Maps a cache file for reading.
-pub(super) fn map(file: &File) -> io::Result<Mmap> {
-    // SAFETY: the store's files are written only through this store, and
-    // only at spans whose bytes every writer agrees on (a layout tiles its
-    // file; puts are verified), so no byte a reader was told is verified
-    // changes under it; no file is ever truncated while the store runs
-    // (eviction unlinks, which keeps a mapped inode alive); reads are
-    // bounds-checked against the map's own length, so a file shorter than
-    // expected cannot fault.
-    unsafe { Mmap::map(file) }
+/// Bytes hashed per `pread`: a fixed buffer, whatever size a layer
+/// declares for its file or chunk.
+const HASH_PIECE: usize = 1 << 20;
+
+/// The digest of `len` bytes of `file` from `offset`, read in pieces
+/// (no mapping: the store's bytes are never charged to the daemon's
+/// memory). A file that ends first is an `UnexpectedEof` error.
+pub(super) fn hash_range(file: &File, offset: u64, len: u64) -> io::Result<Digest> {
+    let mut buf = vec![0u8; HASH_PIECE.min(usize::try_from(len).unwrap_or(HASH_PIECE))];
+    let mut h = Hasher::new();
+    let mut done = 0u64;
+    while done < len {
+        let n = buf
+            .len()
+            .min(usize::try_from(len - done).unwrap_or(buf.len()));
+        file.read_exact_at(&mut buf[..n], offset + done)?;
+        h.update(&buf[..n]);
+        done += n as u64;
+    }
+    Ok(h.finish())
 }
 
 /// `<64 hex>.<id>` and the rest of the name after it.
@@ -75,17 +84,17 @@ impl Store {
     }
 }
 
-/// Files and mappings taken out of the index under its lock, to be
-/// closed, unmapped and unlinked once it is released.
+/// Files taken out of the index (and the open-file cache) under its
+/// lock, to be closed and unlinked once it is released.
 #[derive(Default)]
 pub(super) struct Released {
     pub(super) entries: Vec<Entry>,
-    pub(super) maps: Vec<Arc<Mmap>>,
+    pub(super) maps: Vec<Arc<File>>,
     pub(super) paths: Vec<PathBuf>,
 }
 
 impl Released {
-    /// Closes, unmaps and unlinks. Call with no lock held.
+    /// Closes and unlinks. Call with no lock held.
     pub(super) fn finish(self) {
         drop(self.entries);
         drop(self.maps);

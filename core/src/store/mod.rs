@@ -41,7 +41,7 @@
 //! - the store directory is locked (`flock`) by the one process using it
 //!   and kept at mode 0700.
 //!
-//! Locking: the index mutex (and the mapping cache's) is never held
+//! Locking: the index mutex (and the open-file cache's) is never held
 //! across a system call that can block (open, ftruncate, write, fsync,
 //! mmap, munmap, rename, unlink, close). A change that needs file I/O
 //! decides under the lock, marks what it is doing in the index (a partial
@@ -52,9 +52,9 @@
 //!
 //! Layout of this module: [`keys`] (what a file and a chunk are),
 //! `index` (the in-memory state, entries and their states), `files`
-//! (names and paths on disk, mapping), `journal` (a partial file's
+//! (names and paths on disk, hashing a file), `journal` (a partial file's
 //! journal), `load` (opening a store a previous run left), `read` (reads
-//! and the mapping cache), `write` (puts, and opening a partial file),
+//! and the open-file cache), `write` (puts, and opening a partial file),
 //! `promote` (partial → complete), `evict` (the capacity bound).
 
 mod evict;
@@ -71,8 +71,6 @@ use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-
-use memmap2::Mmap;
 
 use crate::digest::Digest;
 use index::{Index, State};
@@ -108,8 +106,10 @@ pub struct Usage {
     pub capacity: u64,
 }
 
-/// Open mappings of one life of an entry, by (key, id).
-type Mappings = lru::LruCache<(Digest, u64), Arc<Mmap>>;
+/// Open files of one life of an entry, by (key, id), read with `pread`.
+/// Not mappings: a mapping's pages count in the daemon's RSS and its
+/// cgroup (#18: 175 MB of RssFile after reading gcc whole).
+type Mappings = lru::LruCache<(Digest, u64), Arc<File>>;
 
 /// The store. Shared by every core and fetch worker (`&self` methods,
 /// internally locked; file I/O happens outside the lock).

@@ -14,10 +14,10 @@ use std::fs::{self, File};
 use std::io;
 
 use super::Store;
-use super::files::{Released, map};
+use super::files::{Released, hash_range};
 use super::index::{Entry, State};
 use super::keys::FileKey;
-use crate::digest::{Digest, Hasher};
+use crate::digest::Digest;
 
 impl Store {
     /// Hashes a covered partial file no put is writing to and, if it is
@@ -61,7 +61,7 @@ impl Store {
     fn publish_complete(&self, file: &FileKey, id: u64, new_id: u64, already: bool) -> Released {
         let (dp, jp) = self.partial_paths(&file.layout, id);
         let mut released = Released::default();
-        released.maps.extend(self.forget_mapping(&file.layout, id));
+        released.maps.extend(self.forget_file(&file.layout, id));
         released.paths.push(jp);
         let mut guard = self.lock();
         let index = &mut *guard;
@@ -106,12 +106,14 @@ fn hashes_to_its_name(file: &FileKey, data: &File) -> io::Result<bool> {
 
 /// Whether the whole of `data` is `size` bytes and hashes to `content`.
 fn hashes_to(content: &Digest, size: u64, data: &File) -> io::Result<bool> {
-    let m = map(data)?;
-    Ok(m.len() as u64 == size && {
-        let mut h = Hasher::new();
-        h.update(&m);
-        h.finish() == *content
-    })
+    if data.metadata()?.len() != size {
+        return Ok(false);
+    }
+    match hash_range(data, 0, size) {
+        Ok(d) => Ok(d == *content),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 impl Store {
@@ -145,7 +147,7 @@ impl Store {
                 released.entries.push(old);
             }
         }
-        released.maps.extend(self.forget_mapping(content, id));
+        released.maps.extend(self.forget_file(content, id));
         released.paths.push(self.complete_path(content, id));
         released.finish();
         None

@@ -1,16 +1,15 @@
-//! Reads: find the chunks under the index lock, then copy from the
-//! mapping of that entry's life with the lock released. Mappings are
-//! cached (`maps`); mapping, and unmapping what the cache lets go, happen
+//! Reads: find the chunks under the index lock, then `pread` from the
+//! file of that entry's life with the lock released. Open files are
+//! cached (`maps`); opening, and closing what the cache lets go, happen
 //! outside both locks.
 
 use std::fs::File;
 use std::io;
+use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-use memmap2::Mmap;
-
 use super::Store;
-use super::files::map;
+use super::files::hash_range;
 use super::keys::{FileKey, StoreChunk};
 use crate::digest::Digest;
 
@@ -49,24 +48,25 @@ impl Store {
         };
         for _ in 0..READ_ATTEMPTS {
             let found = self.find(file, chunks, &all)?;
-            let m = match self.mapping(&found.key, found.id, found.complete) {
-                Ok(m) => m,
+            let f = match self.open_file(&found.key, found.id, found.complete) {
+                Ok(f) => f,
                 // Evicted or promoted since: look again.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(_) => return Err(all()),
             };
-            if (m.len() as u64) < end {
-                return Err(all());
-            }
             if !found.to_check.is_empty() {
-                let bad = self.recheck(file, found.id, chunks, &found.to_check, &m);
+                let bad = self.recheck(file, found.id, chunks, &found.to_check, &f);
                 if !bad.is_empty() {
                     return Err(bad);
                 }
             }
             if offset < end {
                 let n = (end - offset) as usize;
-                buf[..n].copy_from_slice(&m[offset as usize..end as usize]);
+                // A file shorter than its records say (damaged on disk):
+                // the bytes are absent, to be fetched again.
+                if f.read_exact_at(&mut buf[..n], offset).is_err() {
+                    return Err(all());
+                }
             }
             return Ok(());
         }
@@ -116,7 +116,7 @@ impl Store {
     }
 
     /// Hashes chunks loaded from an earlier run's journal (indices into
-    /// `chunks`) in mapping `m` of life `id`; marks the good ones verified
+    /// `chunks`) in file `f` of life `id`; marks the good ones verified
     /// and drops the bad ones. Returns the bad ones.
     fn recheck(
         &self,
@@ -124,14 +124,14 @@ impl Store {
         id: u64,
         chunks: &[StoreChunk],
         to_check: &[usize],
-        m: &Mmap,
+        f: &File,
     ) -> Vec<usize> {
         let bad: Vec<usize> = to_check
             .iter()
             .copied()
             .filter(|&i| {
                 let c = &chunks[i];
-                Digest::of(&m[c.offset as usize..(c.offset + c.len) as usize]) != c.digest
+                hash_range(f, c.offset, c.len).ok() != Some(c.digest)
             })
             .collect();
         let mut index = self.lock();
@@ -152,28 +152,26 @@ impl Store {
         bad
     }
 
-    /// The mapping of one life of an entry (`key`, `id`); the file's path
-    /// is made only when it is not mapped yet. Opening and mapping happen
-    /// with no lock held; a mapping the cache drops to make room is
-    /// unmapped after its lock is released.
-    fn mapping(&self, key: &Digest, id: u64, complete: bool) -> io::Result<Arc<Mmap>> {
-        if let Some(m) = self.maps.lock().expect("maps").get(&(*key, id)) {
-            return Ok(m.clone());
+    /// The open file of one life of an entry (`key`, `id`); the file's
+    /// path is made only when it is not open yet. Opening happens with no
+    /// lock held; a file the cache drops to make room is closed after its
+    /// lock is released.
+    fn open_file(&self, key: &Digest, id: u64, complete: bool) -> io::Result<Arc<File>> {
+        if let Some(f) = self.maps.lock().expect("maps").get(&(*key, id)) {
+            return Ok(f.clone());
         }
         let path = if complete {
             self.complete_path(key, id)
         } else {
             self.partial_paths(key, id).0
         };
-        let m = Arc::new(map(&File::open(path)?)?);
-        let dropped = self.maps.lock().expect("maps").push((*key, id), m.clone());
+        let f = Arc::new(File::open(path)?);
+        let dropped = self.maps.lock().expect("maps").push((*key, id), f.clone());
         drop(dropped);
-        Ok(m)
+        Ok(f)
     }
 
-    /// Forgets the mapping of one life of an entry; the caller drops it
-    /// (which may unmap) once it holds no lock.
-    pub(super) fn forget_mapping(&self, key: &Digest, id: u64) -> Option<Arc<Mmap>> {
+    pub(super) fn forget_file(&self, key: &Digest, id: u64) -> Option<Arc<File>> {
         self.maps.lock().expect("maps").pop(&(*key, id))
     }
 }

@@ -127,9 +127,7 @@ impl Store {
             }
         }
         if let Some(old) = replaced {
-            released
-                .maps
-                .extend(self.forget_mapping(&file.content, old));
+            released.maps.extend(self.forget_file(&file.content, old));
         }
         released.finish();
         self.evict(Some(&file.content));
