@@ -18,6 +18,7 @@ use std::time::Instant;
 use anyhow::{Context as _, bail};
 use serde::Serialize;
 
+use crate::fusetrace::{FuseTrace, OpLatency, fuse_connections_below};
 use crate::images::Spec;
 use crate::report::median;
 use crate::world::{Net, Snap, World};
@@ -50,6 +51,8 @@ pub struct FullReadSample {
     pub rss_file_mb: f64,
     /// What the daemon's root holds on disk (its own mounts left out).
     pub disk_mb: f64,
+    /// FUSE requests of the re-read, per operation (kernel tracepoints).
+    pub reread_ops: BTreeMap<String, OpLatency>,
 }
 
 /// One sample of `spec`'s image through `snap`.
@@ -77,10 +80,17 @@ pub fn sample(
     let mem = world.snapshotter_pid().map(memory).unwrap_or_default();
     let _ = std::process::Command::new("sync").status();
     std::fs::write("/proc/sys/vm/drop_caches", "3").context("dropping the page cache")?;
+    let trace = (snap != Snap::Legacy).then(FuseTrace::start).transpose()?;
     let t1 = Instant::now();
     let again = read_all(world, snap, &reference, "fullread-2")
         .with_context(|| format!("{what}: second read"))?;
     let reread_s = t1.elapsed().as_secs_f64();
+    let reread_ops = match trace {
+        Some(t) => t
+            .finish(&fuse_connections_below(&world.snap_root(snap)))?
+            .summary(),
+        None => BTreeMap::new(),
+    };
     if again != tar_bytes {
         bail!("{what}: the second read gave {again} bytes, the first {tar_bytes}");
     }
@@ -104,6 +114,7 @@ pub fn sample(
         rss_anon_mb: mem.anon_mb,
         rss_file_mb: mem.file_mb,
         disk_mb: disk_bytes(&world.snap_root(snap)) as f64 / 1e6,
+        reread_ops,
     })
 }
 
@@ -155,11 +166,12 @@ fn memory(pid: u32) -> Memory {
     }
 }
 
-/// Bytes allocated on disk below `root`, not crossing into other
-/// filesystems (the daemon's own FUSE mounts).
+/// Bytes allocated on disk below `root` (blocks, not apparent sizes: a
+/// small file takes a whole block), not crossing into other filesystems
+/// (the daemon's own FUSE mounts).
 fn disk_bytes(root: &Path) -> u64 {
     std::process::Command::new("du")
-        .args(["-sxb"])
+        .args(["-sx", "--block-size=1"])
         .arg(root)
         .output()
         .ok()
@@ -217,6 +229,20 @@ pub fn summary(samples: &[FullReadSample]) -> String {
             m(&|s| s.disk_mb),
             v.len()
         );
+    }
+    let _ = writeln!(
+        out,
+        "\nFUSE requests of the re-read (first repetition), per operation: count, p50 µs:\n"
+    );
+    for ((net, image, snap, variant), v) in &groups {
+        if let Some(s) = v.first().filter(|s| !s.reread_ops.is_empty()) {
+            let ops: Vec<String> = s
+                .reread_ops
+                .iter()
+                .map(|(op, l)| format!("{op} {} ({:.0})", l.count, l.p50_us))
+                .collect();
+            let _ = writeln!(out, "- {net} {image} {snap} {variant}: {}", ops.join(", "));
+        }
     }
     let _ = writeln!(
         out,
