@@ -125,6 +125,11 @@ impl LayerFs {
         self.reads.load(Ordering::Relaxed)
     }
 
+    /// Passthrough backing files made so far.
+    pub fn backing_files_made(&self) -> u64 {
+        self.open.backing_files_made()
+    }
+
     /// Adds a layer as directory `layer.name`. Refused when the name is
     /// taken, not a single path component, or the tree too big.
     pub fn add_layer(&self, layer: Arc<RemoteLayer>) -> Result<(), AddLayerError> {

@@ -8,8 +8,19 @@
 //!
 //! Opening a backing file (open(2), an ioctl on /dev/fuse) and closing
 //! one (its drop, another ioctl) happen outside the open-files lock.
+//!
+//! When an inode's last passthrough open is released its backing file
+//! is kept, registered, for the next open ([`IDLE_BACKINGS`] of them, the
+//! least recently released closed first): a tar of an image, or each new
+//! container's overlay, opens the same files again, and making a backing
+//! file each time (open, ioctl; close, ioctl; a journal line each way)
+//! was most of an OPEN and RELEASE (#18). The takeover journal keeps
+//! naming the idle id as the inode's mode, so a successor reuses it
+//! rather than leaking it; it is journaled away when closed.
 
 use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use ringstar_core::Digest;
@@ -46,13 +57,30 @@ impl Backing {
     }
 }
 
-#[derive(Debug, Default)]
+/// Backing files kept registered for inodes no open uses now. Each holds
+/// a store file open (its disk space too, if evicted meanwhile).
+pub(crate) const IDLE_BACKINGS: usize = 512;
+
+#[derive(Debug)]
 struct Table {
     by_fh: HashMap<u64, OpenFile>,
     /// Inode → its cached opens.
     cached: HashMap<u64, u32>,
     /// Inode → its backing file and passthrough opens.
     passthrough: HashMap<u64, (Backing, u32)>,
+    /// Inode → its backing file, no open using it.
+    idle: lru::LruCache<u64, Arc<BackingFile>>,
+}
+
+impl Default for Table {
+    fn default() -> Self {
+        Table {
+            by_fh: HashMap::new(),
+            cached: HashMap::new(),
+            passthrough: HashMap::new(),
+            idle: lru::LruCache::new(NonZeroUsize::new(IDLE_BACKINGS).expect("nonzero")),
+        }
+    }
 }
 
 /// The open regular files of a mount.
@@ -61,6 +89,8 @@ pub(crate) struct OpenFiles {
     table: Mutex<Table>,
     /// Where mode changes are recorded for a process taking over.
     journal: Option<Arc<Journal>>,
+    /// Backing files made so far.
+    made: AtomicU64,
 }
 
 impl OpenFiles {
@@ -84,6 +114,7 @@ impl OpenFiles {
         OpenFiles {
             table: Mutex::new(t),
             journal: Some(journal),
+            made: AtomicU64::new(0),
         }
     }
 
@@ -103,6 +134,9 @@ impl OpenFiles {
         } else {
             backing().map(Arc::new)
         };
+        if made.is_some() {
+            self.made.fetch_add(1, Ordering::Relaxed);
+        }
         let mut t = self.table.lock().expect("open files");
         // Decided again under the lock: another open may have fixed the
         // mode meanwhile (then ours, if any, is dropped below, unlocked).
@@ -112,6 +146,11 @@ impl OpenFiles {
         } else if let Some((b, n)) = t.passthrough.get_mut(&ino) {
             *n += 1;
             Some(b.id())
+        } else if let Some(b) = t.idle.pop(&ino) {
+            // Journaled as this inode's mode still.
+            let id = b.id();
+            t.passthrough.insert(ino, (Backing::Own(b), 1));
+            Some(id)
         } else if let Some(b) = made.clone() {
             let id = b.id();
             t.passthrough.insert(ino, (Backing::Own(b), 1));
@@ -146,6 +185,11 @@ impl OpenFiles {
         id
     }
 
+    /// Backing files made so far (opens that found none to reuse).
+    pub fn backing_files_made(&self) -> u64 {
+        self.made.load(Ordering::Relaxed)
+    }
+
     /// A journal sequence number when there is a journal and `event`.
     fn seq_if(&self, event: bool) -> Option<u64> {
         self.journal
@@ -154,10 +198,11 @@ impl OpenFiles {
             .map(|j| j.next_seq())
     }
 
-    /// Whether `ino` is open already (its mode fixed).
+    /// Whether `ino` is open already (its mode fixed), or has a backing
+    /// file kept for it.
     fn has_mode(&self, ino: u64) -> bool {
         let t = self.table.lock().expect("open files");
-        t.cached.contains_key(&ino) || t.passthrough.contains_key(&ino)
+        t.cached.contains_key(&ino) || t.passthrough.contains_key(&ino) || t.idle.contains(&ino)
     }
 
     /// Forgets open `fh`; returns the key to unpin.
@@ -169,24 +214,38 @@ impl OpenFiles {
         } else {
             t.cached.get_mut(&f.ino)
         };
-        let mut closed = None;
-        let mut ended = false;
+        // Inodes whose mode ends, and the backing files to close.
+        let mut ended: Vec<u64> = Vec::new();
+        let mut closed: Vec<Arc<BackingFile>> = Vec::new();
         if let Some(n) = count {
             *n -= 1;
             if *n == 0 {
-                ended = true;
                 t.cached.remove(&f.ino);
-                // The kernel holds its own reference to the backing file
-                // for as long as it needs it.
-                closed = t.passthrough.remove(&f.ino);
+                match t.passthrough.remove(&f.ino) {
+                    // Kept for the next open, still journaled as the
+                    // inode's mode; the one it pushes out is closed.
+                    Some((Backing::Own(b), _)) => {
+                        if let Some((old_ino, old)) = t.idle.push(f.ino, b)
+                            && old_ino != f.ino
+                        {
+                            ended.push(old_ino);
+                            closed.push(old);
+                        }
+                    }
+                    Some((Backing::Inherited(_), _)) | None => ended.push(f.ino),
+                }
             }
         }
-        let seq = self.seq_if(ended);
+        let seqs: Vec<u64> = ended.iter().filter_map(|_| self.seq_if(true)).collect();
         drop(t);
         // Recorded before the id is closed: a kill in between leaves an
         // id registered that nobody names, never a name for a closed id.
-        if let (Some(j), Some(seq)) = (&self.journal, seq) {
-            j.mode(seq, f.ino, None);
+        // (The kernel holds its own reference to a backing file for as
+        // long as it needs it.)
+        if let Some(j) = &self.journal {
+            for (ino, seq) in ended.iter().zip(seqs) {
+                j.mode(seq, *ino, None);
+            }
         }
         drop(closed);
         Some(f.key)

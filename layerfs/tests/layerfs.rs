@@ -740,3 +740,38 @@ fn absent_names_in_a_layer_are_asked_once() {
         requests() - before
     );
 }
+
+/// A complete file opened again and again keeps one backing file between
+/// its opens (no open(2) + ioctl and close + ioctl each time), and is
+/// still read through passthrough every time.
+#[test]
+fn a_reopened_complete_file_reuses_its_backing_file() {
+    let reg = Registry::start();
+    let data = content(256 << 10, 6);
+    let (blob, toc) = estargz(
+        &tar_of(&[("lib.so", &data)], &[]),
+        &WriterOptions::default(),
+    );
+    let digest = reg.push("reuse/img", &blob);
+    let store = tempfile::tempdir().unwrap();
+    let m = Mounted::new(store.path(), 1 << 30, no_background());
+    m.add(&reg.addr, "reuse/img", "l", &digest, Some(&toc))
+        .unwrap();
+    assert_eq!(std::fs::read(m.path("l/lib.so")).unwrap(), data);
+    assert!(m.loader.store.is_complete(&Digest::of(&data)));
+    // The first passthrough open makes one.
+    std::fs::write("/proc/sys/vm/drop_caches", "1").unwrap();
+    assert_eq!(std::fs::read(m.path("l/lib.so")).unwrap(), data);
+    let (made, served) = (m.fs.backing_files_made(), m.fs.reads_served());
+    assert_eq!(made, 1);
+    for _ in 0..10 {
+        std::fs::write("/proc/sys/vm/drop_caches", "1").unwrap();
+        assert_eq!(std::fs::read(m.path("l/lib.so")).unwrap(), data);
+    }
+    assert_eq!(
+        m.fs.backing_files_made(),
+        1,
+        "each open made a backing file of its own"
+    );
+    assert_eq!(m.fs.reads_served(), served, "not read through passthrough");
+}
