@@ -134,15 +134,12 @@ pub fn summary(samples: &[ScaleSample]) -> String {
 
 /// ringstar's median wall time over the peer's and overlayfs's.
 fn write_ratios(out: &mut String, cells: &BTreeMap<Key, Cell>) {
-    let _ = writeln!(
+    table_head(
         out,
-        "\nTo the last container's output, ringstar over the others (lower is better):\n"
+        "To the last container's output, ringstar over the others (lower is better):",
+        "| network | group | N | variant | ringstar/peer | ringstar/overlayfs |",
+        "|---|---|---:|---|---:|---:|",
     );
-    let _ = writeln!(
-        out,
-        "| network | group | N | variant | ringstar/peer | ringstar/overlayfs |"
-    );
-    let _ = writeln!(out, "|---|---|---:|---|---:|---:|");
     for ((net, group, n, snap, variant), c) in cells {
         if snap != "ringstar" {
             continue;
@@ -163,15 +160,12 @@ fn write_ratios(out: &mut String, cells: &BTreeMap<Key, Cell>) {
 
 /// FUSE latency per operation, pooled over the repetitions of each key.
 fn write_latencies(out: &mut String, cells: &BTreeMap<Key, Cell>) {
-    let _ = writeln!(
+    table_head(
         out,
-        "\nFUSE latency per operation (kernel tracepoints: queued to replied), pooled over the repetitions:\n"
+        "FUSE latency per operation (kernel tracepoints: queued to replied), pooled over the repetitions:",
+        "| network | group | N | snapshotter | variant | operation | count/rep | p50 µs | p99 µs | max µs |",
+        "|---|---|---:|---|---|---|---:|---:|---:|---:|",
     );
-    let _ = writeln!(
-        out,
-        "| network | group | N | snapshotter | variant | operation | count/rep | p50 µs | p99 µs | max µs |"
-    );
-    let _ = writeln!(out, "|---|---|---:|---|---|---|---:|---:|---:|---:|");
     for ((net, group, n, snap, variant), c) in cells {
         for (op, v) in &c.latencies.by_op {
             let p = percentiles(v);
@@ -192,4 +186,9 @@ fn write_latencies(out: &mut String, cells: &BTreeMap<Key, Cell>) {
             );
         }
     }
+}
+
+/// A table's introducing line, header and alignment row.
+fn table_head(out: &mut String, intro: &str, header: &str, align: &str) {
+    let _ = writeln!(out, "\n{intro}\n\n{header}\n{align}");
 }

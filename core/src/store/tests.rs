@@ -292,6 +292,14 @@ fn restarts_keep_verified_chunks_and_drop_torn_ones() {
     assert_eq!(read_all(&store, &key, &chunks).unwrap(), data);
 }
 
+/// The one file in the store's `complete/`.
+fn the_complete_file(store: &std::path::Path) -> std::path::PathBuf {
+    let mut files = fs::read_dir(store.join("complete")).unwrap();
+    let path = files.next().unwrap().unwrap().path();
+    assert!(files.next().is_none());
+    path
+}
+
 #[test]
 fn a_truncated_cache_file_is_absent() {
     let dir = tempfile::tempdir().unwrap();
@@ -303,12 +311,7 @@ fn a_truncated_cache_file_is_absent() {
         put(&store, &key, &chunks[0], &data);
         assert!(store.is_complete(key.content()));
     }
-    let path = fs::read_dir(dir.path().join("complete"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let path = the_complete_file(dir.path());
     File::options()
         .write(true)
         .open(&path)
@@ -454,12 +457,7 @@ fn a_complete_file_torn_by_a_crash_is_hashed_before_use_and_dropped() {
         }
         assert!(store.is_complete(key.content()));
     }
-    let path = fs::read_dir(dir.path().join("complete"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let path = the_complete_file(dir.path());
     fs::write(&path, vec![0u8; 5000]).unwrap();
     let store = Store::open(dir.path(), 1 << 30).unwrap();
     assert!(store.open_complete(key.content(), 5000).is_none());
