@@ -21,7 +21,7 @@ use serde::Serialize;
 use crate::fusetrace::{FuseTrace, OpLatency, fuse_connections_below};
 use crate::images::Spec;
 use crate::report::median;
-use crate::world::{Net, Snap, World};
+use crate::world::{Net, Snap, World, memory};
 
 /// What the container runs: every file of its root, through tar.
 const READ_ALL: &str =
@@ -137,33 +137,6 @@ fn read_all(world: &World, snap: Snap, reference: &str, id: &str) -> anyhow::Res
     text.trim()
         .parse()
         .with_context(|| format!("the container printed {text:?}, not a byte count"))
-}
-
-#[derive(Debug, Default, Clone, Copy)]
-struct Memory {
-    peak_mb: f64,
-    rss_mb: f64,
-    anon_mb: f64,
-    file_mb: f64,
-}
-
-/// A process's memory from `/proc/PID/status`.
-fn memory(pid: u32) -> Memory {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kb = |key: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-            .unwrap_or(0.0)
-            / 1e3
-    };
-    Memory {
-        peak_mb: kb("VmHWM:"),
-        rss_mb: kb("VmRSS:"),
-        anon_mb: kb("RssAnon:"),
-        file_mb: kb("RssFile:") + kb("RssShmem:"),
-    }
 }
 
 /// Bytes allocated on disk below `root` (blocks, not apparent sizes: a

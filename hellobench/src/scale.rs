@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::fusetrace::{FuseTrace, Latencies, OpLatency, fuse_connections_below};
 use crate::images::{Pushed, Spec};
-use crate::world::{Net, Snap, World, check_lazy};
+use crate::world::{Net, Snap, World, check_lazy, memory};
 
 /// How long N containers may take before the stragglers count as failed.
 const SAMPLE_LIMIT: Duration = Duration::from_secs(300);
@@ -55,6 +55,12 @@ pub struct ScaleSample {
     /// Every CPU's busy seconds meanwhile (the machine's, all processes
     /// and the kernel): near cores x wall time means CPU-bound.
     pub machine_cpu_s: f64,
+    /// The lazy daemon's memory once every container ran: peak (VmHWM),
+    /// resident, anonymous, file-backed (MB).
+    pub daemon_peak_rss_mb: f64,
+    pub daemon_rss_mb: f64,
+    pub daemon_rss_anon_mb: f64,
+    pub daemon_rss_file_mb: f64,
     pub ops: BTreeMap<String, OpLatency>,
     pub trace_lost: u64,
     #[serde(skip)]
@@ -106,6 +112,7 @@ pub fn sample(world: &mut World, k: &Kind) -> anyhow::Result<ScaleSample> {
     let done = wait_all(world, k, runs);
     let cpu1 = world.snapshotter_pid().map_or(0.0, cpu_seconds);
     let busy1 = machine_busy_seconds();
+    let mem = world.snapshotter_pid().map(memory).unwrap_or_default();
     if let Some(p) = perf {
         stop_perf(p);
     }
@@ -136,6 +143,10 @@ pub fn sample(world: &mut World, k: &Kind) -> anyhow::Result<ScaleSample> {
         registry_mbytes: log.iter().map(|r| r.bytes).sum::<u64>() as f64 / 1e6,
         daemon_cpu_s: cpu1 - cpu0,
         machine_cpu_s: busy1 - busy0,
+        daemon_peak_rss_mb: mem.peak_mb,
+        daemon_rss_mb: mem.rss_mb,
+        daemon_rss_anon_mb: mem.anon_mb,
+        daemon_rss_file_mb: mem.file_mb,
         ops: latencies.summary(),
         trace_lost: latencies.lost,
         latencies,

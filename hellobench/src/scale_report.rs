@@ -56,6 +56,8 @@ struct Cell {
     pull: f64,
     cpu_ms_per_container: f64,
     machine_cpu_s: f64,
+    rss: f64,
+    anon: f64,
     requests: f64,
     mbytes: f64,
     failed: usize,
@@ -89,6 +91,8 @@ fn cells(samples: &[ScaleSample]) -> BTreeMap<Key, Cell> {
                 pull: m(&|s| s.pull_s),
                 cpu_ms_per_container: m(&|s| s.daemon_cpu_s * 1e3 / s.n as f64),
                 machine_cpu_s: m(&|s| s.machine_cpu_s),
+                rss: m(&|s| s.daemon_rss_mb),
+                anon: m(&|s| s.daemon_rss_anon_mb),
                 requests: m(&|s| s.registry_requests as f64),
                 mbytes: m(&|s| s.registry_mbytes),
                 failed: v.iter().map(|s| s.failed).sum(),
@@ -106,21 +110,23 @@ pub fn summary(samples: &[ScaleSample]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| network | group | N | snapshotter | variant | **to last output** | all exited | pull | daemon CPU ms/container | machine CPU s | reqs | MB | failed | reps |"
+        "| network | group | N | snapshotter | variant | **to last output** | all exited | pull | daemon CPU ms/container | machine CPU s | daemon RSS / anon MB | reqs | MB | failed | reps |"
     );
     let _ = writeln!(
         out,
-        "|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for ((net, group, n, snap, variant), c) in &cells {
         let _ = writeln!(
             out,
-            "| {net} | {group} | {n} | {snap} | {variant} | **{:.2}** | {:.2} | {:.2} | {:.1} | {:.1} | {:.0} | {:.1} | {} | {} |",
+            "| {net} | {group} | {n} | {snap} | {variant} | **{:.2}** | {:.2} | {:.2} | {:.1} | {:.1} | {:.0} / {:.0} | {:.0} | {:.1} | {} | {} |",
             c.wall,
             c.exited,
             c.pull,
             c.cpu_ms_per_container,
             c.machine_cpu_s,
+            c.rss,
+            c.anon,
             c.requests,
             c.mbytes,
             c.failed,

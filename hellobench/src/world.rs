@@ -398,6 +398,33 @@ pub fn check_lazy(
     Ok(())
 }
 
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Memory {
+    pub peak_mb: f64,
+    pub rss_mb: f64,
+    pub anon_mb: f64,
+    pub file_mb: f64,
+}
+
+/// A process's memory from `/proc/PID/status`.
+pub fn memory(pid: u32) -> Memory {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kb = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1e3
+    };
+    Memory {
+        peak_mb: kb("VmHWM:"),
+        rss_mb: kb("VmRSS:"),
+        anon_mb: kb("RssAnon:"),
+        file_mb: kb("RssFile:") + kb("RssShmem:"),
+    }
+}
+
 pub fn which(bin: &str) -> bool {
     std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
