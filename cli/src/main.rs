@@ -230,6 +230,7 @@ fn mount_cmd(args: &MountArgs) -> anyhow::Result<()> {
     );
     let settings = args.settings();
     let fetcher = Fetcher::new(settings.fetcher.clone())?;
+    ringstar_daemon::raise_open_file_limit();
     let store = Arc::new(
         ringstar_core::store::Store::open(&args.store, settings.store_size)
             .with_context(|| format!("opening the store at {}", args.store.display()))?,

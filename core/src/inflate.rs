@@ -228,7 +228,6 @@ impl ChunkReader {
         }
     }
 
-    /// Keeps one large chunk from pinning its buffer for good.
     /// Keeps the scratch buffer for the next chunk only when it is small:
     /// one for a 4 MiB chunk, kept by each inflate thread, was 8 MiB of a
     /// 39 MB RssAnon with three images open (#18); most chunks are small

@@ -326,6 +326,22 @@ fn bind_socket(address: &Path) -> Result<tokio::net::UnixListener, StartError> {
     Ok(listener)
 }
 
+/// Raises the soft limit of open files to the hard one, as Go's runtime
+/// does for the reference daemon: the store keeps up to 1024 files open
+/// for reads, and a shell's usual soft limit is 1024 (the unit file sets
+/// `LimitNOFILE`, but `ringstar mount` and hand-started daemons have none).
+pub fn raise_open_file_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current >= limit.maximum {
+        return;
+    }
+    limit.current = limit.maximum;
+    if let Err(e) = setrlimit(Resource::Nofile, limit) {
+        tracing::warn!(error = %e, "raising the open-file limit to the hard limit");
+    }
+}
+
 /// Tells systemd (`Type=notify`) about the daemon's state when it started
 /// us with `NOTIFY_SOCKET`; nothing otherwise.
 pub fn notify_systemd(state: &str) {

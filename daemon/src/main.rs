@@ -103,6 +103,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
     };
     let mut settings = Settings::from_config(&loaded.config);
     settings.replace_running = args.takeover;
+    ringstar_daemon::raise_open_file_limit();
     let daemon = Daemon::start(&args.root, &settings)?;
     let how = runtime.block_on(async {
         let stop = async {

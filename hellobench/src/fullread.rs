@@ -19,9 +19,9 @@ use anyhow::{Context as _, bail};
 use serde::Serialize;
 
 use crate::fusetrace::{FuseTrace, OpLatency, fuse_connections_below};
-use crate::images::Spec;
+use crate::images::{Pushed, Spec};
 use crate::report::median;
-use crate::world::{Net, Snap, World, memory};
+use crate::world::{Net, Snap, World, check_lazy, memory};
 
 /// What the container runs: every file of its root, through tar.
 const READ_ALL: &str =
@@ -59,7 +59,7 @@ pub struct FullReadSample {
 pub fn sample(
     world: &mut World,
     net: Net,
-    spec: &Spec,
+    (spec, pushed): (&Spec, &Pushed),
     snap: Snap,
     variant: &str,
     rep: u32,
@@ -96,6 +96,16 @@ pub fn sample(
     }
     let peak = world.snapshotter_pid().map_or(0.0, |p| memory(p).peak_mb);
     let log = world.registry_log(log_start);
+    if snap != Snap::Legacy {
+        let digests = pushed.digests.get(variant).cloned().unwrap_or_default();
+        check_lazy(
+            &what,
+            &log,
+            &digests,
+            world.lazy_layers(snap),
+            pushed.layers,
+        )?;
+    }
     Ok(FullReadSample {
         date: crate::report::now_s(),
         net: net.label().into(),

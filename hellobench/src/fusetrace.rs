@@ -115,10 +115,9 @@ impl FuseTrace {
         self.write("tracing_on", "0")?;
         let text = std::fs::read_to_string(self.dir.join("trace"))
             .with_context(|| format!("reading {TRACEFS}/trace"))?;
-        let stats = std::fs::read_to_string(self.dir.join("per_cpu/cpu0/stats")).ok();
-        let _ = self.off();
+        // The events go off, and the buffer is cleared, as `self` drops.
         let mut lat = parse(&text, connections);
-        lat.lost += overruns(&text, stats.as_deref());
+        lat.lost += overruns(&text);
         Ok(lat)
     }
 
@@ -136,11 +135,10 @@ impl Drop for FuseTrace {
     }
 }
 
-/// Events lost, from the trace's header ("entries-in-buffer/entries-
-/// written: A/B") or cpu0's overrun count.
-fn overruns(text: &str, cpu0_stats: Option<&str>) -> u64 {
-    let from_header = text
-        .lines()
+/// Events lost on every CPU, from the trace's header
+/// ("entries-in-buffer/entries-written: A/B").
+fn overruns(text: &str) -> u64 {
+    text.lines()
         .take(10)
         .find_map(|l| l.split("entries-in-buffer/entries-written:").nth(1))
         .and_then(|rest| {
@@ -148,12 +146,7 @@ fn overruns(text: &str, cpu0_stats: Option<&str>) -> u64 {
             let (a, b) = pair.split_once('/')?;
             Some(b.parse::<u64>().ok()?.saturating_sub(a.parse().ok()?))
         })
-        .unwrap_or(0);
-    let from_stats = cpu0_stats
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("overrun: ")))
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .unwrap_or(0);
-    from_header.max(from_stats)
+        .unwrap_or(0)
 }
 
 /// Pairs each request's send with its end, by connection and unique.
@@ -279,7 +272,7 @@ mod tests {
         assert_eq!(s["LOOKUP"].count, 1);
         assert!((s["LOOKUP"].p50_us - 300.0).abs() < 0.5);
         assert!((s["READ"].p99_us - 1000.0).abs() < 0.5);
-        assert_eq!(overruns(TRACE, None), 2);
+        assert_eq!(overruns(TRACE), 2);
     }
 
     #[test]

@@ -161,7 +161,7 @@ fn run(mut args: Args) -> anyhow::Result<()> {
         return write_scale_report(&out, &samples);
     }
     if args.full_read {
-        let samples = full_read_run(&mut world, &args, &nets, &specs, &out)?;
+        let samples = full_read_run(&mut world, &args, &nets, &specs, &pushed, &out)?;
         world.stop();
         return write_full_read_report(&out, &samples);
     }
@@ -310,6 +310,7 @@ fn full_read_run(
     args: &Args,
     nets: &[Net],
     specs: &[images::Spec],
+    pushed: &[images::Pushed],
     out: &Path,
 ) -> anyhow::Result<Vec<FullReadSample>> {
     let kinds = run_kinds(&args.variants, world.has_peer());
@@ -317,12 +318,12 @@ fn full_read_run(
     let mut samples = Vec::new();
     for &net in nets {
         world.set_net(net);
-        for spec in specs {
+        for image in specs.iter().zip(pushed) {
             for rep in 1..=args.reps {
                 let mut order = kinds.clone();
                 shuffle.shuffle(&mut order);
                 for (snap, variant) in order {
-                    let s = fullread::sample(world, net, spec, snap, &variant, rep)?;
+                    let s = fullread::sample(world, net, image, snap, &variant, rep)?;
                     eprintln!(
                         "[{}] {} {} {} {}: cold {:.2} s, re-read {:.2} s, {} reqs, peak RSS {:.0} MB, disk {:.0} MB",
                         samples.len() + 1,

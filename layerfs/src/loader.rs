@@ -160,7 +160,7 @@ impl Loader {
     /// Sends the windows the planner has due for the reader being
     /// followed (none unless one is).
     fn follow(self: &Arc<Self>, layer: &Arc<RemoteLayer>) {
-        while let Some(planned) = layer.read_ahead.next_window(layer.tree(), self.policy) {
+        while let Some(planned) = layer.read_ahead.next_window(layer.tree()) {
             let generation = planned.stream;
             if !self.fetch_planned(layer, planned, None)
                 && let Some(generation) = generation

@@ -214,9 +214,10 @@ impl OpenFiles {
         } else {
             t.cached.get_mut(&f.ino)
         };
-        // Inodes whose mode ends, and the backing files to close.
-        let mut ended: Vec<u64> = Vec::new();
-        let mut closed: Vec<Arc<BackingFile>> = Vec::new();
+        // The inode whose mode ends (this one, or the one a kept backing
+        // file pushes out), and the backing file to close.
+        let mut ended: Option<u64> = None;
+        let mut closed: Option<Arc<BackingFile>> = None;
         if let Some(n) = count {
             *n -= 1;
             if *n == 0 {
@@ -228,24 +229,22 @@ impl OpenFiles {
                         if let Some((old_ino, old)) = t.idle.push(f.ino, b)
                             && old_ino != f.ino
                         {
-                            ended.push(old_ino);
-                            closed.push(old);
+                            ended = Some(old_ino);
+                            closed = Some(old);
                         }
                     }
-                    Some((Backing::Inherited(_), _)) | None => ended.push(f.ino),
+                    Some((Backing::Inherited(_), _)) | None => ended = Some(f.ino),
                 }
             }
         }
-        let seqs: Vec<u64> = ended.iter().filter_map(|_| self.seq_if(true)).collect();
+        let seq = self.seq_if(ended.is_some());
         drop(t);
         // Recorded before the id is closed: a kill in between leaves an
         // id registered that nobody names, never a name for a closed id.
         // (The kernel holds its own reference to a backing file for as
         // long as it needs it.)
-        if let Some(j) = &self.journal {
-            for (ino, seq) in ended.iter().zip(seqs) {
-                j.mode(seq, *ino, None);
-            }
+        if let (Some(j), Some(seq), Some(ino)) = (&self.journal, seq, ended) {
+            j.mode(seq, ino, None);
         }
         drop(closed);
         Some(f.key)

@@ -170,8 +170,9 @@ impl ReadAhead {
     /// did, else up to `max_read_ahead` within one file (a file read
     /// through), up to [`CROSS_FILE_READ_AHEAD`] across files (a program
     /// opening files that neighbour in the blob does not read the whole
-    /// layer) — and is `read_ahead` otherwise. A budget above `read_ahead` starts
-    /// following the reader (the caller then calls [`Self::next_window`]).
+    /// layer) — and is `read_ahead` otherwise. A budget above
+    /// `read_ahead` starts following the reader (the caller then calls
+    /// [`Self::next_window`]).
     pub fn miss(&self, all: &[Chunk], node: NodeId, from: BlobChunk, policy: Policy) -> Planned {
         let at = all[from.0].offset;
         let mut st = self.state.lock().expect("read-ahead");
@@ -183,12 +184,16 @@ impl ReadAhead {
         } else {
             0
         };
-        let cap = if st.run >= STREAM_PROOF {
+        // How far the windows of a stream started here grow.
+        let stream_cap = if st.run >= STREAM_PROOF {
             policy.max_read_ahead.max(PROVEN_STREAM_READ_AHEAD)
-        } else if same_file {
-            policy.max_read_ahead
         } else {
-            policy.max_read_ahead.min(CROSS_FILE_READ_AHEAD.max(base))
+            policy.max_read_ahead
+        };
+        let cap = if same_file || st.run >= STREAM_PROOF {
+            stream_cap
+        } else {
+            stream_cap.min(CROSS_FILE_READ_AHEAD.max(base))
         };
         let budget = if continues {
             (st.miss_budget.max(base) * 2).min(cap)
@@ -208,7 +213,7 @@ impl ReadAhead {
                 reader: at,
                 frontier: extent.blob_end,
                 budget,
-                cap,
+                cap: stream_cap,
                 in_flight: 1,
             }
         } else {
@@ -236,10 +241,11 @@ impl ReadAhead {
 
     /// The followed reader's next window, when one is due: fewer than
     /// two in flight and the reader within three windows of the frontier.
-    /// Each is twice the last, up to `max_read_ahead`. The window counts
+    /// Each is twice the last, up to the stream's cap (`max_read_ahead`,
+    /// or [`PROVEN_STREAM_READ_AHEAD`] for a proven stream). The window counts
     /// as in flight from here; [`Self::window_done`] when it is in, or
     /// was not sent (nothing in it left to fetch).
-    pub fn next_window(&self, tree: &LayerTree, policy: Policy) -> Option<Planned> {
+    pub fn next_window(&self, tree: &LayerTree) -> Option<Planned> {
         let mut st = self.state.lock().expect("read-ahead");
         let s = st.stream;
         if !s.active
@@ -256,7 +262,7 @@ impl ReadAhead {
         let extent = extent(tree.all_chunks(), BlobChunk(from), s.budget, u64::MAX);
         st.stream.frontier = extent.blob_end;
         st.stream.in_flight += 1;
-        st.stream.budget = (s.budget * 2).min(s.cap.max(policy.max_read_ahead));
+        st.stream.budget = (s.budget * 2).min(s.cap);
         st.miss_end = extent.blob_end;
         Some(Planned {
             extent,

@@ -53,7 +53,7 @@ impl Store {
                     released.paths.extend([j, d]);
                 }
             }
-            released.maps.extend(self.forget_file(&k, e.id));
+            released.files.extend(self.forget_file(&k, e.id));
             released.entries.push(e);
         }
         released

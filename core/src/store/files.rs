@@ -89,7 +89,7 @@ impl Store {
 #[derive(Default)]
 pub(super) struct Released {
     pub(super) entries: Vec<Entry>,
-    pub(super) maps: Vec<Arc<File>>,
+    pub(super) files: Vec<Arc<File>>,
     pub(super) paths: Vec<PathBuf>,
 }
 
@@ -97,7 +97,7 @@ impl Released {
     /// Closes and unlinks. Call with no lock held.
     pub(super) fn finish(self) {
         drop(self.entries);
-        drop(self.maps);
+        drop(self.files);
         remove_all(self.paths);
     }
 }

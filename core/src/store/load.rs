@@ -12,9 +12,8 @@ use super::index::{Entry, Index, State};
 use super::{Store, StoreError, io_at, journal};
 use crate::digest::Digest;
 
-/// Open mappings kept for reads (each is one VMA; the default limit is
-/// 65 530 per process).
-const MAPPINGS: usize = 1024;
+/// Store files kept open for reads (each one fd of the daemon's).
+const OPEN_FILES: usize = 1024;
 /// Held (`flock`, exclusive) by the process that has the store open.
 const LOCK_FILE: &str = "lock";
 /// How long opening waits for that lock: a previous user giving it up (a
@@ -54,8 +53,8 @@ impl Store {
             capacity,
             index: Mutex::new(index),
             opened: Condvar::new(),
-            maps: Mutex::new(lru::LruCache::new(
-                std::num::NonZeroUsize::new(MAPPINGS).expect("nonzero"),
+            open_files: Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(OPEN_FILES).expect("nonzero"),
             )),
             _lock: lock,
             #[cfg(test)]

@@ -109,7 +109,7 @@ pub struct Usage {
 /// Open files of one life of an entry, by (key, id), read with `pread`.
 /// Not mappings: a mapping's pages count in the daemon's RSS and its
 /// cgroup (#18: 175 MB of RssFile after reading gcc whole).
-type Mappings = lru::LruCache<(Digest, u64), Arc<File>>;
+type OpenFiles = lru::LruCache<(Digest, u64), Arc<File>>;
 
 /// The store. Shared by every core and fetch worker (`&self` methods,
 /// internally locked; file I/O happens outside the lock).
@@ -121,7 +121,7 @@ pub struct Store {
     /// Signalled when a partial entry's files are opened (or failed to):
     /// puts that found it being opened wait here, the index unlocked.
     opened: Condvar,
-    maps: Mutex<Mappings>,
+    open_files: Mutex<OpenFiles>,
     /// Holds the directory's `flock` while the store is open.
     _lock: File,
     /// Tests hold the first put that opens files here (see

@@ -15,7 +15,7 @@ use std::io;
 
 use super::Store;
 use super::files::{Released, hash_range};
-use super::index::{Entry, State};
+use super::index::{Entry, Index, State};
 use super::keys::FileKey;
 use crate::digest::Digest;
 
@@ -61,32 +61,53 @@ impl Store {
     fn publish_complete(&self, file: &FileKey, id: u64, new_id: u64, already: bool) -> Released {
         let (dp, jp) = self.partial_paths(&file.layout, id);
         let mut released = Released::default();
-        released.maps.extend(self.forget_file(&file.layout, id));
+        released.files.extend(self.forget_file(&file.layout, id));
         released.paths.push(jp);
-        let mut guard = self.lock();
-        let index = &mut *guard;
-        if let Some(old) = index.entries.remove(&file.layout) {
-            index.used -= old.charged;
-            released.entries.push(old);
+        let replaced = {
+            let mut guard = self.lock();
+            let index = &mut *guard;
+            if let Some(old) = index.entries.remove(&file.layout) {
+                index.used -= old.charged;
+                released.entries.push(old);
+            }
+            if already {
+                released.paths.push(dp);
+                return released;
+            }
+            self.install_complete(index, file, new_id, &mut released)
+        };
+        if let Some(old) = replaced {
+            released.files.extend(self.forget_file(&file.content, old));
         }
-        if already {
-            released.paths.push(dp);
-            return released;
-        }
-        // A complete entry of another size (a file damaged on disk) gives
-        // way to the one just proven.
-        if let Some(old) = index.entries.remove(&file.content) {
+        released
+    }
+
+    /// Under the lock: life `id` of `file`'s complete file, verified, goes
+    /// in the index. A complete entry of another size (a file damaged on
+    /// disk) gives way, its file to `released`; the life it had is
+    /// returned, for the caller to forget its open file once the lock is
+    /// released. Both ways a file becomes complete end here.
+    pub(super) fn install_complete(
+        &self,
+        index: &mut Index,
+        file: &FileKey,
+        id: u64,
+        released: &mut Released,
+    ) -> Option<u64> {
+        let replaced = index.entries.remove(&file.content).map(|old| {
             index.used -= old.charged;
             released
                 .paths
                 .push(self.complete_path(&file.content, old.id));
+            let id = old.id;
             released.entries.push(old);
-        }
+            id
+        });
         index.used += file.size;
         index.entries.insert(
             file.content,
             Entry {
-                id: new_id,
+                id,
                 size: file.size,
                 charged: file.size,
                 last_use: 0,
@@ -94,7 +115,7 @@ impl Store {
             },
         );
         index.touch(&file.content);
-        released
+        replaced
     }
 }
 
@@ -147,7 +168,7 @@ impl Store {
                 released.entries.push(old);
             }
         }
-        released.maps.extend(self.forget_file(content, id));
+        released.files.extend(self.forget_file(content, id));
         released.paths.push(self.complete_path(content, id));
         released.finish();
         None

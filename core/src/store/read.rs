@@ -1,6 +1,6 @@
 //! Reads: find the chunks under the index lock, then `pread` from the
 //! file of that entry's life with the lock released. Open files are
-//! cached (`maps`); opening, and closing what the cache lets go, happen
+//! cached (`open_files`); opening, and closing what the cache lets go, happen
 //! outside both locks.
 
 use std::fs::File;
@@ -157,7 +157,7 @@ impl Store {
     /// lock held; a file the cache drops to make room is closed after its
     /// lock is released.
     fn open_file(&self, key: &Digest, id: u64, complete: bool) -> io::Result<Arc<File>> {
-        if let Some(f) = self.maps.lock().expect("maps").get(&(*key, id)) {
+        if let Some(f) = self.open_files.lock().expect("open files").get(&(*key, id)) {
             return Ok(f.clone());
         }
         let path = if complete {
@@ -166,12 +166,16 @@ impl Store {
             self.partial_paths(key, id).0
         };
         let f = Arc::new(File::open(path)?);
-        let dropped = self.maps.lock().expect("maps").push((*key, id), f.clone());
+        let dropped = self
+            .open_files
+            .lock()
+            .expect("open files")
+            .push((*key, id), f.clone());
         drop(dropped);
         Ok(f)
     }
 
     pub(super) fn forget_file(&self, key: &Digest, id: u64) -> Option<Arc<File>> {
-        self.maps.lock().expect("maps").pop(&(*key, id))
+        self.open_files.lock().expect("open files").pop(&(*key, id))
     }
 }

@@ -95,39 +95,18 @@ impl Store {
             return Err(e);
         }
         let mut released = Released::default();
-        let mut replaced = None;
-        {
+        let replaced = {
             let mut index = self.lock();
             if index.complete(file).is_some() {
                 // Another put of the same content got there first.
                 released.paths.push(path);
+                None
             } else {
-                // A complete entry of another size (damaged on disk)
-                // gives way to the one just written.
-                if let Some(old) = index.entries.remove(&file.content) {
-                    index.used -= old.charged;
-                    released
-                        .paths
-                        .push(self.complete_path(&file.content, old.id));
-                    replaced = Some(old.id);
-                    released.entries.push(old);
-                }
-                index.used += file.size;
-                index.entries.insert(
-                    file.content,
-                    Entry {
-                        id,
-                        size: file.size,
-                        charged: file.size,
-                        last_use: 0,
-                        state: State::Complete { verified: true },
-                    },
-                );
-                index.touch(&file.content);
+                self.install_complete(&mut index, file, id, &mut released)
             }
-        }
+        };
         if let Some(old) = replaced {
-            released.maps.extend(self.forget_file(&file.content, old));
+            released.files.extend(self.forget_file(&file.content, old));
         }
         released.finish();
         self.evict(Some(&file.content));
