@@ -255,3 +255,42 @@ fn zstd_raw_frame(data: &[u8]) -> Vec<u8> {
     }
     out
 }
+
+/// What executing a file opens next (core::exec), from a file's bytes as
+/// a lazy pull holds them: whole, then with a hole the input places.
+/// With every byte held the answer is never "incomplete"; with a hole,
+/// the byte asked for lies in it; every range named lies in the file.
+pub fn exec_file(data: &[u8]) {
+    use ringstar_core::exec::{self, FilePieces, MAX_NAME, MAX_NEEDED, Parsed};
+    let Some((&cut, file)) = data.split_first() else {
+        return;
+    };
+    let size = file.len() as u64;
+    let check_done = |parsed: &Parsed| {
+        if let Parsed::Done(d) = parsed {
+            assert!(d.needed.len() <= MAX_NEEDED);
+            assert!(d.needed.iter().chain(&d.interpreter).all(|n| !n.is_empty() && n.len() <= MAX_NAME));
+            assert!(d.hot.iter().all(|r| r.start < r.end && r.end <= size));
+        }
+    };
+    let mut whole = FilePieces::new(size);
+    whole.add(0, file);
+    if let Ok(p) = exec::parse_elf(&whole) {
+        assert!(!matches!(p, Parsed::Incomplete { .. }), "incomplete with every byte held");
+        check_done(&p);
+    }
+    let hole_start = file.len() * usize::from(cut) / 256;
+    let hole_end = hole_start + (file.len() - hole_start) / 2;
+    let mut holed = FilePieces::new(size);
+    holed.add(0, &file[..hole_start]);
+    holed.add(hole_end as u64, &file[hole_end..]);
+    match exec::parse_elf(&holed) {
+        Ok(Parsed::Incomplete { missing, hot }) => {
+            assert!((hole_start as u64..hole_end as u64).contains(&missing), "asked for held byte {missing}");
+            assert!(hot.iter().all(|r| r.start < r.end && r.end <= size));
+        }
+        Ok(p) => check_done(&p),
+        Err(_) => {}
+    }
+    let _ = exec::shebang(file);
+}

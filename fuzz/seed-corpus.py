@@ -5,7 +5,8 @@
 
 Writes fuzz/corpus/<target>/: blob tails for `footer`, TOC JSON for `toc`,
 the TOC member's tar for `tar_header`, whole small blobs for `layer_open`,
-TOC JSON plus the payload before it for `layer_toc`.
+TOC JSON plus the payload before it for `layer_toc`, this machine's
+small ELF programs for `exec_file`.
 """
 import gzip
 import os
@@ -65,4 +66,15 @@ for fn in sorted(os.listdir(src)):
     # compression byte (bit 0: zstd), then the member.
     head = blob[:256]
     put("chunk_inflate", name, struct.pack("<QQB", len(head) - 16, 16, 0) + gzip.compress(head))
+# exec_file: this machine's own small programs and loader (a cut byte
+# first, placing the hole), and a script.
+for path in ["/usr/bin/true", "/usr/bin/env", "/lib64/ld-linux-x86-64.so.2"]:
+    try:
+        with open(path, "rb") as f:
+            elf = f.read()
+    except OSError:
+        continue
+    if len(elf) <= 256 << 10:
+        put("exec_file", os.path.basename(path), b"\x40" + elf)
+put("exec_file", "script", b"\x80#!/usr/bin/env python3\nprint()\n")
 print("seed corpus in", corpus)

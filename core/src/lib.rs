@@ -17,12 +17,14 @@
 pub mod blob;
 pub mod digest;
 pub mod error;
+pub mod exec;
 pub mod faults;
 pub mod footer;
 pub mod inflate;
 pub mod inspect;
 pub mod layer;
 pub mod limits;
+pub mod merged;
 pub mod name;
 pub mod store;
 pub mod tar;

@@ -460,6 +460,30 @@ impl LayerTree {
             + self.user_names.capacity() * size_of::<StrRef>()
     }
 
+    /// The path of `id`'s first name from the root (`""` for the root),
+    /// found through parents: a scan of each ancestor's entries, so for
+    /// logs and predictions, not hot paths.
+    pub fn path_of(&self, id: NodeId) -> String {
+        let mut parts = Vec::new();
+        let mut at = id;
+        // Depth is bounded by the node count: a malformed parent chain
+        // cannot loop forever.
+        for _ in 0..self.len() {
+            if at == NodeId::ROOT {
+                break;
+            }
+            let Some(n) = self.get(at) else { break };
+            let parent = n.parent;
+            match self.children(parent).find(|&(_, c)| c == at) {
+                Some((name, _)) => parts.push(name),
+                None => break,
+            }
+            at = parent;
+        }
+        parts.reverse();
+        parts.join("/")
+    }
+
     /// Every path of the raw view (hardlink names included) with its
     /// node, depth first; the root is `""`. Order is tree order, not
     /// string order.

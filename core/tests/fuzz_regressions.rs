@@ -33,6 +33,7 @@ fn every_regression_input_passes_its_target() {
         ("layer_open", checks::layer_open),
         ("chunk_inflate", checks::chunk_inflate),
         ("layer_toc", checks::layer_toc),
+        ("exec_file", checks::exec_file),
     ]
     .into_iter()
     .map(|(t, f)| run(t, f))

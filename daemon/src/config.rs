@@ -121,6 +121,10 @@ pub struct Ringstar {
     /// Read-ahead a stream of misses may grow to, in bytes (default
     /// 128 KiB: no growth; see `LoaderConfig::max_read_ahead`).
     pub max_read_ahead: Option<u64>,
+    /// Fetch what an executed file opens next (its loader, libraries,
+    /// interpreter) as soon as its first chunk is in (default true; see
+    /// `LoaderConfig::predict`).
+    pub predict: Option<bool>,
     /// Hold container creation until prefetch is in, as the reference
     /// does (default false: containers start at once, their reads
     /// joining the prefetch windows in flight).
@@ -218,6 +222,7 @@ const APPLIED: &[&str] = &[
     "ringstar.background_bytes_per_sec",
     "ringstar.ca_file",
     "ringstar.max_read_ahead",
+    "ringstar.predict",
     "ringstar.prefetch_wait",
     "ringstar.fuse_uring",
 ];

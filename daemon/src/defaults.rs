@@ -75,6 +75,11 @@ pub fn max_read_ahead() -> u64 {
     LoaderConfig::default().max_read_ahead
 }
 
+/// Whether executed files' next opens are predicted: the loader's.
+pub fn predict() -> bool {
+    LoaderConfig::default().predict
+}
+
 /// Threads inflating and verifying fetched chunks: one per CPU.
 pub fn inflate_workers() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())

@@ -74,6 +74,7 @@ impl Settings {
                     ..BackgroundConfig::default()
                 },
                 max_read_ahead: r.max_read_ahead.unwrap_or_else(defaults::max_read_ahead),
+                predict: r.predict.unwrap_or_else(defaults::predict),
                 ..LoaderConfig::default()
             },
             remote: RemoteSettings {

@@ -2,7 +2,7 @@
 //! where its blob is, and how much of it is fetched.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use ringstar_core::store::{FileKey, StoreChunk};
@@ -55,6 +55,12 @@ pub struct RemoteLayer {
     /// Each node's store key, made on first use (`None`: a file the store
     /// cannot hold, whose reads fail).
     store_keys: Box<[OnceLock<Option<FileKey>>]>,
+    /// The layers of the image a container last mounted this one in,
+    /// uppermost first: predictions look a program's libraries up as that
+    /// container sees them (weak: a layer does not keep another).
+    image: Mutex<Vec<Weak<RemoteLayer>>>,
+    /// Files whose next opens were predicted (once each).
+    predicted: Mutex<std::collections::HashSet<NodeId>>,
 }
 
 /// The canonical chunks whose bytes the state file counts as fetched
@@ -157,7 +163,31 @@ impl RemoteLayer {
             fetching: AtomicBool::new(false),
             read_ahead: ReadAhead::default(),
             store_keys,
+            image: Mutex::default(),
+            predicted: Mutex::default(),
         }
+    }
+
+    /// Records the layers of an image being mounted with this one in it,
+    /// uppermost first (a layer shared by images: the latest mount's).
+    pub fn set_image(&self, layers: &[Arc<RemoteLayer>]) {
+        *self.image.lock().expect("image") = layers.iter().map(Arc::downgrade).collect();
+    }
+
+    /// The layers of the image this one was last mounted in that are
+    /// still served, uppermost first (empty before any mount).
+    pub fn image(&self) -> Vec<Arc<RemoteLayer>> {
+        let image = self.image.lock().expect("image");
+        image.iter().filter_map(Weak::upgrade).collect()
+    }
+
+    /// Marks `node` as predicted from; true the first time.
+    pub(crate) fn first_prediction(&self, node: NodeId) -> bool {
+        self.predicted.lock().expect("predicted").insert(node)
+    }
+
+    pub(crate) fn was_predicted(&self, node: NodeId) -> bool {
+        self.predicted.lock().expect("predicted").contains(&node)
     }
 
     pub fn tree(&self) -> &ringstar_core::LayerTree {

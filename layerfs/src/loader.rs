@@ -7,6 +7,7 @@
 
 mod background;
 mod config;
+mod predict;
 mod prefetch;
 
 use std::cell::RefCell;
@@ -33,13 +34,16 @@ pub use crate::flight::ChunkWaiter;
 type Job = Box<dyn FnOnce() + Send>;
 
 /// A chunk a fetch has taken on: its file, its blob-order number, the
-/// store's view of it, and the single-flight entry it must finish.
+/// store's view of it, the single-flight entry it must finish, and
+/// whether its arrival is a file being executed or loaded, so what it
+/// opens next is predicted ([`predict`]).
 #[derive(Debug)]
 pub(crate) struct ClaimedChunk {
     node: NodeId,
     blob: BlobChunk,
     store: StoreChunk,
     loading: Loading,
+    predict: bool,
 }
 
 pub struct Loader {
@@ -55,6 +59,8 @@ pub struct Loader {
     background: crossbeam_channel::Sender<Arc<RemoteLayer>>,
     background_config: BackgroundConfig,
     policy: Policy,
+    /// Predict what executed files open next ([`predict`]).
+    predict: bool,
 }
 
 impl std::fmt::Debug for Loader {
@@ -93,6 +99,7 @@ impl Loader {
                 read_ahead: config.read_ahead,
                 max_read_ahead: config.max_read_ahead.max(config.read_ahead),
             },
+            predict: config.predict,
         });
         spawn_background(Arc::downgrade(&loader), layers)?;
         Ok(loader)
@@ -149,7 +156,19 @@ impl Loader {
             blob,
             store: sc,
             loading,
+            // A miss on a file's first chunk: maybe a program starting.
+            predict: self.predict && index.0 == 0,
         };
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let e = &planned.extent;
+            tracing::debug!(
+                layer = %layer.digest,
+                path = %tree.path_of(node),
+                file_offset = chunk.chunk_offset,
+                window = e.blob_end - chunk.offset,
+                "miss"
+            );
+        }
         let stream = planned.stream.is_some();
         self.fetch_planned(layer, planned, Some(first));
         if stream {
@@ -171,9 +190,8 @@ impl Loader {
     }
 
     /// Claims what is left to fetch of a planned window (besides `first`,
-    /// claimed already) and fetches it in one request; its chunks are
-    /// inflated on the pool, one job each. Returns whether a request went
-    /// out.
+    /// claimed already) and fetches it in one request. Returns whether a
+    /// request went out.
     fn fetch_planned(
         self: &Arc<Self>,
         layer: &Arc<RemoteLayer>,
@@ -183,10 +201,22 @@ impl Loader {
         let skip = first.as_ref().map(|c| c.blob);
         let mut claimed: Vec<ClaimedChunk> = first.into_iter().collect();
         self.claim_extent(layer, &planned.extent, skip, &mut claimed);
+        self.fetch_claimed(layer, claimed, planned.stream)
+    }
+
+    /// Fetches `claimed` in one request (a window of followed stream
+    /// `stream`, if any); their chunks are inflated on the pool, one job
+    /// each, and predicted from where marked. Returns whether a request
+    /// went out (none for nothing claimed).
+    fn fetch_claimed(
+        self: &Arc<Self>,
+        layer: &Arc<RemoteLayer>,
+        claimed: Vec<ClaimedChunk>,
+        stream: Option<u64>,
+    ) -> bool {
         if claimed.is_empty() {
             return false;
         }
-        let stream = planned.stream;
         self.fetch_then(layer, claimed, move |me, layer, claimed, base, fetched| {
             if let Some(generation) = stream {
                 layer.read_ahead.window_done(generation);
@@ -201,7 +231,9 @@ impl Loader {
             for one in claimed {
                 let (me2, layer2, fetched) = (me.clone(), layer.clone(), fetched.clone());
                 me.run_on_pool(Box::new(move || {
-                    me2.finish_chunks(&layer2, vec![one], base, fetched);
+                    for (node, first) in me2.finish_chunks(&layer2, vec![one], base, fetched) {
+                        me2.predict_after(&layer2, node, first);
+                    }
                 }));
             }
         });
@@ -238,6 +270,7 @@ impl Loader {
                     blob,
                     store: sc,
                     loading,
+                    predict: false,
                 }),
                 None => {
                     self.stats.joined.fetch_add(1, Ordering::Relaxed);
@@ -305,13 +338,17 @@ impl Loader {
 
     /// Inflates and stores `claimed` from a fetched range that starts at
     /// blob offset `base`, finishing their loads (their waiters run here).
+    /// Returns the arrived chunks marked for prediction (files' first
+    /// chunks), for the caller to predict from once every read is
+    /// answered.
+    #[must_use]
     fn finish_chunks(
         &self,
         layer: &RemoteLayer,
         claimed: Vec<ClaimedChunk>,
         base: u64,
         fetched: Fetched,
-    ) {
+    ) -> Vec<(NodeId, Arc<Vec<u8>>)> {
         let bytes = match fetched {
             Ok(bytes) => bytes,
             Err(e) => {
@@ -320,9 +357,10 @@ impl Loader {
                 for c in claimed {
                     c.loading.finish(Err(ChunkFailure::Fetch(e.clone())));
                 }
-                return;
+                return Vec::new();
             }
         };
+        let mut arrived = Vec::new();
         let all = layer.tree().all_chunks();
         for c in claimed {
             let member = &all[c.blob.0];
@@ -346,8 +384,12 @@ impl Loader {
                 layer.set_error(f.to_string());
                 tracing::warn!(layer = %layer.digest, offset = member.offset, reason = %f, "chunk read failed; answering EIO");
             }
+            if let (true, Ok(bytes)) = (c.predict, &result) {
+                arrived.push((c.node, bytes.clone()));
+            }
             c.loading.finish(result);
         }
+        arrived
     }
 
     /// Inflates one chunk from its compressed bytes (starting at the

@@ -275,6 +275,7 @@ fn prefetch_takes_one_request_and_background_fetch_reaches_everything() {
         LoaderConfig {
             read_ahead: 0,
             max_read_ahead: 0,
+            predict: false,
             background: BackgroundConfig {
                 enabled: true,
                 window: 64 << 10,
@@ -350,6 +351,7 @@ fn a_foreground_read_does_not_wait_for_the_background() {
         LoaderConfig {
             read_ahead: 0,
             max_read_ahead: 0,
+            predict: false,
             background: BackgroundConfig {
                 enabled: true,
                 window: 1 << 20,

@@ -142,6 +142,10 @@ fn structure_follows_the_reference_rules() {
     assert_eq!(tree.link_target(y), Some("../../etc"));
     assert_eq!(tree.node(tree.lookup_path("x").unwrap()).mode(), 0o755);
     assert!(tree.lookup_path("bar/foo").is_some());
+    // Paths back from nodes: a hardlinked file by its first name.
+    assert_eq!(tree.path_of(y), "x/y");
+    assert_eq!(tree.path_of(f), "d/f");
+    assert_eq!(tree.path_of(NodeId::ROOT), "");
     // User names back-filled by uid.
     assert_eq!(tree.uname(tree.lookup_path("g").unwrap()), Some("u"));
     // Link counts: root has d, x, bar as subdirectories.

@@ -439,6 +439,11 @@ impl Remote {
         for source in layers {
             ready.push(self.serve(source, deadline)?);
         }
+        // Each layer learns the image it is mounted in, so that
+        // predictions look libraries up as this container sees them.
+        for layer in &ready {
+            layer.set_image(&ready);
+        }
         if !self.settings.noprefetch && self.settings.prefetch_wait {
             let until = Instant::now() + self.settings.prefetch_timeout;
             for layer in &ready {

@@ -89,7 +89,7 @@ impl Loader {
         let result = self.fetcher.read_range(&layer.location, lo, hi - lo);
         self.count_fetched(&result);
         let failed = result.is_err();
-        self.finish_chunks(layer, claimed, lo, result);
+        let _ = self.finish_chunks(layer, claimed, lo, result);
         if failed {
             return None;
         }

@@ -21,6 +21,11 @@ pub struct LoaderConfig {
     /// readers (layer-bench's cold read) gain from 8 MiB, and get it
     /// without this once proven (`planner::STREAM_PROOF`).
     pub max_read_ahead: u64,
+    /// When a miss fetches a file's first chunk and it is an ELF program
+    /// or library or a script, fetch what executing it opens next (its
+    /// loader, libraries, interpreter) and its code, all at once, instead
+    /// of one round trip per file as the loader gets to each (#17).
+    pub predict: bool,
     pub background: BackgroundConfig,
 }
 
@@ -29,6 +34,7 @@ impl Default for LoaderConfig {
         LoaderConfig {
             read_ahead: 128 << 10,
             max_read_ahead: 128 << 10,
+            predict: true,
             background: BackgroundConfig::default(),
         }
     }

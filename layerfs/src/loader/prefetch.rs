@@ -69,7 +69,8 @@ impl Loader {
             let me2 = me.clone();
             me.run_on_pool(Box::new(move || {
                 me2.next_prefetch_window(&run);
-                me2.finish_chunks(&layer, claimed, base, fetched);
+                // Prefetched files are not being executed: nothing to predict.
+                let _ = me2.finish_chunks(&layer, claimed, base, fetched);
                 let left = run.outstanding.fetch_sub(1, Ordering::AcqRel) - 1;
                 if left == 0 && run.windows.lock().expect("windows").is_empty() {
                     run.layer.finish_prefetch();
