@@ -125,6 +125,10 @@ pub struct Ringstar {
     /// interpreter) as soon as its first chunk is in (default true; see
     /// `LoaderConfig::predict`).
     pub predict: Option<bool>,
+    /// Record which chunks an image's first start reads, under
+    /// `ROOT/starts`, and fetch them in that order when the image next
+    /// starts cold (default true).
+    pub record_starts: Option<bool>,
     /// Hold container creation until prefetch is in, as the reference
     /// does (default false: containers start at once, their reads
     /// joining the prefetch windows in flight).
@@ -223,6 +227,7 @@ const APPLIED: &[&str] = &[
     "ringstar.ca_file",
     "ringstar.max_read_ahead",
     "ringstar.predict",
+    "ringstar.record_starts",
     "ringstar.prefetch_wait",
     "ringstar.fuse_uring",
 ];

@@ -75,6 +75,9 @@ pub fn max_read_ahead() -> u64 {
     LoaderConfig::default().max_read_ahead
 }
 
+/// Whether starts are recorded and replayed (docs/layerfs.md).
+pub const RECORD_STARTS: bool = true;
+
 /// Whether executed files' next opens are predicted: the loader's.
 pub fn predict() -> bool {
     LoaderConfig::default().predict

@@ -74,11 +74,15 @@ impl Daemon {
                 path: store_dir.clone(),
                 cause,
             })?;
+        let mut loader_config = settings.loader.clone();
+        if settings.record_starts {
+            loader_config.start_records = Some(root.join("starts"));
+        }
         let loader = Loader::new(
             Arc::new(store),
             fetcher.clone(),
             settings.inflate_workers,
-            settings.loader.clone(),
+            loader_config,
         )
         .map_err(StartError::Loader)?;
         let mountpoint = root.join("fuse");
@@ -186,6 +190,8 @@ impl Daemon {
     /// mount over (it stays, served by the next process); without,
     /// unmounts. Blocking.
     pub fn stop(&self, how: Stop) {
+        // Starts still being recorded are written as far as they got.
+        self.remote.flush_start_records();
         match (how, &self.takeover) {
             (Stop::Terminate, Some(_)) => {
                 let h = self.remote.handover(defaults::HANDOVER_GRACE);

@@ -24,6 +24,9 @@ pub struct Settings {
     pub inflate_workers: usize,
     /// Hand complete files to the kernel (FUSE passthrough).
     pub passthrough: bool,
+    /// Record each image's first start under `ROOT/starts` and replay it
+    /// when the image next starts cold.
+    pub record_starts: bool,
     /// FUSE-over-io_uring and its host-wide knob.
     pub fuse_uring: FuseUring,
     /// Registry requests: timeouts, retries, credentials (the docker
@@ -64,6 +67,7 @@ impl Settings {
                 .filter(|&n| n > 0)
                 .unwrap_or_else(defaults::inflate_workers),
             passthrough: config.passthrough(),
+            record_starts: r.record_starts.unwrap_or(defaults::RECORD_STARTS),
             fuse_uring: config.fuse_uring(),
             fetcher: fetcher_config(config),
             resolver: config.resolver_config(),

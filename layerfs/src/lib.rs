@@ -21,6 +21,7 @@ mod open_files;
 pub mod planner;
 mod read;
 pub mod resolve;
+pub mod starts;
 mod state_dir;
 
 use std::collections::HashMap;
@@ -212,6 +213,7 @@ impl Filesystem for LayerFs {
             return ReadResult::Data(0);
         }
         let len = (out.buf().len() as u64).min(size - offset) as usize;
+        layer.note_read(node, offset, len as u64);
         match Self::reply_from_store(&layer, &self.loader, node, offset, &mut out.buf()[..len]) {
             Ok(()) => ReadResult::Data(len),
             Err(missing) => {

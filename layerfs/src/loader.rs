@@ -9,6 +9,7 @@ mod background;
 mod config;
 mod predict;
 mod prefetch;
+mod replay;
 
 use std::cell::RefCell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -27,6 +28,7 @@ use crate::error::ChunkFailure;
 use crate::flight::{Flights, Joined, Loading};
 use crate::layer::RemoteLayer;
 use crate::planner::{Extent, Planned, Policy};
+use crate::starts::StartRecords;
 
 pub use self::config::{BackgroundConfig, LoaderConfig, LoaderStats};
 pub use crate::flight::ChunkWaiter;
@@ -61,6 +63,8 @@ pub struct Loader {
     policy: Policy,
     /// Predict what executed files open next ([`predict`]).
     predict: bool,
+    /// Where starts are recorded and replayed from (`crate::starts`).
+    pub starts: Option<Arc<StartRecords>>,
 }
 
 impl std::fmt::Debug for Loader {
@@ -84,6 +88,10 @@ impl Loader {
         config: LoaderConfig,
     ) -> std::io::Result<Arc<Loader>> {
         let pool = spawn_pool(workers)?;
+        let starts = match &config.start_records {
+            Some(dir) => Some(StartRecords::open(dir)?),
+            None => None,
+        };
         let (background, layers) = crossbeam_channel::unbounded();
         let loader = Arc::new(Loader {
             store,
@@ -100,9 +108,31 @@ impl Loader {
                 max_read_ahead: config.max_read_ahead.max(config.read_ahead),
             },
             predict: config.predict,
+            starts,
         });
         spawn_background(Arc::downgrade(&loader), layers)?;
         Ok(loader)
+    }
+
+    /// A container's snapshot of image `image` (uppermost first) is being
+    /// mounted: replay the image's start record if it has one and is
+    /// cold, else record this start.
+    pub fn image_mounted(self: &Arc<Self>, image: &[Arc<RemoteLayer>]) {
+        let Some(starts) = &self.starts else {
+            return;
+        };
+        let digests: Vec<_> = image.iter().map(|l| l.digest).collect();
+        match starts.load(&digests) {
+            Some(record) => {
+                if self.replay(image, &record) {
+                    tracing::info!(
+                        files = record.files.len(),
+                        "replaying the image's start record"
+                    );
+                }
+            }
+            None => starts.begin(image),
+        }
     }
 
     fn key(layer: &RemoteLayer, node: NodeId, chunk: &StoreChunk) -> ChunkKey {

@@ -276,6 +276,7 @@ fn prefetch_takes_one_request_and_background_fetch_reaches_everything() {
             read_ahead: 0,
             max_read_ahead: 0,
             predict: false,
+            start_records: None,
             background: BackgroundConfig {
                 enabled: true,
                 window: 64 << 10,
@@ -352,6 +353,7 @@ fn a_foreground_read_does_not_wait_for_the_background() {
             read_ahead: 0,
             max_read_ahead: 0,
             predict: false,
+            start_records: None,
             background: BackgroundConfig {
                 enabled: true,
                 window: 1 << 20,

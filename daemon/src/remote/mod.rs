@@ -430,6 +430,13 @@ impl Remote {
         self.invalidate_root(&layer.name);
     }
 
+    /// Writes the start records still being taken (at stop).
+    pub fn flush_start_records(&self) {
+        if let Some(starts) = &self.fs.loader().starts {
+            starts.flush();
+        }
+    }
+
     /// Waits until every layer of `layers` is served and (unless
     /// `noprefetch`) prefetched, within the prefetch timeout; a layer that
     /// cannot be served is an error (the snapshot is unavailable).
@@ -444,6 +451,7 @@ impl Remote {
         for layer in &ready {
             layer.set_image(&ready);
         }
+        self.fs.loader().image_mounted(&ready);
         if !self.settings.noprefetch && self.settings.prefetch_wait {
             let until = Instant::now() + self.settings.prefetch_timeout;
             for layer in &ready {

@@ -26,6 +26,10 @@ pub struct LoaderConfig {
     /// loader, libraries, interpreter) and its code, all at once, instead
     /// of one round trip per file as the loader gets to each (#17).
     pub predict: bool,
+    /// Record which chunks a container of an image reads first, in this
+    /// directory, and fetch them in that order when the image next
+    /// starts cold (`crate::starts`). None: neither.
+    pub start_records: Option<std::path::PathBuf>,
     pub background: BackgroundConfig,
 }
 
@@ -35,6 +39,7 @@ impl Default for LoaderConfig {
             read_ahead: 128 << 10,
             max_read_ahead: 128 << 10,
             predict: true,
+            start_records: None,
             background: BackgroundConfig::default(),
         }
     }

@@ -255,8 +255,10 @@ impl Loader {
         );
     }
 
-    /// Gets chunk `index` of `node` to `done`: from the store when there,
-    /// else joining its load in flight or fetching it alone.
+    /// Gets chunk `index` of `node` to `done`: from the store when there
+    /// (on the pool, never inline: a chain of predicted libraries an image
+    /// declares must not become a chain of nested calls), else joining its
+    /// load in flight or fetching it alone.
     fn chunk_then(
         self: &Arc<Self>,
         layer: &Arc<RemoteLayer>,
@@ -283,7 +285,7 @@ impl Loader {
                 .read(&file, std::slice::from_ref(&sc), sc.offset, &mut buf)
                 .is_ok()
             {
-                return done(Ok(Arc::new(buf)));
+                return self.run_on_pool(Box::new(move || done(Ok(Arc::new(buf)))));
             }
         }
         match self.flights.join(Self::key(layer, node, &sc), done) {
