@@ -198,30 +198,59 @@ pub fn parse_elf(file: &FilePieces<'_>) -> Result<Parsed, ExecError> {
                 missing,
                 hot: deps.hot,
             }),
-            None => Err(ExecError::Malformed(why)),
+            None => Err(why),
         },
     }
 }
 
-/// The ELF walk for one class, filling `deps` as it goes; `Err` carries
+/// The ELF walk for one class, filling `deps` as it goes; `Err` says
 /// why it stopped (a missing byte, if that was it, is in `file.missing`).
 fn parse_as<H: FileHeader<Endian = Endianness>>(
     file: &FilePieces<'_>,
     deps: &mut ElfDeps,
-) -> Result<(), &'static str> {
-    let header = H::parse(file).map_err(|_| "file header")?;
-    let endian = header.endian().map_err(|_| "endianness")?;
+) -> Result<(), ExecError> {
+    let bad = ExecError::Malformed;
+    let header = H::parse(file).map_err(|_| bad("file header"))?;
+    let endian = header.endian().map_err(|_| bad("endianness"))?;
     let phdrs = header
         .program_headers(endian, file)
-        .map_err(|_| "program headers")?;
+        .map_err(|_| bad("program headers"))?;
     deps.machine = header.e_machine(endian).0;
+    let Some(dynamic) = program_headers::<H>(file, endian, phdrs, deps)? else {
+        return Ok(());
+    };
+    let entries = dynamic
+        .dynamic(endian, file)
+        .map_err(|_| bad("dynamic section"))?
+        .unwrap_or_default();
+    let value = |tag| {
+        entries
+            .iter()
+            .map_while(|d| (d.d_tag(endian) != elf::DT_NULL).then_some(d))
+            .find(|d| d.d_tag(endian) == tag)
+            .map(|d| d.d_val(endian).into())
+    };
+    let (Some(strtab), Some(strsz)) = (value(elf::DT_STRTAB), value(elf::DT_STRSZ)) else {
+        return Ok(());
+    };
+    let strings = string_table(endian, phdrs, strtab, strsz)?;
+    dynamic_names(file, endian, entries, strings, deps)
+}
+
+/// The interpreter and hot ranges from the program headers; the dynamic
+/// segment's header, if any.
+fn program_headers<'p, H: FileHeader<Endian = Endianness>>(
+    file: &FilePieces<'_>,
+    endian: Endianness,
+    phdrs: &'p [H::ProgramHeader],
+    deps: &mut ElfDeps,
+) -> Result<Option<&'p H::ProgramHeader>, ExecError> {
     let mut dynamic = None;
     for ph in phdrs {
         let (offset, size): (u64, u64) = (ph.p_offset(endian).into(), ph.p_filesz(endian).into());
         let range = offset..offset.saturating_add(size).min(file.size);
         let p_type = ph.p_type(endian);
-        let flags = ph.p_flags(endian).0;
-        let code_or_data = flags & (elf::PF_X.0 | elf::PF_W.0) != 0;
+        let code_or_data = ph.p_flags(endian).0 & (elf::PF_X.0 | elf::PF_W.0) != 0;
         let hot = (p_type == elf::PT_LOAD && (code_or_data || size <= MAX_HOT_READ_ONLY))
             || p_type == elf::PT_DYNAMIC;
         if hot && !range.is_empty() {
@@ -230,33 +259,25 @@ fn parse_as<H: FileHeader<Endian = Endianness>>(
         if p_type == elf::PT_DYNAMIC {
             dynamic = Some(ph);
         }
-        if let Some(interp) = ph.interpreter(endian, file).map_err(|_| "interpreter")? {
-            deps.interpreter = Some(name(interp).ok_or("interpreter name")?);
+        let interp = ph
+            .interpreter(endian, file)
+            .map_err(|_| ExecError::Malformed("interpreter"))?;
+        if let Some(interp) = interp {
+            deps.interpreter = Some(name(interp).ok_or(ExecError::Malformed("interpreter name"))?);
         }
     }
-    let Some(dynamic) = dynamic else {
-        return Ok(());
-    };
-    let entries = dynamic
-        .dynamic(endian, file)
-        .map_err(|_| "dynamic section")?
-        .unwrap_or_default();
-    let mut strtab = None;
-    let mut strsz = None;
-    for d in entries {
-        match d.d_tag(endian) {
-            elf::DT_NULL => break,
-            elf::DT_STRTAB => strtab = Some(d.d_val(endian).into()),
-            elf::DT_STRSZ => strsz = Some(d.d_val(endian).into()),
-            _ => {}
-        }
-    }
-    let (Some(strtab), Some(strsz)) = (strtab, strsz) else {
-        return Ok(());
-    };
-    // DT_STRTAB is an address: the file offset is where a loaded
-    // segment maps it.
-    let strings = phdrs
+    Ok(dynamic)
+}
+
+/// The file range of the dynamic string table: `DT_STRTAB` is an
+/// address, found in the loaded segment that maps it.
+fn string_table<P: ProgramHeader<Endian = Endianness>>(
+    endian: Endianness,
+    phdrs: &[P],
+    strtab: u64,
+    strsz: u64,
+) -> Result<Range<u64>, ExecError> {
+    let start = phdrs
         .iter()
         .filter(|ph| ph.p_type(endian) == elf::PT_LOAD)
         .find_map(|ph| {
@@ -266,23 +287,35 @@ fn parse_as<H: FileHeader<Endian = Endianness>>(
             (vaddr <= strtab && strtab - vaddr < filesz)
                 .then(|| offset.saturating_add(strtab - vaddr))
         })
-        .ok_or("string table outside the loaded segments")?;
-    let strings = strings..strings.saturating_add(strsz);
-    let string = |at: u64| -> Result<String, &'static str> {
-        let start = strings.start.checked_add(at).ok_or("string offset")?;
+        .ok_or(ExecError::Malformed(
+            "string table outside the loaded segments",
+        ))?;
+    Ok(start..start.saturating_add(strsz))
+}
+
+/// `DT_NEEDED`, `DT_RUNPATH` and `DT_RPATH` into `deps`.
+fn dynamic_names<D: Dyn<Endian = Endianness>>(
+    file: &FilePieces<'_>,
+    endian: Endianness,
+    entries: &[D],
+    strings: Range<u64>,
+    deps: &mut ElfDeps,
+) -> Result<(), ExecError> {
+    let bad = ExecError::Malformed;
+    let string = |at: u64| -> Result<String, ExecError> {
+        let start = strings.start.checked_add(at).ok_or(bad("string offset"))?;
         if start >= strings.end {
-            return Err("string offset");
+            return Err(bad("string offset"));
         }
         let bytes = file
             .read_bytes_at_until(start..strings.end, 0)
-            .map_err(|_| "string")?;
-        name(bytes).ok_or("string")
+            .map_err(|_| bad("string"))?;
+        name(bytes).ok_or(bad("string"))
     };
     let (mut runpath, mut rpath) = (None, None);
     for d in entries {
-        let tag = d.d_tag(endian);
         let val: u64 = d.d_val(endian).into();
-        match tag {
+        match d.d_tag(endian) {
             elf::DT_NULL => break,
             elf::DT_NEEDED if deps.needed.len() < MAX_NEEDED => deps.needed.push(string(val)?),
             elf::DT_RUNPATH => runpath = Some(string(val)?),

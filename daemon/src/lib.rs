@@ -68,23 +68,7 @@ impl Daemon {
         let lock = takeover::lock_root(root, settings.replace_running, defaults::REPLACE_WAIT)
             .map_err(StartError::Takeover)?;
         let fetcher = Fetcher::new(settings.fetcher.clone()).map_err(StartError::Fetcher)?;
-        let store_dir = root.join("store");
-        let store =
-            Store::open(&store_dir, settings.store_size).map_err(|cause| StartError::Store {
-                path: store_dir.clone(),
-                cause,
-            })?;
-        let mut loader_config = settings.loader.clone();
-        if settings.record_starts {
-            loader_config.start_records = Some(root.join("starts"));
-        }
-        let loader = Loader::new(
-            Arc::new(store),
-            fetcher.clone(),
-            settings.inflate_workers,
-            loader_config,
-        )
-        .map_err(StartError::Loader)?;
+        let loader = loader(root, settings, &fetcher)?;
         let mountpoint = root.join("fuse");
         let mut takeover = if settings.takes_over() {
             Some(Takeover::connect(root, settings.takeover_wait).map_err(StartError::Takeover)?)
@@ -330,6 +314,28 @@ fn bind_socket(address: &Path) -> Result<tokio::net::UnixListener, StartError> {
     std::fs::set_permissions(address, std::fs::Permissions::from_mode(0o660))
         .map_err(StartError::io("chmod 0660", address))?;
     Ok(listener)
+}
+
+/// The store under `ROOT/store` and the loader over it (start records
+/// under `ROOT/starts`, unless off).
+fn loader(root: &Path, settings: &Settings, fetcher: &Fetcher) -> Result<Arc<Loader>, StartError> {
+    let store_dir = root.join("store");
+    let store =
+        Store::open(&store_dir, settings.store_size).map_err(|cause| StartError::Store {
+            path: store_dir.clone(),
+            cause,
+        })?;
+    let mut config = settings.loader.clone();
+    if settings.record_starts {
+        config.start_records = Some(root.join("starts"));
+    }
+    Loader::new(
+        Arc::new(store),
+        fetcher.clone(),
+        settings.inflate_workers,
+        config,
+    )
+    .map_err(StartError::Loader)
 }
 
 /// Raises the soft limit of open files to the hard one, as Go's runtime

@@ -12,7 +12,6 @@ use ringstar_fetcher::BlobLocation;
 
 use crate::chunks::BlobChunk;
 use crate::planner::ReadAhead;
-use crate::starts::Recording;
 
 /// Biggest chunk we inflate into memory; a TOC claiming more gets EIO
 /// for that read (bounded memory per read, whatever the TOC says).
@@ -62,10 +61,6 @@ pub struct RemoteLayer {
     image: Mutex<Vec<Weak<RemoteLayer>>>,
     /// Files whose next opens were predicted (once each).
     predicted: Mutex<std::collections::HashSet<NodeId>>,
-    /// The start being recorded for an image with this layer in it, if
-    /// any (`recording_on` is the cheap check the read path makes).
-    recording: Mutex<Option<Arc<Recording>>>,
-    recording_on: AtomicBool,
 }
 
 /// The canonical chunks whose bytes the state file counts as fetched
@@ -170,8 +165,6 @@ impl RemoteLayer {
             store_keys,
             image: Mutex::default(),
             predicted: Mutex::default(),
-            recording: Mutex::default(),
-            recording_on: AtomicBool::new(false),
         }
     }
 
@@ -186,29 +179,6 @@ impl RemoteLayer {
     pub fn image(&self) -> Vec<Arc<RemoteLayer>> {
         let image = self.image.lock().expect("image");
         image.iter().filter_map(Weak::upgrade).collect()
-    }
-
-    pub(crate) fn set_recording(&self, recording: Option<Arc<Recording>>) {
-        let mut r = self.recording.lock().expect("recording");
-        self.recording_on
-            .store(recording.is_some(), Ordering::Release);
-        *r = recording;
-    }
-
-    /// Notes a read of `[offset, offset + len)` of `node` for the start
-    /// being recorded, if any.
-    pub(crate) fn note_read(&self, node: NodeId, offset: u64, len: u64) {
-        if !self.recording_on.load(Ordering::Acquire) {
-            return;
-        }
-        let recording = self.recording.lock().expect("recording").clone();
-        if let Some(r) = recording {
-            r.note(
-                self,
-                node,
-                self.tree().chunks_overlapping(node, offset, len),
-            );
-        }
     }
 
     /// Marks `node` as predicted from; true the first time.

@@ -213,7 +213,9 @@ impl Filesystem for LayerFs {
             return ReadResult::Data(0);
         }
         let len = (out.buf().len() as u64).min(size - offset) as usize;
-        layer.note_read(node, offset, len as u64);
+        if let Some(starts) = &self.loader.starts {
+            starts.note_read(&layer, node, offset, len as u64);
+        }
         match Self::reply_from_store(&layer, &self.loader, node, offset, &mut out.buf()[..len]) {
             Ok(()) => ReadResult::Data(len),
             Err(missing) => {

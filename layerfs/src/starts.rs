@@ -16,8 +16,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ringstar_core::digest::Hasher;
@@ -60,8 +60,6 @@ pub(crate) struct Recording {
     key: String,
     /// The image's layers by their ids in this process, uppermost first.
     layer_ids: Vec<u64>,
-    /// The same layers, to stop their noting once the time is up.
-    image: Vec<Weak<RemoteLayer>>,
     layers: Vec<String>,
     state: Mutex<RecordingState>,
 }
@@ -122,11 +120,6 @@ impl Recording {
             return None;
         }
         st.closed = true;
-        drop(st);
-        for layer in self.image.iter().filter_map(Weak::upgrade) {
-            layer.set_recording(None);
-        }
-        let mut st = self.state.lock().expect("recording");
         Some(StartRecord {
             version: 1,
             layers: self.layers.clone(),
@@ -140,6 +133,10 @@ impl Recording {
 pub struct StartRecords {
     dir: PathBuf,
     recording: Mutex<HashMap<String, Arc<Recording>>>,
+    /// The same recordings by the id of each layer they record.
+    by_layer: Mutex<HashMap<u64, Arc<Recording>>>,
+    /// Recordings on: the read path's cheap check.
+    on: AtomicUsize,
     stopped: AtomicBool,
 }
 
@@ -151,6 +148,8 @@ impl StartRecords {
         let records = Arc::new(StartRecords {
             dir: dir.to_path_buf(),
             recording: Mutex::default(),
+            by_layer: Mutex::default(),
+            on: AtomicUsize::new(0),
             stopped: AtomicBool::new(false),
         });
         let weak = Arc::downgrade(&records);
@@ -225,15 +224,37 @@ impl StartRecords {
             let r = Arc::new(Recording {
                 key: key.clone(),
                 layer_ids: image.iter().map(|l| l.id).collect(),
-                image: image.iter().map(Arc::downgrade).collect(),
                 layers: layers.iter().map(Digest::to_string).collect(),
                 state: Mutex::default(),
             });
             on.insert(key, r.clone());
+            self.on.fetch_add(1, Ordering::AcqRel);
             r
         };
-        for layer in image {
-            layer.set_recording(Some(recording.clone()));
+        let mut by_layer = self.by_layer.lock().expect("recordings");
+        for id in &recording.layer_ids {
+            by_layer.insert(*id, recording.clone());
+        }
+    }
+
+    /// Notes a read of `[offset, offset + len)` of `node` in `layer` for
+    /// the start being recorded with it, if any.
+    pub fn note_read(&self, layer: &RemoteLayer, node: NodeId, offset: u64, len: u64) {
+        if self.on.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let recording = self
+            .by_layer
+            .lock()
+            .expect("recordings")
+            .get(&layer.id)
+            .cloned();
+        if let Some(r) = recording {
+            r.note(
+                layer,
+                node,
+                layer.tree().chunks_overlapping(node, offset, len),
+            );
         }
     }
 
@@ -247,9 +268,14 @@ impl StartRecords {
                 .collect();
             for (r, _) in &due {
                 on.remove(&r.key);
+                self.on.fetch_sub(1, Ordering::AcqRel);
             }
             due
         };
+        if !due.is_empty() {
+            let mut by_layer = self.by_layer.lock().expect("recordings");
+            by_layer.retain(|_, r| !due.iter().any(|(d, _)| Arc::ptr_eq(r, d)));
+        }
         for (recording, record) in due {
             // Nothing read: no record, so the next start records.
             if record.files.is_empty() {
