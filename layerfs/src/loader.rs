@@ -186,8 +186,9 @@ impl Loader {
             blob,
             store: sc,
             loading,
-            // A miss on a file's first chunk: maybe a program starting.
-            predict: self.predict && index.0 == 0,
+            // A miss on a file's first chunk: maybe a program starting
+            // (not a reader going through the blob).
+            predict: self.predict && index.0 == 0 && !planned.continues,
         };
         if tracing::enabled!(tracing::Level::DEBUG) {
             let e = &planned.extent;
