@@ -65,6 +65,14 @@ impl LayerFs {
         let id = self
             .open
             .open(fh, ino.0, key, || self.backing_for(&layer, node, &key));
+        // A file complete by its open (predicted, say) is read through
+        // passthrough, past this daemon: its start is what a record can
+        // say of it (a replay predicts the rest from it).
+        if id.is_some()
+            && let Some(starts) = &self.loader.starts
+        {
+            starts.note_read(&layer, node, 0, 1);
+        }
         Ok(Opened {
             fh,
             keep_cache: id.is_none(),

@@ -113,7 +113,11 @@ impl Loader {
                     for one in claimed {
                         let (me4, layer2, fetched) = (me3.clone(), layer.clone(), fetched.clone());
                         me3.run_on_pool(Box::new(move || {
-                            let _ = me4.finish_chunks(&layer2, vec![one], base, fetched);
+                            for (node, first) in
+                                me4.finish_chunks(&layer2, vec![one], base, fetched)
+                            {
+                                me4.predict_after(&layer2, node, first);
+                            }
                         }));
                     }
                     run2.file_done();
@@ -151,6 +155,13 @@ impl Loader {
                 blob_end: all[c].next_offset,
             };
             self.claim_extent(&file.layer, &one, None, &mut claimed);
+            // A replayed first chunk is predicted from as a miss's is:
+            // what the program opens next follows it.
+            if c == span.start
+                && let Some(first) = claimed.last_mut().filter(|l| l.blob.0 == c)
+            {
+                first.predict = self.predict;
+            }
         }
         claimed
     }
