@@ -17,7 +17,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use ringstar_core::digest::Hasher;
@@ -60,6 +60,8 @@ pub(crate) struct Recording {
     key: String,
     /// The image's layers by their ids in this process, uppermost first.
     layer_ids: Vec<u64>,
+    /// The same layers, for their trees when the record is written.
+    image: Vec<Weak<RemoteLayer>>,
     layers: Vec<String>,
     state: Mutex<RecordingState>,
 }
@@ -67,11 +69,22 @@ pub(crate) struct Recording {
 #[derive(Debug, Default)]
 struct RecordingState {
     first_read: Option<Instant>,
-    files: Vec<RecordedFile>,
+    files: Vec<NotedFile>,
     /// (layer index, node) → index into `files`.
     index: HashMap<(usize, NodeId), usize>,
     seen: HashSet<(usize, NodeId, u32)>,
     closed: bool,
+}
+
+/// A file read, as noted on the read path: by node, its path found only
+/// when the record is written (off the FUSE threads: a path is a scan of
+/// each ancestor's entries, and an image's huge directory must not slow
+/// another image's reads).
+#[derive(Debug)]
+struct NotedFile {
+    layer: usize,
+    node: NodeId,
+    chunks: Vec<u32>,
 }
 
 impl Recording {
@@ -93,10 +106,9 @@ impl Recording {
             let at = match st.index.get(&(li, node)) {
                 Some(&at) => at,
                 None if st.files.len() < MAX_RECORD_FILES => {
-                    let path = layer.tree().path_of(node);
-                    st.files.push(RecordedFile {
+                    st.files.push(NotedFile {
                         layer: li,
-                        path,
+                        node,
                         chunks: Vec::new(),
                     });
                     let at = st.files.len() - 1;
@@ -109,9 +121,8 @@ impl Recording {
         }
     }
 
-    /// Closes the recording if its time is up: its record, if it has
-    /// reads.
-    fn close_if_due(&self, now: Instant) -> Option<StartRecord> {
+    /// Closes the recording if its time is up: what it noted.
+    fn close_if_due(&self, now: Instant) -> Option<Vec<NotedFile>> {
         let mut st = self.state.lock().expect("recording");
         let due = st
             .first_read
@@ -120,11 +131,29 @@ impl Recording {
             return None;
         }
         st.closed = true;
-        Some(StartRecord {
+        Some(std::mem::take(&mut st.files))
+    }
+
+    /// The record of what was noted, files by path (layers that are gone
+    /// meanwhile leave their files out).
+    fn record(&self, noted: Vec<NotedFile>) -> StartRecord {
+        let image: Vec<Option<Arc<RemoteLayer>>> = self.image.iter().map(Weak::upgrade).collect();
+        let files = noted
+            .into_iter()
+            .filter_map(|f| {
+                let layer = image.get(f.layer)?.as_ref()?;
+                Some(RecordedFile {
+                    layer: f.layer,
+                    path: layer.tree().path_of(f.node),
+                    chunks: f.chunks,
+                })
+            })
+            .collect();
+        StartRecord {
             version: 1,
             layers: self.layers.clone(),
-            files: std::mem::take(&mut st.files),
-        })
+            files,
+        }
     }
 }
 
@@ -224,6 +253,7 @@ impl StartRecords {
             let r = Arc::new(Recording {
                 key: key.clone(),
                 layer_ids: image.iter().map(|l| l.id).collect(),
+                image: image.iter().map(Arc::downgrade).collect(),
                 layers: layers.iter().map(Digest::to_string).collect(),
                 state: Mutex::default(),
             });
@@ -260,7 +290,7 @@ impl StartRecords {
 
     /// Closes the recordings whose time is up and writes their records.
     fn write_due(&self, now: Instant) {
-        let due: Vec<(Arc<Recording>, StartRecord)> = {
+        let due: Vec<(Arc<Recording>, Vec<NotedFile>)> = {
             let mut on = self.recording.lock().expect("recordings");
             let due: Vec<_> = on
                 .values()
@@ -276,11 +306,12 @@ impl StartRecords {
             let mut by_layer = self.by_layer.lock().expect("recordings");
             by_layer.retain(|_, r| !due.iter().any(|(d, _)| Arc::ptr_eq(r, d)));
         }
-        for (recording, record) in due {
+        for (recording, noted) in due {
             // Nothing read: no record, so the next start records.
-            if record.files.is_empty() {
+            if noted.is_empty() {
                 continue;
             }
+            let record = recording.record(noted);
             if let Err(e) = self.write(&recording.key, &record) {
                 tracing::warn!(error = %e, "could not write a start record");
             } else {
