@@ -9,8 +9,11 @@ use crate::whiteout::{self, OPAQUE_MARKER};
 /// Symlinks followed in one lookup at most (Linux's limit).
 pub const MAX_SYMLINKS: usize = 40;
 /// Path components handled in one lookup at most (symlink targets
-/// included): a bound on the work a hostile tree can cause.
-const MAX_COMPONENTS: usize = 4096;
+/// included): a bound on the work a hostile tree can cause, since a
+/// prediction may try a few thousand paths for one program (256
+/// libraries × its search directories). Real library paths, links
+/// followed, take a few dozen.
+const MAX_COMPONENTS: usize = 256;
 
 /// Layer trees, the uppermost first.
 #[derive(Debug, Clone, Copy)]

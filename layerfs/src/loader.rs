@@ -135,6 +135,28 @@ impl Loader {
         }
     }
 
+    /// The store's view of chunk `index` of regular file `node`, or why
+    /// it has none (no such chunk; no digest to verify it by, too big).
+    fn store_chunk_of(
+        layer: &RemoteLayer,
+        node: NodeId,
+        index: FileChunk,
+    ) -> Result<StoreChunk, ChunkFailure> {
+        let chunk = layer
+            .tree()
+            .chunks(node)
+            .get(index.0)
+            .copied()
+            .ok_or(ChunkFailure::NoSuchChunk(index))?;
+        layer
+            .store_key(node)
+            .and_then(|_| layer.store_chunk(node, &chunk))
+            .ok_or(ChunkFailure::Unverifiable {
+                file_offset: chunk.chunk_offset,
+                size: chunk.size,
+            })
+    }
+
     fn key(layer: &RemoteLayer, node: NodeId, chunk: &StoreChunk) -> ChunkKey {
         ChunkKey {
             layer: layer.id,
@@ -155,18 +177,11 @@ impl Loader {
         done: ChunkWaiter,
     ) {
         let tree = layer.tree();
-        let Some(chunk) = tree.chunks(node).get(index.0).copied() else {
-            return done(Err(ChunkFailure::NoSuchChunk(index)));
+        let sc = match Self::store_chunk_of(layer, node, index) {
+            Ok(sc) => sc,
+            Err(e) => return done(Err(e)),
         };
-        let Some(sc) = layer
-            .store_key(node)
-            .and_then(|_| layer.store_chunk(node, &chunk))
-        else {
-            return done(Err(ChunkFailure::Unverifiable {
-                file_offset: chunk.chunk_offset,
-                size: chunk.size,
-            }));
-        };
+        let chunk = tree.chunks(node)[index.0];
         let loading = match self.flights.join(Self::key(layer, node, &sc), done) {
             Joined::Leader(loading) => loading,
             Joined::Follower => {
@@ -257,18 +272,30 @@ impl Loader {
                     tracing::error!(layer = %layer.digest, panic = ringstar_core::faults::message(&*p), "read-ahead panicked");
                 }
             }
-            // One job per chunk: both workers inflate, and the first
-            // chunk's reader is answered before the last is inflated.
-            for one in claimed {
-                let (me2, layer2, fetched) = (me.clone(), layer.clone(), fetched.clone());
-                me.run_on_pool(Box::new(move || {
-                    for (node, first) in me2.finish_chunks(&layer2, vec![one], base, fetched) {
-                        me2.predict_after(&layer2, node, first);
-                    }
-                }));
-            }
+            me.finish_on_pool(&layer, claimed, base, fetched);
         });
         true
+    }
+
+    /// Inflates and stores fetched `claimed` on the pool, one job per
+    /// chunk (both workers inflate, and the first chunk's reader is
+    /// answered before the last is inflated), predicting from the chunks
+    /// marked for it.
+    fn finish_on_pool(
+        self: &Arc<Self>,
+        layer: &Arc<RemoteLayer>,
+        claimed: Vec<ClaimedChunk>,
+        base: u64,
+        fetched: Fetched,
+    ) {
+        for one in claimed {
+            let (me, layer, fetched) = (self.clone(), layer.clone(), fetched.clone());
+            self.run_on_pool(Box::new(move || {
+                for (node, first) in me.finish_chunks(&layer, vec![one], base, fetched) {
+                    me.predict_after(&layer, node, first);
+                }
+            }));
+        }
     }
 
     /// Claims the chunks of `extent` (but `skip`) that belong to a file,

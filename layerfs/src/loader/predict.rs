@@ -22,7 +22,6 @@ use ringstar_core::{LayerTree, NodeId};
 
 use super::{ClaimedChunk, Loader};
 use crate::chunks::{BlobChunk, FileChunk};
-use crate::error::ChunkFailure;
 use crate::flight::{ChunkWaiter, Joined};
 use crate::layer::RemoteLayer;
 use crate::planner::{self, PREFETCH_WINDOW};
@@ -74,11 +73,14 @@ impl Loader {
 
     /// Parses ELF file `node` from the chunks held (`pieces`, at file
     /// offsets), waiting for a further chunk when the answer lies there.
+    /// No bytes are held while waiting (an image could keep many parses
+    /// waiting): the chunks held so far are read back from the store
+    /// when the next one is in.
     fn predict_elf(
         self: &Arc<Self>,
         layer: &Arc<RemoteLayer>,
         node: NodeId,
-        mut pieces: Vec<(u64, Arc<Vec<u8>>)>,
+        pieces: Vec<(u64, Arc<Vec<u8>>)>,
         waited: u32,
     ) {
         let tree = layer.tree();
@@ -107,16 +109,28 @@ impl Loader {
                     return;
                 };
                 let at = tree.chunks(node)[index].chunk_offset;
+                let held: Vec<u64> = pieces.iter().map(|(at, _)| *at).collect();
+                drop(pieces);
                 let (me, layer2) = (self.clone(), layer.clone());
                 self.chunk_then(
                     layer,
                     node,
                     FileChunk(index),
                     Box::new(move |arrived| {
-                        if let Ok(bytes) = arrived {
-                            pieces.push((at, bytes));
-                            me.predict_elf(&layer2, node, pieces, waited + 1);
+                        let Ok(bytes) = arrived else { return };
+                        let tree = layer2.tree();
+                        let mut pieces = Vec::with_capacity(held.len() + 1);
+                        for offset in held {
+                            let Some(i) = tree.chunk_index_at(node, offset) else {
+                                return;
+                            };
+                            let Some(b) = me.stored_chunk(&layer2, node, FileChunk(i)) else {
+                                return;
+                            };
+                            pieces.push((offset, b));
                         }
+                        pieces.push((at, bytes));
+                        me.predict_elf(&layer2, node, pieces, waited + 1);
                     }),
                 );
             }
@@ -266,28 +280,14 @@ impl Loader {
         index: FileChunk,
         done: ChunkWaiter,
     ) {
-        let tree = layer.tree();
-        let Some(chunk) = tree.chunks(node).get(index.0).copied() else {
-            return done(Err(ChunkFailure::NoSuchChunk(index)));
-        };
-        let (Some(file), Some(sc)) = (layer.store_key(node), layer.store_chunk(node, &chunk))
-        else {
-            return done(Err(ChunkFailure::Unverifiable {
-                file_offset: chunk.chunk_offset,
-                size: chunk.size,
-            }));
-        };
-        let blob = BlobChunk::of(tree, node, index);
-        if self.stored(layer, node, blob, &sc) {
-            let mut buf = vec![0; sc.len as usize];
-            if self
-                .store
-                .read(&file, std::slice::from_ref(&sc), sc.offset, &mut buf)
-                .is_ok()
-            {
-                return self.run_on_pool(Box::new(move || done(Ok(Arc::new(buf)))));
-            }
+        if let Some(bytes) = self.stored_chunk(layer, node, index) {
+            return self.run_on_pool(Box::new(move || done(Ok(bytes))));
         }
+        let sc = match Self::store_chunk_of(layer, node, index) {
+            Ok(sc) => sc,
+            Err(e) => return done(Err(e)),
+        };
+        let blob = BlobChunk::of(layer.tree(), node, index);
         match self.flights.join(Self::key(layer, node, &sc), done) {
             Joined::Follower => {}
             Joined::Leader(loading) => {
@@ -301,6 +301,27 @@ impl Loader {
                 self.fetch_claimed(layer, vec![claimed], None);
             }
         }
+    }
+}
+
+impl Loader {
+    /// Chunk `index` of `node` read from the store, if it is there.
+    fn stored_chunk(
+        &self,
+        layer: &RemoteLayer,
+        node: NodeId,
+        index: FileChunk,
+    ) -> Option<Arc<Vec<u8>>> {
+        let sc = Self::store_chunk_of(layer, node, index).ok()?;
+        let file = layer.store_key(node)?;
+        if !self.stored(layer, node, BlobChunk::of(layer.tree(), node, index), &sc) {
+            return None;
+        }
+        let mut buf = vec![0; sc.len as usize];
+        self.store
+            .read(&file, std::slice::from_ref(&sc), sc.offset, &mut buf)
+            .ok()?;
+        Some(Arc::new(buf))
     }
 }
 

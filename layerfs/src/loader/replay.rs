@@ -110,16 +110,7 @@ impl Loader {
                 &file.layer,
                 claimed,
                 move |me3, layer, claimed, base, fetched| {
-                    for one in claimed {
-                        let (me4, layer2, fetched) = (me3.clone(), layer.clone(), fetched.clone());
-                        me3.run_on_pool(Box::new(move || {
-                            for (node, first) in
-                                me4.finish_chunks(&layer2, vec![one], base, fetched)
-                            {
-                                me4.predict_after(&layer2, node, first);
-                            }
-                        }));
-                    }
+                    me3.finish_on_pool(&layer, claimed, base, fetched);
                     run2.file_done();
                     me.replay_next(&run2);
                 },
