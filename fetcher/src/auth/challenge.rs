@@ -59,14 +59,34 @@ pub fn basic_header(c: &Credentials) -> String {
 /// The pull scope of a registry URL (`/v2/<repo>/blobs/…` or
 /// `/v2/<repo>/manifests/…`), as tokens are requested and cached by.
 pub fn pull_scope(url: &str) -> Option<String> {
+    repository_of(url).map(|repo| format!("repository:{repo}:pull"))
+}
+
+/// The scope a request to a registry URL needs: pull for reads,
+/// `pull,push` for writes (uploads, manifests put).
+pub fn scope_for(url: &str, push: bool) -> Option<String> {
+    let access = if push { "pull,push" } else { "pull" };
+    repository_of(url).map(|repo| format!("repository:{repo}:{access}"))
+}
+
+/// The repository a registry URL names (`/v2/<repo>/blobs/…`,
+/// `/v2/<repo>/manifests/…`, `/v2/<repo>/blobs/uploads/…`).
+fn repository_of(url: &str) -> Option<&str> {
     let path = url.split("://").nth(1)?;
     let path = &path[path.find('/')?..];
     let path = path.split('?').next()?;
     let rest = path.strip_prefix("/v2/")?;
-    let repo = ["/blobs/", "/manifests/"]
-        .iter()
-        .find_map(|sep| rest.rfind(sep).map(|i| &rest[..i]))?;
-    (!repo.is_empty()).then(|| format!("repository:{repo}:pull"))
+    let repo = ["/blobs/", "/manifests/"].iter().find_map(|sep| {
+        // An upload URL holds `/blobs/uploads/`: the repository ends
+        // at the first `/blobs/` after it.
+        let i = if sep == &"/blobs/" {
+            rest.find("/blobs/uploads").or_else(|| rest.rfind(sep))
+        } else {
+            rest.rfind(sep)
+        };
+        i.map(|i| &rest[..i])
+    })?;
+    (!repo.is_empty()).then_some(repo)
 }
 
 #[cfg(test)]
@@ -107,6 +127,14 @@ mod tests {
             Some("repository:a:pull".into())
         );
         assert_eq!(pull_scope("https://s3.example/bucket/object"), None);
+        assert_eq!(
+            scope_for("http://r/v2/a/b/blobs/uploads/uuid-1?_state=x", true).as_deref(),
+            Some("repository:a/b:pull,push")
+        );
+        assert_eq!(
+            scope_for("http://r/v2/a/manifests/v1", false).as_deref(),
+            Some("repository:a:pull")
+        );
         assert_eq!(pull_scope("https://r.example/v2//blobs/x"), None);
     }
 }

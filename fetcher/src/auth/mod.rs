@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
 
-pub use challenge::{Challenge, basic_header, pull_scope};
+pub use challenge::{Challenge, basic_header, pull_scope, scope_for};
 pub use docker_config::{ConfigAnswer, DockerConfig, config_answer};
 pub use helper::{HELPER_TIMEOUT, parse_helper_answer};
 pub use token::{DEFAULT_TOKEN_LIFETIME, MAX_TOKEN_LIFETIME, parse_token_answer, token_lifetime};

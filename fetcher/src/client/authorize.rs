@@ -67,12 +67,19 @@ fn take_turn(slot: &TokenSlot, refused: Option<&str>) -> Turn {
 impl Inner {
     /// The `Authorization` header for `url` from what its host asked for
     /// before (nothing until it asks).
-    pub(super) async fn authorization(&self, url: &str) -> Result<Option<String>, FetchError> {
+    pub(super) async fn authorization(
+        &self,
+        url: &str,
+        push: bool,
+    ) -> Result<Option<String>, FetchError> {
         let host = host_of(url);
         let challenge = lock(&self.auth.challenges).get(&host).cloned();
         match challenge {
             None => Ok(None),
-            Some(challenge) => self.answer(&host, url, &challenge, None).await.map(Some),
+            Some(challenge) => self
+                .answer(&host, url, &challenge, None, push)
+                .await
+                .map(Some),
         }
     }
 
@@ -84,6 +91,7 @@ impl Inner {
         url: &str,
         challenges: &[String],
         failed: Option<&str>,
+        push: bool,
     ) -> Result<String, FetchError> {
         let host = host_of(url);
         let challenge =
@@ -94,7 +102,7 @@ impl Inner {
                 }
             })?;
         lock(&self.auth.challenges).insert(host.clone(), challenge.clone());
-        let header = self.answer(&host, url, &challenge, failed).await?;
+        let header = self.answer(&host, url, &challenge, failed, push).await?;
         if challenge == Challenge::Basic && failed == Some(header.as_str()) {
             return Err(FetchError::Unauthorized {
                 url: redact(url),
@@ -112,6 +120,7 @@ impl Inner {
         url: &str,
         challenge: &Challenge,
         refused: Option<&str>,
+        push: bool,
     ) -> Result<String, FetchError> {
         match challenge {
             Challenge::Basic => self.basic_authorization(host, url).await,
@@ -125,7 +134,8 @@ impl Inner {
                     service: service.as_deref(),
                     scope: scope.as_deref(),
                 };
-                self.bearer_authorization(host, url, &bearer, refused).await
+                self.bearer_authorization(host, url, &bearer, refused, push)
+                    .await
             }
         }
     }
@@ -138,8 +148,9 @@ impl Inner {
         url: &str,
         bearer: &Bearer<'_>,
         refused: Option<&str>,
+        push: bool,
     ) -> Result<String, FetchError> {
-        let slot = self.token_slot(host, url);
+        let slot = self.token_slot(host, url, push);
         loop {
             match take_turn(&slot, refused) {
                 Turn::Use(header) => return Ok(header),
@@ -149,7 +160,7 @@ impl Inner {
                     let _ = rx.changed().await;
                 }
                 Turn::Fetch(done) => {
-                    let fetched = self.fresh_token(host, url, bearer).await;
+                    let fetched = self.fresh_token(host, url, bearer, push).await;
                     let mut state = lock(&slot);
                     let result = match fetched {
                         Ok(token) => {
@@ -178,14 +189,15 @@ impl Inner {
         host: &str,
         url: &str,
         bearer: &Bearer<'_>,
+        push: bool,
     ) -> Result<Token, FetchError> {
         token_fetch::check_realm(url, bearer)?;
         let creds = self.credentials(host, url).await?;
-        self.fetch_token(url, bearer, creds.as_ref()).await
+        self.fetch_token(url, bearer, creds.as_ref(), push).await
     }
 
-    fn token_slot(&self, host: &str, url: &str) -> TokenSlot {
-        let scope = crate::auth::pull_scope(url).unwrap_or_default();
+    fn token_slot(&self, host: &str, url: &str, push: bool) -> TokenSlot {
+        let scope = crate::auth::scope_for(url, push).unwrap_or_default();
         lock(&self.auth.tokens)
             .entry((host.to_string(), scope))
             .or_insert_with(|| Arc::new(std::sync::Mutex::new(SlotState::Empty)))

@@ -125,7 +125,9 @@ impl Fetcher {
     pub fn probe_version(&self, loc: &BlobLocation) -> Result<Version, FetchError> {
         let loc = loc.clone();
         self.block_on(move |inner| async move {
-            let (head, _) = inner.send(&loc, Some((0, 0)), http::Method::GET).await?;
+            let (head, _) = inner
+                .send(&loc, super::transport::Ask::get(Some((0, 0))))
+                .await?;
             Ok(head.version)
         })
     }

@@ -15,6 +15,13 @@ pub enum FetchError {
     RangeNotSatisfiable { url: String, start: u64, end: u64 },
     #[error("{url}: HTTP {status}")]
     Status { url: String, status: u16 },
+    /// The registry refused a request and said why (its error JSON).
+    #[error("{url}: HTTP {status}: {message}")]
+    Refused {
+        url: String,
+        status: u16,
+        message: String,
+    },
     #[error("{url}: timed out after {0:?}", .after)]
     Timeout { url: String, after: Duration },
     #[error("{url}: {reason}")]

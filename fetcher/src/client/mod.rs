@@ -11,7 +11,9 @@
 //! one 401 answered through `authorize` and `token_fetch`) → `transport`
 //! (one HTTP exchange) → `body` (the bytes). `config` and `error` hold
 //! the settings and failures every layer shares; `blocking` the calls for
-//! the control thread.
+//! the control thread. `registry`, `upload` and `stream` are the rest of
+//! the distribution API, for the image tools: manifests, blob uploads and
+//! mounts, a blob read as a stream.
 
 mod authorize;
 mod blocking;
@@ -23,17 +25,23 @@ mod panics;
 mod probe;
 mod range;
 mod redirect;
+mod registry;
 mod runtime;
 mod scheduler;
+mod stream;
 mod token_fetch;
 mod transport;
+mod upload;
 
 pub use blocking::RemoteBlob;
 pub use body::content_range;
 pub use config::FetcherConfig;
 pub use error::FetchError;
 pub use location::BlobLocation;
+pub use registry::FetchedManifest;
 pub use runtime::Fetcher;
+pub use stream::BlobReader;
+pub use upload::{BlobUpload, Mounted, UPLOAD_CHUNK};
 
 /// What the fetcher thread's tasks share: the HTTP client, the settings,
 /// the scheduler's state, what hosts asked for and where registries

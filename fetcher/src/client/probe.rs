@@ -9,7 +9,7 @@ use http::header::CONTENT_LENGTH;
 use crate::urls::redact;
 
 use super::body::{content_range_of, read_body};
-use super::transport::LAST_BYTES;
+use super::transport::{Ask, LAST_BYTES};
 use super::{BlobLocation, FetchError, Inner};
 
 /// `404` as [`FetchError::NotFound`], anything else as
@@ -56,7 +56,7 @@ impl Inner {
     ) -> Result<Option<(u64, Bytes)>, FetchError> {
         let run = async {
             let (head, mut body) = self
-                .send(loc, Some((LAST_BYTES, k.max(1))), http::Method::GET)
+                .send(loc, Ask::get(Some((LAST_BYTES, k.max(1)))))
                 .await?;
             match head.status {
                 StatusCode::PARTIAL_CONTENT => {}
@@ -82,7 +82,7 @@ impl Inner {
     /// no size.
     pub(super) async fn blob_size(&self, loc: &BlobLocation) -> Result<u64, FetchError> {
         let run = async {
-            let (head, _) = self.send(loc, Some((0, 1)), http::Method::GET).await?;
+            let (head, _) = self.send(loc, Ask::get(Some((0, 1)))).await?;
             let size = match head.status {
                 StatusCode::OK => content_length(&head),
                 StatusCode::PARTIAL_CONTENT => content_range_of(&head).and_then(|c| c.2),
@@ -91,7 +91,7 @@ impl Inner {
             if let Some(n) = size {
                 return Ok(n);
             }
-            let (head, _) = self.send(loc, None, http::Method::HEAD).await?;
+            let (head, _) = self.send(loc, Ask::new(http::Method::HEAD, None)).await?;
             content_length(&head)
                 .filter(|_| head.status == StatusCode::OK)
                 .ok_or_else(|| FetchError::BadResponse {

@@ -14,6 +14,7 @@ use crate::urls::{Shown, redact};
 
 use super::body::{content_range_of, read_body};
 use super::panics::caught;
+use super::transport::Ask;
 use super::{BlobLocation, FetchError, Inner};
 
 /// A failed attempt, and how long the server asked us to wait.
@@ -143,9 +144,7 @@ impl Inner {
     /// One attempt at `[start, end]` (inclusive; `end >= start`, as the
     /// scheduler builds them).
     async fn attempt(&self, loc: &BlobLocation, start: u64, end: u64) -> Result<Bytes, Failed> {
-        let (head, mut body) = self
-            .send(loc, Some((start, end)), http::Method::GET)
-            .await?;
+        let (head, mut body) = self.send(loc, Ask::get(Some((start, end)))).await?;
         let skip = body_skip(&head, &loc.url, start, end)?;
         Ok(read_body(&mut body, &loc.url, skip, end - start + 1).await?)
     }

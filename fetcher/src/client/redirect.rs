@@ -10,7 +10,7 @@ use http::header::{LOCATION, WWW_AUTHENTICATE};
 
 use crate::urls::{Shown, redact};
 
-use super::transport::Response;
+use super::transport::{Ask, Response};
 use super::{BlobLocation, FetchError, Inner, lock};
 
 /// Registry blob URL → the blob-storage URL it redirected to, used until
@@ -33,53 +33,33 @@ impl Redirects {
     }
 }
 
-/// A request's range and method, sent again as they are to a redirect
-/// target.
-#[derive(Clone)]
-struct Ask {
-    range: Option<(u64, u64)>,
-    method: http::Method,
-}
-
 impl Inner {
     /// Sends one request for the blob at `loc`: straight to blob storage
     /// when the registry redirected there before (asking the registry
     /// again when storage refuses: a signed URL expired); otherwise to
     /// the registry (see [`Inner::send_to_registry`]).
-    pub(super) async fn send(
-        &self,
-        loc: &BlobLocation,
-        range: Option<(u64, u64)>,
-        method: http::Method,
-    ) -> Result<Response, FetchError> {
+    pub(super) async fn send(&self, loc: &BlobLocation, ask: Ask) -> Result<Response, FetchError> {
         if let Some(target) = self.redirects.get(&loc.url) {
-            let (head, body) = self
-                .send_to(&target, &[], None, range, method.clone())
-                .await?;
+            let (head, body) = self.send_to(&target, &[], None, &ask).await?;
             if head.status != StatusCode::FORBIDDEN && head.status != StatusCode::UNAUTHORIZED {
                 return Ok((head, body));
             }
             tracing::info!(url = %Shown(&loc.url), status = head.status.as_u16(), "blob storage refused the redirect URL; asking the registry again");
             self.redirects.forget(&loc.url);
         }
-        self.send_to_registry(loc, Ask { range, method }).await
+        self.send_to_registry(loc, ask).await
     }
 
     /// To the registry with its headers and the host's authorization,
     /// answering one 401 challenge, and following one redirect (absolute
     /// only).
     async fn send_to_registry(&self, loc: &BlobLocation, ask: Ask) -> Result<Response, FetchError> {
-        let mut authorization = self.authorization(&loc.url).await?;
+        let push = ask.pushes();
+        let mut authorization = self.authorization(&loc.url, push).await?;
         let mut answered = false;
         loop {
             let (head, body) = self
-                .send_to(
-                    &loc.url,
-                    &loc.headers,
-                    authorization.as_deref(),
-                    ask.range,
-                    ask.method.clone(),
-                )
+                .send_to(&loc.url, &loc.headers, authorization.as_deref(), &ask)
                 .await?;
             if head.status == StatusCode::UNAUTHORIZED {
                 if answered {
@@ -90,7 +70,7 @@ impl Inner {
                 }
                 drop(body);
                 let header = self
-                    .answer_challenge(&loc.url, &head, authorization.as_deref())
+                    .answer_challenge(&loc.url, &head, authorization.as_deref(), push)
                     .await?;
                 authorization = Some(header);
                 answered = true;
@@ -114,6 +94,7 @@ impl Inner {
         url: &str,
         head: &http::response::Parts,
         failed: Option<&str>,
+        push: bool,
     ) -> Result<String, FetchError> {
         let challenges: Vec<String> = head
             .headers
@@ -121,7 +102,7 @@ impl Inner {
             .iter()
             .filter_map(|v| v.to_str().ok().map(str::to_string))
             .collect();
-        self.reauthorize(url, &challenges, failed).await
+        self.reauthorize(url, &challenges, failed, push).await
     }
 
     /// Sends `ask` to where the registry redirected, with none of its
@@ -143,6 +124,6 @@ impl Inner {
             });
         }
         self.redirects.remember(&loc.url, target);
-        self.send_to(target, &[], None, ask.range, ask.method).await
+        self.send_to(target, &[], None, &ask).await
     }
 }

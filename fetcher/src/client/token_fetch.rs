@@ -100,12 +100,15 @@ impl Inner {
         url: &str,
         bearer: &Bearer<'_>,
         creds: Option<&Credentials>,
+        push: bool,
     ) -> Result<Token, FetchError> {
-        let mut scopes: Vec<String> = crate::auth::pull_scope(url).into_iter().collect();
-        if let Some(s) = bearer.scope
-            && !scopes.iter().any(|have| have == s)
-        {
-            scopes.push(s.to_string());
+        let mut scopes: Vec<String> = crate::auth::scope_for(url, push).into_iter().collect();
+        // A challenge may name several scopes (a mount's source
+        // repository besides the target), space separated.
+        for s in bearer.scope.unwrap_or_default().split_whitespace() {
+            if !scopes.iter().any(|have| have == s) {
+                scopes.push(s.to_string());
+            }
         }
         let mut oauth_status = None;
         if let Some(c) = creds {
@@ -171,8 +174,7 @@ impl Inner {
                 &token_url,
                 &[],
                 authorization.as_deref(),
-                None,
-                http::Method::GET,
+                &super::transport::Ask::get(None),
             )
             .await?;
         if head.status != StatusCode::OK {

@@ -94,25 +94,67 @@ fn tls_error(e: &(dyn std::error::Error + 'static)) -> Option<String> {
     None
 }
 
+/// What one request asks: its method, range, body and the headers that
+/// go with it (a content type, an `Accept`), sent again as they are after
+/// a 401 or to a redirect target.
+#[derive(Clone)]
+pub(super) struct Ask {
+    pub(super) method: http::Method,
+    pub(super) range: Option<(u64, u64)>,
+    pub(super) body: Bytes,
+    pub(super) headers: Vec<(http::HeaderName, String)>,
+}
+
+impl Ask {
+    /// A GET, of `range` if any.
+    pub(super) fn get(range: Option<(u64, u64)>) -> Ask {
+        Ask::new(http::Method::GET, range)
+    }
+
+    pub(super) fn new(method: http::Method, range: Option<(u64, u64)>) -> Ask {
+        Ask {
+            method,
+            range,
+            body: Bytes::new(),
+            headers: Vec::new(),
+        }
+    }
+
+    pub(super) fn with_body(mut self, body: Bytes) -> Ask {
+        self.body = body;
+        self
+    }
+
+    pub(super) fn with_header(mut self, name: http::HeaderName, value: impl Into<String>) -> Ask {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    /// A write to the registry (upload, manifest put): it needs the push
+    /// scope.
+    pub(super) fn pushes(&self) -> bool {
+        !matches!(self.method, http::Method::GET | http::Method::HEAD)
+    }
+}
+
 impl Inner {
-    /// Sends one request to `url` with these headers; returns the
-    /// response head and the rest of it.
+    /// Sends one request to `url` with the endpoint's headers, then the
+    /// ask's; returns the response head and the rest of it.
     pub(super) async fn send_to(
         &self,
         url: &str,
         headers: &[(String, String)],
         authorization: Option<&str>,
-        range: Option<(u64, u64)>,
-        method: http::Method,
+        ask: &Ask,
     ) -> Result<Response, FetchError> {
         let uri: Uri = url
             .parse()
             .map_err(|e| FetchError::Invalid(format!("{}: {e}", Shown(url))))?;
         let mut req = Request::builder()
-            .method(method)
+            .method(ask.method.clone())
             .uri(uri)
             .header(ACCEPT_ENCODING, "identity");
-        match range {
+        match ask.range {
             Some((LAST_BYTES, n)) => req = req.header(RANGE, format!("bytes=-{n}")),
             Some((start, end)) => req = req.header(RANGE, format!("bytes={start}-{end}")),
             None => {}
@@ -120,11 +162,14 @@ impl Inner {
         for (k, v) in headers {
             req = req.header(k.as_str(), v.as_str());
         }
+        for (k, v) in &ask.headers {
+            req = req.header(k, v.as_str());
+        }
         if let Some(a) = authorization {
             req = req.header(AUTHORIZATION, a);
         }
         let req = req
-            .body(Full::default())
+            .body(Full::new(ask.body.clone()))
             .map_err(|e| FetchError::Invalid(format!("{}: {e}", Shown(url))))?;
         self.request(url, req).await
     }
