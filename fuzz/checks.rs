@@ -87,8 +87,11 @@ fn check_tree(tree: &LayerTree, data_end: u64, compression: Compression) {
     assert_eq!(tree.lookup_path(""), Some(NodeId::ROOT));
 }
 
-/// Tar headers, PAX records and GNU long names.
+/// Tar headers, PAX records and GNU long names; the archive walked held
+/// whole (`Scanner`) and as a stream (`TarStream`, the converter's), which
+/// must agree entry by entry and payload by payload until either stops.
 pub fn tar_header(data: &[u8]) {
+    tar_stream_agrees(data);
     if data.len() >= tar::BLOCK {
         let _ = tar::parse_header(&data[..tar::BLOCK], 0);
     }
@@ -103,6 +106,27 @@ pub fn tar_header(data: &[u8]) {
         if e.entry.size == 0 {
             let back = Scanner::new(&h[..], h.len() as u64).next_entry().unwrap().unwrap();
             assert_eq!(back.entry, e.entry);
+        }
+    }
+}
+
+fn tar_stream_agrees(data: &[u8]) {
+    let mut scan = Scanner::new(data, data.len() as u64);
+    let mut stream = tar::TarStream::new(data);
+    while let (Ok(Some(held)), Ok(Some(streamed))) = (scan.next_entry(), stream.next_entry()) {
+        assert_eq!(held.entry, streamed);
+        // Payload sizes are the input's (untrusted): read in bounded steps.
+        let mut at = held.data_offset;
+        let mut left = streamed.size;
+        let mut buf = [0u8; 4096];
+        while left > 0 {
+            let n = left.min(buf.len() as u64) as usize;
+            if stream.read_payload(&mut buf[..n]).is_err() {
+                return;
+            }
+            assert_eq!(&buf[..n], &data[at as usize..at as usize + n]);
+            at += n as u64;
+            left -= n as u64;
         }
     }
 }

@@ -172,9 +172,11 @@ fn inspect_cmd(path: &PathBuf, toc_digest: Option<Digest>) -> anyhow::Result<()>
 }
 
 fn convert_cmd(input: &PathBuf, output: &PathBuf, opts: &WriterOptions) -> anyhow::Result<()> {
-    let inp = File::open(input).with_context(|| format!("opening {}", input.display()))?;
+    // Opened again for each pass (prioritized files take two): a file is
+    // never copied.
+    File::open(input).with_context(|| format!("opening {}", input.display()))?;
     let out = File::create(output).with_context(|| format!("creating {}", output.display()))?;
-    let built = writer::build(io::BufReader::new(inp), out, opts)?;
+    let built = writer::build_from(|| File::open(input), io::BufWriter::new(out), opts)?;
     println!(
         "{}",
         serde_json::json!({
@@ -343,6 +345,7 @@ fn main() -> ExitCode {
                 compression_level: *level,
                 prioritized: prioritized.clone(),
                 allow_missing_prioritized: *allow_missing,
+                threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             },
         ),
         Command::Mount(args) => mount_cmd(args),

@@ -4,18 +4,21 @@
 
 //!
 //! Layout: this file holds the types; `header` decodes one header block
-//! and PAX records, `scan` walks an archive's entries, `encode` writes
+//! and PAX records, `scan` walks an archive's entries held whole, `stream` one read
+//! front to back, `encode` writes
 //! headers.
 
 mod encode;
 mod header;
 mod scan;
+mod stream;
 
 use std::io;
 
 pub use encode::{encode_header, padding};
 pub use header::{is_zero_block, parse_header, parse_pax};
 pub use scan::{Located, Scanner};
+pub use stream::TarStream;
 
 /// Tar block size.
 pub const BLOCK: usize = 512;

@@ -25,9 +25,21 @@ pub struct Scanner<B> {
     pos: u64,
 }
 
-impl<B: BlobRead> Scanner<B> {
-    pub fn new(src: B, len: u64) -> Self {
-        Scanner { src, len, pos: 0 }
+/// Where a tar's blocks come from, read forward: a random-access blob
+/// ([`Scanner`]) or a stream ([`super::TarStream`]).
+pub(super) trait Records {
+    /// Offset of the next block.
+    fn pos(&self) -> u64;
+    /// The next block; `None` at a clean end of the input.
+    fn read_block(&mut self) -> Result<Option<Vec<u8>>, TarError>;
+    /// A metadata payload (PAX records, a GNU long name) of `size` bytes
+    /// and its padding. `size` is checked against [`MAX_META_SIZE`] first.
+    fn read_meta(&mut self, size: u64) -> Result<Vec<u8>, TarError>;
+}
+
+impl<B: BlobRead> Records for Scanner<B> {
+    fn pos(&self) -> u64 {
+        self.pos
     }
 
     fn read_block(&mut self) -> Result<Option<Vec<u8>>, TarError> {
@@ -57,77 +69,91 @@ impl<B: BlobRead> Scanner<B> {
         self.pos += padded;
         Ok(data)
     }
+}
 
-    /// The next entry, or `None` at the end of the archive.
-    pub fn next_entry(&mut self) -> Result<Option<Located>, TarError> {
-        let header_offset = self.pos;
-        let mut pax: Vec<(String, Vec<u8>)> = Vec::new();
-        let mut long_name: Option<Vec<u8>> = None;
-        let mut long_link: Option<Vec<u8>> = None;
-        loop {
-            let offset = self.pos;
-            let Some(block) = self.read_block()? else {
-                return Ok(None);
-            };
-            if is_zero_block(&block) {
-                return Ok(None);
+/// The next entry's header with the records before it applied, and the
+/// offset of its first block; `None` at the end of the archive. Its
+/// payload is the caller's to skip or read.
+pub(super) fn read_entry(src: &mut impl Records) -> Result<Option<(Entry, u64)>, TarError> {
+    let header_offset = src.pos();
+    let mut pax: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut long_name: Option<Vec<u8>> = None;
+    let mut long_link: Option<Vec<u8>> = None;
+    loop {
+        let offset = src.pos();
+        let Some(block) = src.read_block()? else {
+            return Ok(None);
+        };
+        if is_zero_block(&block) {
+            return Ok(None);
+        }
+        let h = parse_header(&block, offset)?;
+        match h.typeflag {
+            b'x' => pax.extend(parse_pax(&src.read_meta(h.size)?)?),
+            b'g' => {
+                src.read_meta(h.size)?;
             }
-            let h = parse_header(&block, offset)?;
-            match h.typeflag {
-                b'x' => pax.extend(parse_pax(&self.read_meta(h.size)?)?),
-                b'g' => {
-                    self.read_meta(h.size)?;
-                }
-                b'L' => long_name = Some(cstr(&self.read_meta(h.size)?).to_vec()),
-                b'K' => long_link = Some(cstr(&self.read_meta(h.size)?).to_vec()),
-                _ => {
-                    return self
-                        .finish(h, offset, header_offset, pax, long_name, long_link)
-                        .map(Some);
-                }
+            b'L' => long_name = Some(cstr(&src.read_meta(h.size)?).to_vec()),
+            b'K' => long_link = Some(cstr(&src.read_meta(h.size)?).to_vec()),
+            _ => {
+                let e = entry_of(h, offset, pax, long_name, long_link)?;
+                return Ok(Some((e, header_offset)));
             }
         }
     }
+}
 
-    /// The entry of header `h` (at `offset`) with the records before it
-    /// applied, and its payload located and skipped.
-    fn finish(
-        &mut self,
-        h: RawHeader,
-        offset: u64,
-        header_offset: u64,
-        pax: Vec<(String, Vec<u8>)>,
-        long_name: Option<Vec<u8>>,
-        long_link: Option<Vec<u8>>,
-    ) -> Result<Located, TarError> {
-        let typeflag = h.typeflag;
-        let mut e = Entry {
-            name: lossy(&long_name.unwrap_or(h.name)),
-            entry_type: None,
-            mode: (h.mode & 0o7777) as u32,
-            uid: to_u32(h.uid, "uid", offset)?,
-            gid: to_u32(h.gid, "gid", offset)?,
-            uname: lossy(&h.uname),
-            gname: lossy(&h.gname),
-            size: h.size,
-            mtime: h.mtime,
-            link_name: lossy(&long_link.unwrap_or(h.link_name)),
-            dev_major: to_u32(h.dev_major, "devmajor", offset)?,
-            dev_minor: to_u32(h.dev_minor, "devminor", offset)?,
-            xattrs: Vec::new(),
+/// The entry of header `h` (at `offset`) with the records before it
+/// applied. Its `size` is the payload's as the header says (for any
+/// type: a tar reader steps over it all the same).
+fn entry_of(
+    h: RawHeader,
+    offset: u64,
+    pax: Vec<(String, Vec<u8>)>,
+    long_name: Option<Vec<u8>>,
+    long_link: Option<Vec<u8>>,
+) -> Result<Entry, TarError> {
+    let typeflag = h.typeflag;
+    let mut e = Entry {
+        name: lossy(&long_name.unwrap_or(h.name)),
+        entry_type: None,
+        mode: (h.mode & 0o7777) as u32,
+        uid: to_u32(h.uid, "uid", offset)?,
+        gid: to_u32(h.gid, "gid", offset)?,
+        uname: lossy(&h.uname),
+        gname: lossy(&h.gname),
+        size: h.size,
+        mtime: h.mtime,
+        link_name: lossy(&long_link.unwrap_or(h.link_name)),
+        dev_major: to_u32(h.dev_major, "devmajor", offset)?,
+        dev_minor: to_u32(h.dev_minor, "devminor", offset)?,
+        xattrs: Vec::new(),
+    };
+    apply_pax(&mut e, pax, offset)?;
+    e.entry_type = Some(entry_type(typeflag, &mut e.name)?);
+    Ok(e)
+}
+
+impl<B: BlobRead> Scanner<B> {
+    pub fn new(src: B, len: u64) -> Self {
+        Scanner { src, len, pos: 0 }
+    }
+
+    /// The next entry, or `None` at the end of the archive.
+    pub fn next_entry(&mut self) -> Result<Option<Located>, TarError> {
+        let Some((mut entry, header_offset)) = read_entry(self)? else {
+            return Ok(None);
         };
-        apply_pax(&mut e, pax, offset)?;
-        e.entry_type = Some(entry_type(typeflag, &mut e.name)?);
-        let data_offset = self.skip_payload(e.size)?;
-        if e.kind() != EntryType::Reg {
+        let data_offset = self.skip_payload(entry.size)?;
+        if entry.kind() != EntryType::Reg {
             // Only regular entries have payload in the TOC's model.
-            e.size = 0;
+            entry.size = 0;
         }
-        Ok(Located {
-            entry: e,
+        Ok(Some(Located {
+            entry,
             header_offset,
             data_offset,
-        })
+        }))
     }
 
     /// Steps over a payload of `size` bytes and its padding; returns where

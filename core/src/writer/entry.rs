@@ -13,20 +13,66 @@ use super::member::MemberWriter;
 use super::{WriteError, WriterOptions};
 use crate::blob::BlobRead;
 use crate::digest::{Digest, Hasher};
-use crate::tar::{self, Entry, EntryType};
+use crate::tar::{self, Entry, EntryType, TarError, TarStream};
 use crate::toc::{self, TocEntry};
 
+/// Where an entry's payload is read from.
 pub(super) enum Payload<'a> {
+    /// A spool file, from this offset.
     Spool(&'a File, u64),
     Bytes(&'a [u8]),
+    /// The input stream, positioned at the payload (read in order).
+    Stream(&'a mut dyn ReadPayload),
+}
+
+/// A stream positioned at an entry's payload.
+pub(super) trait ReadPayload {
+    /// The next `buf.len()` bytes of the payload.
+    fn read_payload(&mut self, buf: &mut [u8]) -> Result<(), TarError>;
+}
+
+impl<R: io::Read> ReadPayload for TarStream<R> {
+    fn read_payload(&mut self, buf: &mut [u8]) -> Result<(), TarError> {
+        TarStream::read_payload(self, buf)
+    }
 }
 
 impl Payload<'_> {
-    fn read(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-        match self {
-            Payload::Spool(f, base) => f.read_at(base + offset, len),
-            Payload::Bytes(b) => b.read_at(offset, len),
+    /// `len` bytes at `offset` of the payload; a stream is read in order,
+    /// so `offset` must be where the last read ended.
+    fn read(&mut self, offset: u64, len: usize) -> Result<Vec<u8>, WriteError> {
+        Ok(match self {
+            Payload::Spool(f, base) => f.read_at(*base + offset, len)?,
+            Payload::Bytes(b) => b.read_at(offset, len)?,
+            Payload::Stream(s) => {
+                let mut buf = vec![0u8; len];
+                s.read_payload(&mut buf)?;
+                buf
+            }
+        })
+    }
+}
+
+/// The TOC as entries are written: its entries, the members whose
+/// compressed offsets they need (known once every member is written),
+/// and the names emitted so far.
+#[derive(Default)]
+pub(super) struct TocBuilder {
+    entries: Vec<TocEntry<'static>>,
+    /// (entry index, member index) of each entry with an offset.
+    offsets: Vec<(usize, u64)>,
+    names: NameEmitter,
+}
+
+impl TocBuilder {
+    /// The entries with their offsets filled in from each member's
+    /// compressed offset.
+    pub(super) fn finish(self, member_offsets: &[u64]) -> Vec<TocEntry<'static>> {
+        let mut entries = self.entries;
+        for (entry, member) in self.offsets {
+            entries[entry].offset = member_offsets[member as usize] as i64;
         }
+        entries
     }
 }
 
@@ -51,23 +97,25 @@ fn emit_name(seen: &mut HashMap<u32, String>, id: u32, name: &str) -> Option<Cow
 /// and appends its TOC entries.
 pub(super) fn write_entry<W: Write>(
     w: &mut MemberWriter<W>,
-    toc: &mut Vec<TocEntry<'static>>,
-    names: &mut NameEmitter,
+    toc: &mut TocBuilder,
     e: &Entry,
-    payload: &Payload<'_>,
+    mut payload: Payload<'_>,
     opts: &WriterOptions,
 ) -> Result<(), WriteError> {
-    let mut te = toc_entry(e, names);
+    let mut te = toc_entry(e, &mut toc.names);
     w.append(&tar::encode_header(e));
     if e.kind() != EntryType::Reg {
-        toc.push(te);
+        toc.entries.push(te);
         return Ok(());
     }
     te.size = e.size as i64;
-    let mut chunks = write_chunks(w, &mut te, e, payload, opts)?;
+    let first = toc.entries.len();
+    let (chunks, members) = write_chunks(w, &mut te, e, &mut payload, opts)?;
     w.append(&vec![0u8; tar::padding(e.size)]);
-    toc.push(te);
-    toc.append(&mut chunks);
+    toc.entries.push(te);
+    toc.entries.extend(chunks);
+    toc.offsets
+        .extend(members.into_iter().enumerate().map(|(i, m)| (first + i, m)));
     Ok(())
 }
 
@@ -110,16 +158,17 @@ fn toc_entry(e: &Entry, names: &mut NameEmitter) -> TocEntry<'static> {
 
 /// Writes a regular file's payload, each chunk a member of its own: the
 /// first chunk and the file's digest go into `te`, the others are
-/// returned as `chunk` entries.
+/// returned as `chunk` entries; with the member of each chunk, in order.
 fn write_chunks<W: Write>(
     w: &mut MemberWriter<W>,
     te: &mut TocEntry<'static>,
     e: &Entry,
-    payload: &Payload<'_>,
+    payload: &mut Payload<'_>,
     opts: &WriterOptions,
-) -> Result<Vec<TocEntry<'static>>, WriteError> {
+) -> Result<(Vec<TocEntry<'static>>, Vec<u64>), WriteError> {
     let mut file_hash = Hasher::new();
     let mut chunks: Vec<TocEntry<'static>> = Vec::new();
+    let mut members = Vec::new();
     let mut at = 0u64;
     while at < e.size {
         let len = opts.chunk_size.min(e.size - at);
@@ -127,7 +176,7 @@ fn write_chunks<W: Write>(
         file_hash.update(&data);
         // Every chunk starts its own member.
         w.finish_member()?;
-        let offset = w.written as i64;
+        members.push(w.current_member());
         w.append(&data);
         let chunk_digest = Some(Cow::Owned(Digest::of(&data).to_string()));
         let chunk_size = if len == opts.chunk_size {
@@ -136,14 +185,12 @@ fn write_chunks<W: Write>(
             0
         };
         if at == 0 {
-            te.offset = offset;
             te.chunk_size = chunk_size;
             te.chunk_digest = chunk_digest;
         } else {
             chunks.push(TocEntry {
                 name: Cow::Owned(e.name.clone()),
                 kind: Cow::Borrowed("chunk"),
-                offset,
                 chunk_offset: at as i64,
                 chunk_size,
                 chunk_digest,
@@ -153,5 +200,5 @@ fn write_chunks<W: Write>(
         at += len;
     }
     te.digest = Some(Cow::Owned(file_hash.finish().to_string()));
-    Ok(chunks)
+    Ok((chunks, members))
 }

@@ -1,27 +1,32 @@
 //! tar (plain, gzip or zstd) → eStargz, as the reference `estargz.Build`
-//! lays it out (estargz-format.md §2, §5.1, §7, §11), single-threaded so
-//! the same input always gives the same bytes.
-
+//! lays it out (estargz-format.md §2, §5.1, §7, §11). The input streams
+//! through: without prioritized files it is read once, front to back;
+//! with them, a first pass spools only those files, and the last pass
+//! streams the rest. Members are compressed on as many threads as asked;
+//! the same input always gives the same bytes, whatever the threads.
 //!
 //! Layout: this file holds the options, results and the build's steps;
-//! `order` (spooling the input, choosing and ordering entries), `entry`
-//! (one entry's header, chunks and TOC entries), `member` (gzip members,
-//! offsets, blob digest and DiffID).
+//! `order` (decompressing the input, spooling and ordering the
+//! prioritized files), `entry` (one entry's header, chunks and TOC
+//! entries), `member` (gzip members, offsets, blob digest and DiffID).
 
 mod entry;
 mod member;
 mod order;
 
+use std::collections::HashSet;
 use std::io::{self, Read, Write};
 
 use crate::digest::Digest;
 use crate::footer::Footer;
 use crate::limits::MAX_CHUNK_SPAN;
-use crate::tar::{self, Entry, EntryType, Located, TarError};
+use crate::name;
+use crate::tar::{self, Entry, EntryType, Located, TarError, TarStream};
 use crate::toc::{TOC_NAME, TocDocument, TocEntry};
-use entry::{NameEmitter, Payload, write_entry};
+use crate::tree::{NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK};
+use entry::{Payload, TocBuilder, write_entry};
 use member::MemberWriter;
-use order::{Item, order_entries, read_entries, spool_tar};
+use order::{decompressed, is_replaced, order_prioritized, spool_prioritized};
 
 /// The single byte a landmark file holds.
 pub const LANDMARK_CONTENT: u8 = 0x0f;
@@ -50,6 +55,8 @@ pub struct WriterOptions {
     pub prioritized: Vec<String>,
     /// Record missing prioritized files instead of failing.
     pub allow_missing_prioritized: bool,
+    /// Threads compressing members (0 or 1: the caller's own).
+    pub threads: usize,
 }
 
 impl Default for WriterOptions {
@@ -59,6 +66,7 @@ impl Default for WriterOptions {
             compression_level: 9,
             prioritized: Vec::new(),
             allow_missing_prioritized: false,
+            threads: 1,
         }
     }
 }
@@ -82,49 +90,75 @@ pub struct Built {
 /// that share the last chunk's member.
 pub const MAX_WRITER_CHUNK_SIZE: u64 = MAX_CHUNK_SPAN / 2;
 
-/// Converts a tar stream into an eStargz blob written to `out`.
+/// Converts a tar stream into an eStargz blob written to `out`. With
+/// prioritized files the input is spooled (as it came, compressed or not)
+/// so it can be read twice; [`build_from`] reads a source that can be
+/// opened again instead.
 pub fn build(input: impl Read, out: impl Write, opts: &WriterOptions) -> Result<Built, WriteError> {
-    check_options(opts)?;
-    let (spool, len) = spool_tar(input)?;
-    let entries = read_entries(&spool, len)?;
-    let (order, missing) = order_entries(&entries, opts)?;
-    let mut w = MemberWriter::new(out, opts.compression_level)?;
-    let mut toc_entries: Vec<TocEntry<'static>> = Vec::new();
-    let mut names = NameEmitter::default();
-    let landmark_entry = |name: &str| Entry {
-        name: name.to_string(),
-        entry_type: Some(EntryType::Reg),
-        size: 1,
-        ..Entry::default()
-    };
-    for item in order {
-        match item {
-            Item::Input(i) => {
-                let Located {
-                    entry, data_offset, ..
-                } = &entries[i];
-                write_entry(
-                    &mut w,
-                    &mut toc_entries,
-                    &mut names,
-                    entry,
-                    &Payload::Spool(&spool, *data_offset),
-                    opts,
-                )?;
-            }
-            Item::Landmark(name) => {
-                write_entry(
-                    &mut w,
-                    &mut toc_entries,
-                    &mut names,
-                    &landmark_entry(name),
-                    &Payload::Bytes(&[LANDMARK_CONTENT]),
-                    opts,
-                )?;
-            }
-        }
+    if opts.prioritized.is_empty() {
+        let mut input = Some(input);
+        return build_from(
+            || {
+                input
+                    .take()
+                    .ok_or_else(|| io::Error::other("the input was read already"))
+            },
+            out,
+            opts,
+        );
     }
-    let toc_digest = write_toc(&mut w, toc_entries)?;
+    let mut spool = tempfile::tempfile()?;
+    let mut input = input;
+    io::copy(&mut input, &mut spool)?;
+    build_from(
+        || {
+            let mut f = spool.try_clone()?;
+            io::Seek::rewind(&mut f)?;
+            Ok(f)
+        },
+        out,
+        opts,
+    )
+}
+
+/// Converts the tar (plain, gzip or zstd) that `open` reads from its
+/// start into an eStargz blob written to `out`. `open` is called once
+/// without prioritized files, two or three times with them.
+pub fn build_from<R: Read>(
+    mut open: impl FnMut() -> io::Result<R>,
+    out: impl Write,
+    opts: &WriterOptions,
+) -> Result<Built, WriteError> {
+    check_options(opts)?;
+    let mut w = MemberWriter::new(out, opts.compression_level, opts.threads)?;
+    let mut toc = TocBuilder::default();
+    let mut written: HashSet<String> = HashSet::new();
+    let mut missing = Vec::new();
+    if opts.prioritized.is_empty() {
+        write_landmark(&mut w, &mut toc, NO_PREFETCH_LANDMARK, opts)?;
+    } else {
+        let spooled = spool_prioritized(&mut open, opts)?;
+        let (first, not_found) = order_prioritized(&spooled.entries, opts)?;
+        missing = not_found;
+        for i in first {
+            let Located {
+                entry, data_offset, ..
+            } = &spooled.entries[i];
+            written.insert(name::clean(&entry.name));
+            let payload = Payload::Spool(&spooled.file, *data_offset);
+            write_entry(&mut w, &mut toc, entry, payload, opts)?;
+        }
+        write_landmark(&mut w, &mut toc, PREFETCH_LANDMARK, opts)?;
+    }
+    let mut tar = TarStream::new(decompressed(open()?)?);
+    while let Some(entry) = tar.next_entry()? {
+        let clean = name::clean(&entry.name);
+        if is_replaced(&clean) || written.contains(&clean) {
+            continue;
+        }
+        write_entry(&mut w, &mut toc, &entry, Payload::Stream(&mut tar), opts)?;
+    }
+    let toc_digest = write_toc(&mut w, toc)?;
     let (blob_size, blob_digest, diff_id) = w.close()?;
     Ok(Built {
         blob_size,
@@ -133,6 +167,23 @@ pub fn build(input: impl Read, out: impl Write, opts: &WriterOptions) -> Result<
         diff_id,
         missing_prioritized: missing,
     })
+}
+
+/// A landmark file: one byte, which tells readers where prefetch ends
+/// (or that there is none).
+fn write_landmark<W: Write>(
+    w: &mut MemberWriter<W>,
+    toc: &mut TocBuilder,
+    name: &str,
+    opts: &WriterOptions,
+) -> Result<(), WriteError> {
+    let entry = Entry {
+        name: name.to_string(),
+        entry_type: Some(EntryType::Reg),
+        size: 1,
+        ..Entry::default()
+    };
+    write_entry(w, toc, &entry, Payload::Bytes(&[LANDMARK_CONTENT]), opts)
 }
 
 /// Refuses options a reader would refuse the result of.
@@ -158,15 +209,12 @@ fn check_options(opts: &WriterOptions) -> Result<(), WriteError> {
 /// Ends the last payload member, then writes the TOC (its tar header,
 /// JSON and the end-of-archive blocks, one member) and the footer.
 /// Returns the TOC's digest.
-fn write_toc<W: Write>(
-    w: &mut MemberWriter<W>,
-    toc_entries: Vec<TocEntry<'static>>,
-) -> Result<Digest, WriteError> {
-    w.finish_member()?;
-    let toc_offset = w.written;
+fn write_toc<W: Write>(w: &mut MemberWriter<W>, toc: TocBuilder) -> Result<Digest, WriteError> {
+    let entries: Vec<TocEntry<'static>> = toc.finish(w.drain()?);
+    let toc_offset = w.written();
     let json = TocDocument {
         version: 1,
-        entries: toc_entries,
+        entries,
     }
     .to_json();
     let toc_digest = Digest::of(&json);
@@ -180,7 +228,7 @@ fn write_toc<W: Write>(
     w.append(&json);
     w.append(&vec![0u8; tar::padding(json.len() as u64)]);
     w.append(&[0u8; 2 * tar::BLOCK]);
-    w.finish_member()?;
+    w.drain()?;
     w.write_raw(&Footer::Estargz { toc_offset }.encode())?;
     Ok(toc_digest)
 }

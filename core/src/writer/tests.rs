@@ -147,3 +147,86 @@ fn chunk_size_field_follows_the_reference() {
     assert_eq!(json.matches("\"chunkSize\": 4").count(), 4, "{json}");
     assert!(json.contains("\t\"version\": 1"));
 }
+
+/// A tar of many small files and a few multi-chunk ones.
+fn mixed_tar() -> Vec<u8> {
+    let big: Vec<u8> = (0..40_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let mut entries: Vec<(String, EntryType, Vec<u8>, &str)> = Vec::new();
+    entries.push(("d/".into(), EntryType::Dir, Vec::new(), ""));
+    for i in 0..200 {
+        let data = format!("file {i} ").repeat(i % 13 + 1).into_bytes();
+        entries.push((format!("d/f{i}"), EntryType::Reg, data, ""));
+        if i % 50 == 0 {
+            entries.push((format!("d/big{i}"), EntryType::Reg, big.clone(), ""));
+        }
+    }
+    let refs: Vec<(&str, EntryType, &[u8], &str)> = entries
+        .iter()
+        .map(|(n, k, d, l)| (n.as_str(), *k, d.as_slice(), *l))
+        .collect();
+    tar_of(&refs)
+}
+
+#[test]
+fn compression_threads_do_not_change_the_bytes() {
+    let tar = mixed_tar();
+    for prioritized in [vec![], vec!["d/f9".to_string(), "d/big100".to_string()]] {
+        let one = WriterOptions {
+            chunk_size: 4096,
+            prioritized,
+            ..WriterOptions::default()
+        };
+        let four = WriterOptions {
+            threads: 4,
+            ..one.clone()
+        };
+        let (a, built_a) = build_to_vec(&tar[..], &one).unwrap();
+        let (b, built_b) = build_to_vec(&tar[..], &four).unwrap();
+        assert!(a == b, "threads changed the blob");
+        assert_eq!(built_a, built_b);
+        let layer = Layer::open(&b[..], b.len() as u64, &OpenOptions::default()).unwrap();
+        for p in ["d/f9", "d/big100", "d/f199"] {
+            let id = layer.tree.lookup_path(p).unwrap();
+            assert!(!layer.tree.chunks(id).is_empty(), "{p}");
+        }
+    }
+}
+
+#[test]
+fn a_reopenable_source_is_read_once_or_twice_and_never_spooled_whole() {
+    let tar = tar_of(&[
+        ("a", EntryType::Reg, b"aaaa", ""),
+        ("b", EntryType::Reg, b"bbbb", ""),
+        ("c/link", EntryType::Hardlink, b"", "a"),
+    ]);
+    let opens = std::cell::Cell::new(0);
+    let open = || {
+        opens.set(opens.get() + 1);
+        Ok(&tar[..])
+    };
+    let mut out = Vec::new();
+    build_from(open, &mut out, &WriterOptions::default()).unwrap();
+    assert_eq!(opens.replace(0), 1);
+
+    let opts = WriterOptions {
+        prioritized: vec!["b".into()],
+        ..WriterOptions::default()
+    };
+    let mut via_source = Vec::new();
+    build_from(open, &mut via_source, &opts).unwrap();
+    assert_eq!(opens.replace(0), 2);
+    // The same bytes as from a stream read once (spooled as it came).
+    assert_eq!(via_source, build_to_vec(&tar[..], &opts).unwrap().0);
+    assert_eq!(toc_names(&via_source), ["b", PREFETCH_LANDMARK, "a"]);
+
+    // A prioritized hardlink whose target came before it: one more pass
+    // for the target.
+    let opts = WriterOptions {
+        prioritized: vec!["c/link".into()],
+        ..WriterOptions::default()
+    };
+    let mut linked = Vec::new();
+    build_from(open, &mut linked, &opts).unwrap();
+    assert_eq!(opens.get(), 3);
+    assert_eq!(toc_names(&linked), ["a", PREFETCH_LANDMARK, "b"]);
+}
