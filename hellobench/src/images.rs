@@ -10,7 +10,7 @@ use std::process::Command;
 
 use anyhow::Context as _;
 use ringstar_core::writer::WriterOptions;
-use ringstar_image::{Image, LayerFormat, RunConfig, build_image, push_plain_http};
+use ringstar_image::{Image, ImageStore, LayerFormat, RunConfig, build_image, push_image};
 use ringstar_testkit::images::busybox_layers;
 
 use crate::rootfs::{self, fresh_overlay_dirs, mount_overlay, resolve_in_root, sh, umount_below};
@@ -235,7 +235,9 @@ pub fn prepare(
     for variant in variants {
         eprintln!("hellobench: {}: building and pushing :{variant}", spec.name);
         let image = layers.image(variant, &run)?;
-        push_plain_http(registry, &format!("bench/{}", spec.name), variant, &image)
+        let fetcher = ringstar_fetcher::Fetcher::new(Default::default())?;
+        let store = ImageStore::repository(&fetcher, registry, &format!("bench/{}", spec.name));
+        push_image(&store, &image, variant)
             .with_context(|| format!("pushing {}:{variant}", spec.name))?;
         digests.insert(
             variant.clone(),

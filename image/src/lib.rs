@@ -1,22 +1,37 @@
-//! ringstar-image: OCI images from layer tars, as eStargz (our writer,
-//! with the TOC digest annotation containerd forwards to the snapshotter)
-//! or plain gzip, pushed to a registry through the distribution API. What
-//! `ringstar push`, the demo, the end-to-end tests and hellobench use to
-//! put images where containerd pulls them; the home of the image tools
-//! (convert, optimize, rpull).
+//! ringstar-image: OCI images and the image tools.
+//!
+//! - [`media`]: media types and descriptors;
+//! - [`layout`]: OCI image layouts on disk;
+//! - [`store`]: where images are read and written (a registry through the
+//!   fetcher, or a layout);
+//! - [`convert`]: `ringstar image convert`, every layer of an image (every
+//!   platform) to eStargz, streamed;
+//! - this file: images built from layer tars (eStargz by our writer, or
+//!   plain gzip) and pushed, for `ringstar push`, the demo, the tests and
+//!   hellobench.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::time::Duration;
+pub mod convert;
+pub mod layout;
+pub mod media;
+pub mod store;
+
+use std::io::Write;
 
 use ringstar_core::Digest;
 use ringstar_core::writer::{self, WriterOptions};
 
-pub const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
-pub const CONFIG_TYPE: &str = "application/vnd.oci.image.config.v1+json";
-pub const LAYER_GZIP_TYPE: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
-pub const TOC_DIGEST_ANNOTATION: &str = "containerd.io/snapshot/stargz/toc.digest";
-pub const UNCOMPRESSED_SIZE_ANNOTATION: &str = "io.containers.estargz.uncompressed-size";
+pub use media::{
+    OCI_CONFIG as CONFIG_TYPE, OCI_LAYER_GZIP as LAYER_GZIP_TYPE, OCI_MANIFEST as MANIFEST_TYPE,
+    TOC_DIGEST_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION,
+};
+pub use store::{ImageRef, ImageStore, RootRef};
+
+/// The largest manifest or index read (containerd's limit is the same).
+pub const MAX_MANIFEST_SIZE: usize = 4 << 20;
+/// The largest image config read.
+pub const MAX_CONFIG_SIZE: usize = 16 << 20;
+/// How deep indexes may nest.
+pub const MAX_INDEX_DEPTH: usize = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
@@ -25,38 +40,24 @@ pub enum ImageError {
         index: usize,
         source: writer::WriteError,
     },
-    #[error("registry {addr}: {step}: {status} {body}")]
-    Refused {
-        addr: String,
-        step: PushStep,
-        status: u16,
-        /// What the registry said (its error JSON, usually).
-        body: String,
+    #[error(transparent)]
+    Fetch(#[from] ringstar_fetcher::FetchError),
+    #[error("OCI layout {dir}: {reason}")]
+    Layout {
+        dir: std::path::PathBuf,
+        reason: String,
     },
-    #[error("registry {addr}: upload without a Location")]
-    NoLocation { addr: String },
-    #[error("registry {addr}: odd upload location {location:?}")]
-    OddLocation { addr: String, location: String },
+    #[error("{what} is larger than {max} bytes")]
+    TooLarge { what: String, max: u64 },
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The image is malformed, or a name does not parse.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("JSON: {0}")]
+    Json(#[from] serde_json::Error),
     #[error("{0}")]
     Io(#[from] std::io::Error),
-}
-
-/// A step of a push.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PushStep {
-    StartUpload,
-    Upload(Digest),
-    Manifest,
-}
-
-impl std::fmt::Display for PushStep {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            PushStep::StartUpload => f.write_str("starting an upload"),
-            PushStep::Upload(d) => write!(f, "uploading {d}"),
-            PushStep::Manifest => f.write_str("pushing the manifest"),
-        }
-    }
 }
 
 /// How layers are compressed.
@@ -110,15 +111,11 @@ pub fn build_layer(
         LayerFormat::Estargz(opts) => {
             let (blob, built) = writer::build_to_vec(tar, opts)
                 .map_err(|source| ImageError::Write { index, source })?;
-            let uncompressed_size = {
-                let mut d = flate2::read::MultiGzDecoder::new(blob.as_slice());
-                std::io::copy(&mut d, &mut std::io::sink())?
-            };
             Ok(BuiltLayer {
                 digest: built.blob_digest,
                 diff_id: built.diff_id,
                 toc_digest: Some(built.toc_digest),
-                uncompressed_size,
+                uncompressed_size: built.uncompressed_size,
                 blob,
             })
         }
@@ -201,133 +198,20 @@ pub fn assemble(layers: Vec<BuiltLayer>, run: &RunConfig) -> Image {
     }
 }
 
-/// Pushes `image` as `repo:tag` to a plain-HTTP registry at `addr`
-/// (`host:port`): blobs it lacks, then the manifest.
-pub fn push_plain_http(addr: &str, repo: &str, tag: &str, image: &Image) -> Result<(), ImageError> {
-    let refused = |step: PushStep, status: u16, body: &[u8]| ImageError::Refused {
-        addr: addr.to_string(),
-        step,
-        status,
-        body: String::from_utf8_lossy(body).into_owned(),
-    };
-    let blobs = image
+/// Pushes `image` into `store` under `tag`: the blobs it lacks, then the
+/// manifest. Returns the manifest's descriptor.
+pub fn push_image(
+    store: &ImageStore,
+    image: &Image,
+    tag: &str,
+) -> Result<media::Descriptor, ImageError> {
+    for blob in image
         .layers
         .iter()
         .map(|l| l.blob.as_slice())
-        .chain(std::iter::once(image.config.as_slice()));
-    for blob in blobs {
-        let digest = Digest::of(blob);
-        let (status, _, _) = http(
-            addr,
-            "HEAD",
-            &format!("/v2/{repo}/blobs/{digest}"),
-            &[],
-            &[],
-        )?;
-        if status == 200 {
-            continue;
-        }
-        let (status, headers, body) = http(
-            addr,
-            "POST",
-            &format!("/v2/{repo}/blobs/uploads/"),
-            &[],
-            &[],
-        )?;
-        if status != 202 {
-            return Err(refused(PushStep::StartUpload, status, &body));
-        }
-        let location = header(&headers, "location").ok_or_else(|| ImageError::NoLocation {
-            addr: addr.to_string(),
-        })?;
-        let path = match location.find("/v2/") {
-            Some(i) => location[i..].to_string(),
-            None => {
-                return Err(ImageError::OddLocation {
-                    addr: addr.to_string(),
-                    location: location.to_string(),
-                });
-            }
-        };
-        let sep = if path.contains('?') { '&' } else { '?' };
-        let (status, _, body) = http(
-            addr,
-            "PUT",
-            &format!("{path}{sep}digest={digest}"),
-            &[("Content-Type", "application/octet-stream")],
-            blob,
-        )?;
-        if status != 201 {
-            return Err(refused(PushStep::Upload(digest), status, &body));
-        }
+        .chain(std::iter::once(image.config.as_slice()))
+    {
+        store.put_blob(blob)?;
     }
-    let (status, _, body) = http(
-        addr,
-        "PUT",
-        &format!("/v2/{repo}/manifests/{tag}"),
-        &[("Content-Type", MANIFEST_TYPE)],
-        &image.manifest,
-    )?;
-    if status != 201 {
-        return Err(refused(PushStep::Manifest, status, &body));
-    }
-    Ok(())
-}
-
-fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
-}
-
-type Answer = (u16, Vec<(String, String)>, Vec<u8>);
-
-/// One HTTP/1.1 exchange on a fresh connection.
-fn http(
-    addr: &str,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> std::io::Result<Answer> {
-    let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(60)))?;
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes())?;
-    s.write_all(body)?;
-    let mut r = BufReader::new(s);
-    let mut line = String::new();
-    r.read_line(&mut line)?;
-    let status: u16 = line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
-    let mut out_headers = Vec::new();
-    loop {
-        line.clear();
-        if r.read_line(&mut line)? == 0 {
-            break;
-        }
-        let l = line.trim_end();
-        if l.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = l.split_once(':') {
-            out_headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
-        }
-    }
-    let mut rest = Vec::new();
-    if method != "HEAD" {
-        let _ = r.read_to_end(&mut rest);
-    }
-    Ok((status, out_headers, rest))
+    store.put_document(&image.manifest, MANIFEST_TYPE, Some(tag))
 }

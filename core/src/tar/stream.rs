@@ -54,6 +54,11 @@ impl<R: Read> TarStream<R> {
         Ok(Some(entry))
     }
 
+    /// The stream behind, positioned after the end-of-archive blocks.
+    pub fn into_inner(self) -> R {
+        self.src
+    }
+
     /// Reads exactly `buf.len()` bytes of the current payload; a payload
     /// shorter than that, or a stream that ends inside it, is an error.
     pub fn read_payload(&mut self, buf: &mut [u8]) -> Result<(), TarError> {

@@ -169,13 +169,21 @@ fn write_chunks<W: Write>(
     let mut file_hash = Hasher::new();
     let mut chunks: Vec<TocEntry<'static>> = Vec::new();
     let mut members = Vec::new();
+    let mut inner_offset = 0i64;
     let mut at = 0u64;
     while at < e.size {
         let len = opts.chunk_size.min(e.size - at);
         let data = payload.read(at, len as usize)?;
         file_hash.update(&data);
-        // Every chunk starts its own member.
-        w.finish_member()?;
+        // Every chunk starts its own member, but a file's first chunk
+        // joins the member under way while that is below the minimum
+        // (not the blob's first: offset 0 reads as "no offset" in a TOC).
+        let shares = at == 0 && w.current_member() > 0 && w.pending_len() < opts.min_chunk_size;
+        if shares {
+            inner_offset = w.pending_len() as i64;
+        } else {
+            w.finish_member()?;
+        }
         members.push(w.current_member());
         w.append(&data);
         let chunk_digest = Some(Cow::Owned(Digest::of(&data).to_string()));
@@ -185,6 +193,7 @@ fn write_chunks<W: Write>(
             0
         };
         if at == 0 {
+            te.inner_offset = inner_offset;
             te.chunk_size = chunk_size;
             te.chunk_digest = chunk_digest;
         } else {

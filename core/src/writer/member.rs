@@ -39,6 +39,7 @@ pub(super) struct MemberWriter<W: Write> {
     /// Compressed members waiting for the ones before them.
     ready: BTreeMap<u64, Vec<u8>>,
     written: u64,
+    uncompressed: u64,
     blob_hash: Hasher,
     diff_hash: Hasher,
 }
@@ -108,6 +109,7 @@ impl<W: Write> MemberWriter<W> {
             offsets: Vec::new(),
             ready: BTreeMap::new(),
             written: 0,
+            uncompressed: 0,
             blob_hash: Hasher::new(),
             diff_hash: Hasher::new(),
         })
@@ -115,6 +117,7 @@ impl<W: Write> MemberWriter<W> {
 
     pub(super) fn append(&mut self, data: &[u8]) {
         self.diff_hash.update(data);
+        self.uncompressed += data.len() as u64;
         self.pending.extend_from_slice(data);
     }
 
@@ -199,13 +202,21 @@ impl<W: Write> MemberWriter<W> {
         Ok(())
     }
 
-    pub(super) fn close(self) -> Result<(u64, Digest, Digest), WriteError> {
+    /// Uncompressed bytes in the member under way.
+    pub(super) fn pending_len(&self) -> u64 {
+        self.pending.len() as u64
+    }
+
+    /// Flushes the output; returns the blob's length and digest, and the
+    /// digest and length of everything uncompressed (the DiffID).
+    pub(super) fn close(self) -> Result<(u64, Digest, Digest, u64), WriteError> {
         let mut out = self.out;
         out.flush()?;
         Ok((
             self.written,
             self.blob_hash.finish(),
             self.diff_hash.finish(),
+            self.uncompressed,
         ))
     }
 }

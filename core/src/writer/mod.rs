@@ -44,12 +44,24 @@ pub enum WriteError {
     Io(#[from] io::Error),
 }
 
+/// The gzip level used unless asked otherwise: libdeflate's 6. On the
+/// bench images it writes smaller blobs than the reference's default (Go's
+/// level 9: 76.3 MB against 78.5 MB for gcc's largest layer) in an eighth
+/// of the time of libdeflate's 9, whose deeper match search crawls on
+/// repetitive files (3.3 s against 26.8 s on 2 cores).
+pub const DEFAULT_COMPRESSION_LEVEL: i32 = 6;
+
 /// Build options.
 #[derive(Debug, Clone)]
 pub struct WriterOptions {
     /// Uncompressed bytes per chunk (reference default 4 MiB).
     pub chunk_size: u64,
-    /// gzip level, 0 (store) to 12 (libdeflate's best); reference default 9.
+    /// A file starts a new gzip member only once the current one holds at
+    /// least this many uncompressed bytes; smaller files share members
+    /// (TOC `innerOffset`). 0: every file starts its own, as the
+    /// reference does by default.
+    pub min_chunk_size: u64,
+    /// gzip level, 0 (store) to 12 (libdeflate's best).
     pub compression_level: i32,
     /// Files to put first, in this order, before `.prefetch.landmark`.
     pub prioritized: Vec<String>,
@@ -63,7 +75,8 @@ impl Default for WriterOptions {
     fn default() -> Self {
         WriterOptions {
             chunk_size: 4 << 20,
-            compression_level: 9,
+            min_chunk_size: 0,
+            compression_level: DEFAULT_COMPRESSION_LEVEL,
             prioritized: Vec::new(),
             allow_missing_prioritized: false,
             threads: 1,
@@ -80,6 +93,9 @@ pub struct Built {
     pub toc_digest: Digest,
     /// sha256 of the whole decompressed blob: the layer's `rootfs.diff_ids`.
     pub diff_id: Digest,
+    /// Length of the decompressed blob (the
+    /// `io.containers.estargz.uncompressed-size` annotation).
+    pub uncompressed_size: u64,
     /// Prioritized names that were not found (with `allow_missing_prioritized`).
     pub missing_prioritized: Vec<String>,
 }
@@ -140,6 +156,12 @@ pub fn build_from<R: Read>(
         let spooled = spool_prioritized(&mut open, opts)?;
         let (first, not_found) = order_prioritized(&spooled.entries, opts)?;
         missing = not_found;
+        let landmark = if first.is_empty() {
+            // None of the files is in this layer: nothing to prefetch.
+            NO_PREFETCH_LANDMARK
+        } else {
+            PREFETCH_LANDMARK
+        };
         for i in first {
             let Located {
                 entry, data_offset, ..
@@ -148,7 +170,7 @@ pub fn build_from<R: Read>(
             let payload = Payload::Spool(&spooled.file, *data_offset);
             write_entry(&mut w, &mut toc, entry, payload, opts)?;
         }
-        write_landmark(&mut w, &mut toc, PREFETCH_LANDMARK, opts)?;
+        write_landmark(&mut w, &mut toc, landmark, opts)?;
     }
     let mut tar = TarStream::new(decompressed(open()?)?);
     while let Some(entry) = tar.next_entry()? {
@@ -158,15 +180,25 @@ pub fn build_from<R: Read>(
         }
         write_entry(&mut w, &mut toc, &entry, Payload::Stream(&mut tar), opts)?;
     }
+    drain(tar.into_inner())?;
     let toc_digest = write_toc(&mut w, toc)?;
-    let (blob_size, blob_digest, diff_id) = w.close()?;
+    let (blob_size, blob_digest, diff_id, uncompressed_size) = w.close()?;
     Ok(Built {
         blob_size,
         blob_digest,
         toc_digest,
         diff_id,
+        uncompressed_size,
         missing_prioritized: missing,
     })
+}
+
+/// Reads what follows the end-of-archive blocks to the end, so that a
+/// source checking its bytes at the end (a registry blob against its
+/// digest) has checked every byte a pass used.
+pub(super) fn drain(mut rest: impl Read) -> Result<(), WriteError> {
+    io::copy(&mut rest, &mut io::sink())?;
+    Ok(())
 }
 
 /// A landmark file: one byte, which tells readers where prefetch ends

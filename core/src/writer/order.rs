@@ -90,7 +90,7 @@ fn spool_pass(
             data_offset,
         });
     }
-    Ok(())
+    super::drain(tar.into_inner())
 }
 
 /// The prioritized files, their parents and hardlink targets, spooled:

@@ -230,3 +230,54 @@ fn a_reopenable_source_is_read_once_or_twice_and_never_spooled_whole() {
     assert_eq!(opens.get(), 3);
     assert_eq!(toc_names(&linked), ["a", PREFETCH_LANDMARK, "b"]);
 }
+
+#[test]
+fn small_files_share_members_above_a_minimum_chunk_size() {
+    let tar = mixed_tar();
+    let base = WriterOptions {
+        chunk_size: 4096,
+        ..WriterOptions::default()
+    };
+    let shared = WriterOptions {
+        min_chunk_size: 16 << 10,
+        ..base.clone()
+    };
+    let (plain, _) = build_to_vec(&tar[..], &base).unwrap();
+    let (blob, _) = build_to_vec(&tar[..], &shared).unwrap();
+    let members = |b: &[u8]| {
+        let layer = Layer::open(b, b.len() as u64, &OpenOptions::default()).unwrap();
+        let mut offsets: Vec<u64> = layer
+            .tree
+            .walk()
+            .into_iter()
+            .flat_map(|(_, id)| {
+                layer
+                    .tree
+                    .chunks(id)
+                    .iter()
+                    .map(|c| c.offset)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        offsets.sort();
+        offsets.dedup();
+        offsets.len()
+    };
+    assert!(
+        members(&blob) * 4 < members(&plain),
+        "{} vs {}",
+        members(&blob),
+        members(&plain)
+    );
+    let layer = Layer::open(&blob[..], blob.len() as u64, &OpenOptions::default()).unwrap();
+    let records = crate::inspect::inspect(&layer, &blob[..]);
+    let plain_layer = Layer::open(&plain[..], plain.len() as u64, &OpenOptions::default()).unwrap();
+    let plain_records = crate::inspect::inspect(&plain_layer, &plain[..]);
+    assert!(records.iter().all(|r| r.error.is_none()), "{records:?}");
+    let digests = |rs: &[crate::inspect::Record]| -> Vec<(String, Option<String>)> {
+        rs.iter()
+            .map(|r| (r.name.clone(), r.sha256.clone()))
+            .collect()
+    };
+    assert_eq!(digests(&records), digests(&plain_records));
+}

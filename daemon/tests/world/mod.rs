@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ringstar_image::{Image, LayerFormat, RunConfig, build_image, push_plain_http};
+use ringstar_image::{Image, ImageStore, LayerFormat, RunConfig, build_image, push_image};
 use ringstar_testkit::Registry;
 use ringstar_testkit::images::busybox_layers;
 
@@ -329,7 +329,9 @@ impl World {
             ..RunConfig::default()
         };
         let image = build_image(layers, format, &run).unwrap();
-        push_plain_http(&self.registry.addr, repo, tag, &image).unwrap();
+        let fetcher = ringstar_fetcher::Fetcher::new(Default::default()).unwrap();
+        let store = ImageStore::repository(&fetcher, &self.registry.addr, repo);
+        push_image(&store, &image, tag).unwrap();
         image
     }
 

@@ -1,0 +1,82 @@
+//! `ringstar image …`: the image tools.
+//! - `convert SRC DST`: every layer of an image (every platform) to
+//!   eStargz, streamed from SRC to DST (registry references or
+//!   `oci:DIR[:TAG]` layouts).
+
+use std::time::Instant;
+
+use ringstar_image::ImageRef;
+use ringstar_image::convert::{ConvertOptions, convert};
+
+use crate::layer_cmd::WriterArgs;
+use crate::registry_args::RegistryArgs;
+
+#[derive(clap::Subcommand)]
+pub enum ImageCommand {
+    /// Convert an image to eStargz: every layer of every platform,
+    /// streamed from SRC to DST, with a new config (DiffIDs) and
+    /// manifests carrying the TOC digest annotations. Layers that are
+    /// eStargz already are kept; blobs DST has are not sent again. SRC and
+    /// DST are registry references or OCI layouts (oci:DIR[:TAG]).
+    Convert(ConvertArgs),
+}
+
+#[derive(clap::Args)]
+pub struct ConvertArgs {
+    pub src: ImageRef,
+    pub dst: ImageRef,
+    #[command(flatten)]
+    pub writer: WriterArgs,
+    /// Layers converted at once.
+    #[arg(long, default_value_t = 4)]
+    pub jobs: usize,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+pub fn image_cmd(cmd: &ImageCommand) -> anyhow::Result<()> {
+    match cmd {
+        ImageCommand::Convert(args) => convert_cmd(args),
+    }
+}
+
+fn convert_cmd(args: &ConvertArgs) -> anyhow::Result<()> {
+    let fetcher = args.registry.fetcher()?;
+    let (src, src_root) = args.registry.open(&fetcher, &args.src, false)?;
+    let (dst, dst_root) = args.registry.open(&fetcher, &args.dst, true)?;
+    let tag = dst_root
+        .tag()
+        .map(str::to_string)
+        .or_else(|| matches!(args.dst, ImageRef::Registry(_)).then(|| "latest".to_string()));
+    let opts = ConvertOptions {
+        writer: args.writer.options(true)?,
+        jobs: args.jobs,
+    };
+    let started = Instant::now();
+    let progress = crate::progress::Shown::new();
+    let done = convert(&src, &src_root, &dst, tag.as_deref(), &opts, &progress)?;
+    eprintln!(
+        "converted {} to {} in {:.1} s",
+        args.src,
+        args.dst,
+        started.elapsed().as_secs_f64()
+    );
+    println!(
+        "{}",
+        serde_json::json!({
+            "digest": done.root.digest.to_string(),
+            "media_type": done.root.media_type,
+            "size": done.root.size,
+            "manifests": done.manifests.iter().map(|(m, layers)| serde_json::json!({
+                "digest": m.digest.to_string(),
+                "layers": layers.iter().map(|l| serde_json::json!({
+                    "digest": l.descriptor.digest.to_string(),
+                    "size": l.descriptor.size,
+                    "toc_digest": l.descriptor.annotation(ringstar_image::TOC_DIGEST_ANNOTATION),
+                    "converted": l.diff_id.is_some(),
+                })).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+        })
+    );
+    Ok(())
+}

@@ -1,0 +1,109 @@
+//! One layer: kept as it is (eStargz already, or not a tar), found
+//! converted before, or converted by streaming it from the source through
+//! the writer into the target (never held whole).
+
+use std::sync::Mutex;
+
+use ringstar_core::Digest;
+use ringstar_core::writer::{self, WriterOptions};
+
+use super::progress::{Counted, LayerOutcome, Progress};
+use crate::ImageError;
+use crate::media::{
+    Descriptor, OCI_LAYER_GZIP, TOC_DIGEST_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION, tar_layer,
+    to_oci,
+};
+use crate::store::ImageStore;
+
+/// A layer of the new manifest.
+#[derive(Debug, Clone)]
+pub struct LayerOut {
+    pub descriptor: Descriptor,
+    /// Its new DiffID, when it changed.
+    pub diff_id: Option<Digest>,
+}
+
+/// Why a layer is kept as it is, if it is.
+fn kept_because(layer: &Descriptor) -> Option<&'static str> {
+    if tar_layer(&layer.media_type).is_none() {
+        return Some("not a tar layer");
+    }
+    if layer.annotation(TOC_DIGEST_ANNOTATION).is_some() {
+        return Some("already eStargz");
+    }
+    None
+}
+
+/// Converts (or keeps) layer `index`.
+pub(super) fn convert_layer(
+    src: &ImageStore,
+    dst: &ImageStore,
+    index: usize,
+    layer: &Descriptor,
+    opts: &WriterOptions,
+    progress: &dyn Progress,
+) -> Result<LayerOut, ImageError> {
+    let mut p = progress.layer_started(index, &layer.digest, layer.size);
+    if let Some(why) = kept_because(layer) {
+        let copy = if layer.media_type.contains("nondistributable")
+            || layer.media_type.contains("foreign")
+        {
+            // Not ours to copy: it is fetched from its URLs.
+            crate::store::Copied::Present
+        } else {
+            dst.copy_blob(src, &layer.digest)?
+        };
+        p.finish(&LayerOutcome::Kept { why, copy });
+        let mut descriptor = layer.clone();
+        descriptor.media_type = to_oci(&layer.media_type).to_string();
+        return Ok(LayerOut {
+            descriptor,
+            diff_id: None,
+        });
+    }
+    let progress = Mutex::new(p);
+    let mut opens = 0;
+    let open = || {
+        if opens > 0
+            && let Ok(mut p) = progress.lock()
+        {
+            p.restart();
+        }
+        opens += 1;
+        src.open_blob(&layer.digest)
+            .map(|inner| Counted {
+                inner,
+                progress: &progress,
+            })
+            .map_err(std::io::Error::other)
+    };
+    let mut sink = dst.blob_sink()?;
+    let built = writer::build_from(open, &mut sink, opts)
+        .map_err(|source| ImageError::Write { index, source })?;
+    let (digest, size) = sink.finish()?;
+    if digest != built.blob_digest || size != built.blob_size {
+        return Err(ImageError::Invalid(format!(
+            "layer {index}: the target stored {digest} ({size} bytes), the writer wrote {} ({} bytes)",
+            built.blob_digest, built.blob_size
+        )));
+    }
+    let mut descriptor = layer.clone();
+    descriptor.media_type = OCI_LAYER_GZIP.to_string();
+    descriptor.digest = digest;
+    descriptor.size = size;
+    descriptor.annotations.insert(
+        TOC_DIGEST_ANNOTATION.into(),
+        built.toc_digest.to_string().into(),
+    );
+    descriptor.annotations.insert(
+        UNCOMPRESSED_SIZE_ANNOTATION.into(),
+        built.uncompressed_size.to_string().into(),
+    );
+    if let Ok(mut p) = progress.lock() {
+        p.finish(&LayerOutcome::Converted { digest, size });
+    }
+    Ok(LayerOut {
+        descriptor,
+        diff_id: Some(built.diff_id),
+    })
+}

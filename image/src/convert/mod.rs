@@ -1,0 +1,224 @@
+//! `ringstar image convert`: an image (an index and every platform's
+//! manifest, or one manifest) rewritten with eStargz layers, a config with
+//! the new DiffIDs and manifests carrying the TOC digest and uncompressed
+//! size annotations. Layers convert in parallel, each streamed from the
+//! source into the target.
+//!
+//! Layout: this file walks the documents; `layer` does one layer;
+//! `progress` is what a conversion reports.
+
+mod layer;
+pub mod progress;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use ringstar_core::writer::WriterOptions;
+
+use crate::media::{
+    Descriptor, DocumentKind, OCI_CONFIG, OCI_INDEX, OCI_MANIFEST, document_kind,
+};
+use crate::store::{Document, ImageStore, RootRef};
+use crate::{ImageError, MAX_CONFIG_SIZE, MAX_INDEX_DEPTH};
+pub use layer::LayerOut;
+use progress::Progress;
+
+/// How to convert.
+#[derive(Debug, Clone)]
+pub struct ConvertOptions {
+    pub writer: WriterOptions,
+    /// Layers converted at once.
+    pub jobs: usize,
+}
+
+/// What a conversion made.
+#[derive(Debug, Clone)]
+pub struct Converted {
+    /// The new root document (index or manifest).
+    pub root: Descriptor,
+    /// Every manifest written, with its layers.
+    pub manifests: Vec<(Descriptor, Vec<LayerOut>)>,
+}
+
+/// Converts the image `src_root` of `src` into `dst`, tagged `dst_tag`.
+pub fn convert(
+    src: &ImageStore,
+    src_root: &RootRef,
+    dst: &ImageStore,
+    dst_tag: Option<&str>,
+    opts: &ConvertOptions,
+    progress: &dyn Progress,
+) -> Result<Converted, ImageError> {
+    let doc = src.root(src_root)?;
+    let mut manifests = Vec::new();
+    let root = convert_document(src, dst, &doc, dst_tag, opts, progress, 0, &mut manifests)?;
+    Ok(Converted { root, manifests })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn convert_document(
+    src: &ImageStore,
+    dst: &ImageStore,
+    doc: &Document,
+    tag: Option<&str>,
+    opts: &ConvertOptions,
+    progress: &dyn Progress,
+    depth: usize,
+    out: &mut Vec<(Descriptor, Vec<LayerOut>)>,
+) -> Result<Descriptor, ImageError> {
+    match document_kind(&doc.media_type) {
+        Some(DocumentKind::Manifest) => {
+            let (desc, layers) = convert_manifest(src, dst, doc, tag, opts, progress)?;
+            out.push((desc.clone(), layers));
+            Ok(desc)
+        }
+        Some(DocumentKind::Index) if depth < MAX_INDEX_DEPTH => {
+            convert_index(src, dst, doc, tag, opts, progress, depth, out)
+        }
+        Some(DocumentKind::Index) => Err(ImageError::Invalid(format!(
+            "indexes nested more than {MAX_INDEX_DEPTH} deep"
+        ))),
+        None => Err(ImageError::Invalid(format!(
+            "{}: {:?} is not an image manifest or index",
+            doc.digest, doc.media_type
+        ))),
+    }
+}
+
+/// Every manifest an index lists converted (other documents, such as
+/// artifacts, copied as they are), and the index rewritten to them.
+#[allow(clippy::too_many_arguments)]
+fn convert_index(
+    src: &ImageStore,
+    dst: &ImageStore,
+    doc: &Document,
+    tag: Option<&str>,
+    opts: &ConvertOptions,
+    progress: &dyn Progress,
+    depth: usize,
+    out: &mut Vec<(Descriptor, Vec<LayerOut>)>,
+) -> Result<Descriptor, ImageError> {
+    let mut index: serde_json::Value = serde_json::from_slice(&doc.bytes)?;
+    let listed: Vec<Descriptor> =
+        serde_json::from_value(index.get("manifests").cloned().unwrap_or_default())?;
+    let mut new = Vec::with_capacity(listed.len());
+    for d in listed {
+        let child = src.document(&d)?;
+        let converted = if document_kind(&child.media_type).is_some() {
+            convert_document(src, dst, &child, None, opts, progress, depth + 1, out)?
+        } else {
+            dst.copy_blob(src, &d.digest)?;
+            d.clone()
+        };
+        // The index's own fields for the entry (platform, annotations)
+        // stay; what it points at changes.
+        new.push(Descriptor {
+            media_type: converted.media_type,
+            digest: converted.digest,
+            size: converted.size,
+            ..d
+        });
+    }
+    index["manifests"] = serde_json::to_value(new)?;
+    index["mediaType"] = OCI_INDEX.into();
+    let bytes = serde_json::to_vec(&index)?;
+    dst.put_document(&bytes, OCI_INDEX, tag)
+}
+
+/// A manifest's layers converted in parallel (at most `opts.jobs` at a
+/// time, in index order), its config rewritten with the new DiffIDs.
+fn convert_manifest(
+    src: &ImageStore,
+    dst: &ImageStore,
+    doc: &Document,
+    tag: Option<&str>,
+    opts: &ConvertOptions,
+    progress: &dyn Progress,
+) -> Result<(Descriptor, Vec<LayerOut>), ImageError> {
+    let mut manifest: serde_json::Value = serde_json::from_slice(&doc.bytes)?;
+    let config: Descriptor =
+        serde_json::from_value(manifest.get("config").cloned().unwrap_or_default())?;
+    let layers: Vec<Descriptor> =
+        serde_json::from_value(manifest.get("layers").cloned().unwrap_or_default())?;
+    let converted = convert_layers(src, dst, &layers, opts, progress)?;
+
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&src.blob_bytes(&config.digest, MAX_CONFIG_SIZE)?)?;
+    let diff_ids = cfg
+        .pointer_mut("/rootfs/diff_ids")
+        .and_then(|v| v.as_array_mut())
+        .ok_or_else(|| ImageError::Invalid(format!("config {}: no rootfs.diff_ids", config.digest)))?;
+    if diff_ids.len() != converted.len() {
+        return Err(ImageError::Invalid(format!(
+            "config {} lists {} DiffIDs for {} layers",
+            config.digest,
+            diff_ids.len(),
+            converted.len()
+        )));
+    }
+    for (slot, l) in diff_ids.iter_mut().zip(&converted) {
+        if let Some(d) = l.diff_id {
+            *slot = d.to_string().into();
+        }
+    }
+    let cfg_bytes = serde_json::to_vec(&cfg)?;
+    let cfg_digest = dst.put_blob(&cfg_bytes)?;
+    manifest["config"] = serde_json::to_value(Descriptor {
+        media_type: OCI_CONFIG.into(),
+        digest: cfg_digest,
+        size: cfg_bytes.len() as u64,
+        ..config
+    })?;
+    manifest["layers"] = serde_json::to_value(
+        converted.iter().map(|l| &l.descriptor).collect::<Vec<_>>(),
+    )?;
+    manifest["mediaType"] = OCI_MANIFEST.into();
+    let bytes = serde_json::to_vec(&manifest)?;
+    let desc = dst.put_document(&bytes, OCI_MANIFEST, tag)?;
+    Ok((desc, converted))
+}
+
+/// Each layer converted on one of `opts.jobs` threads, taking layers in
+/// order; the first failure is returned (the others finish first).
+fn convert_layers(
+    src: &ImageStore,
+    dst: &ImageStore,
+    layers: &[Descriptor],
+    opts: &ConvertOptions,
+    progress: &dyn Progress,
+) -> Result<Vec<LayerOut>, ImageError> {
+    let next = AtomicUsize::new(0);
+    let results: Vec<std::sync::Mutex<Option<Result<LayerOut, ImageError>>>> =
+        layers.iter().map(|_| Default::default()).collect();
+    std::thread::scope(|s| {
+        for _ in 0..opts.jobs.clamp(1, layers.len().max(1)) {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(layer) = layers.get(i) else { return };
+                    let r = layer::convert_layer(src, dst, i, layer, &opts.writer, progress);
+                    let failed = r.is_err();
+                    if let Ok(mut slot) = results[i].lock() {
+                        *slot = Some(r);
+                    }
+                    if failed {
+                        // No new layers once one failed.
+                        next.store(layers.len(), Ordering::Relaxed);
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let mut out = Vec::with_capacity(layers.len());
+    for (i, slot) in results.into_iter().enumerate() {
+        match slot.into_inner().ok().flatten() {
+            Some(r) => out.push(r?),
+            None => {
+                return Err(ImageError::Invalid(format!(
+                    "layer {i} was not converted (another failed first)"
+                )));
+            }
+        }
+    }
+    Ok(out)
+}
