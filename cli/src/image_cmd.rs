@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use ringstar_image::ImageRef;
-use ringstar_image::convert::{ConvertOptions, convert};
+use ringstar_image::convert::{ConvertCache, ConvertOptions, convert};
 
 use crate::layer_cmd::WriterArgs;
 use crate::registry_args::RegistryArgs;
@@ -30,6 +30,10 @@ pub struct ConvertArgs {
     /// Layers converted at once.
     #[arg(long, default_value_t = 4)]
     pub jobs: usize,
+    /// Convert every layer, even one converted before with the same
+    /// options whose result DST has (recorded in ~/.cache/ringstar).
+    #[arg(long)]
+    pub no_cache: bool,
     #[command(flatten)]
     pub registry: RegistryArgs,
 }
@@ -51,6 +55,11 @@ fn convert_cmd(args: &ConvertArgs) -> anyhow::Result<()> {
     let opts = ConvertOptions {
         writer: args.writer.options(true)?,
         jobs: args.jobs,
+        cache: if args.no_cache {
+            None
+        } else {
+            ConvertCache::user()
+        },
     };
     let started = Instant::now();
     let progress = crate::progress::Shown::new();

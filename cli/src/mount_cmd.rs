@@ -145,4 +145,3 @@ pub fn mount_cmd(args: &MountArgs) -> anyhow::Result<()> {
     session.unmount()?;
     Ok(())
 }
-

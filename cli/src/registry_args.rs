@@ -10,8 +10,9 @@ use ringstar_image::{ImageRef, ImageStore, RootRef};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct RegistryArgs {
-    /// Speak plain HTTP to every registry (as ctr-remote's --plain-http);
-    /// localhost and 127.x always get it.
+    /// Speak plain HTTP to every registry (as ctr-remote's --plain-http).
+    /// A registry on this machine gets HTTPS if it answers TLS, plain
+    /// HTTP otherwise.
     #[arg(long)]
     pub plain_http: bool,
     /// Trust these CA certificates (PEM) besides the system's.
@@ -40,6 +41,7 @@ impl RegistryArgs {
             && let ImageStore::Registry { repo, .. } = &mut store
             && let Some(rest) = repo.endpoint.base.strip_prefix("https://")
         {
+            // Asked for: no TLS, whatever the registry would answer.
             repo.endpoint.base = format!("http://{rest}");
         }
         Ok((store, root))

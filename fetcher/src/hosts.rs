@@ -65,7 +65,7 @@ impl Endpoint {
 /// IPv6 `::1`, with or without a port (containerd's rule). Such a registry
 /// is spoken to in plain HTTP. The name is parsed as an address, so a DNS
 /// name that merely starts with "127." (`127.evil.example`) gets https.
-fn is_local(host: &str) -> bool {
+pub fn is_local(host: &str) -> bool {
     use std::net::IpAddr;
     let loopback = |name: &str| {
         name.eq_ignore_ascii_case("localhost")

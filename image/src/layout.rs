@@ -198,7 +198,8 @@ impl LayoutBlob {
         let d = self.hasher.finish();
         let tmp = self.tmp.into_inner().map_err(|e| e.into_error())?;
         tmp.as_file().sync_all()?;
-        tmp.persist(self.layout.blob_path(&d)).map_err(|e| e.error)?;
+        tmp.persist(self.layout.blob_path(&d))
+            .map_err(|e| e.error)?;
         Ok((d, self.size))
     }
 }
@@ -252,7 +253,10 @@ mod tests {
         let l = Layout::create(dir.path()).unwrap();
         let d = l.put_blob(b"hello").unwrap();
         assert_eq!(l.read_blob(&d, 100).unwrap(), b"hello");
-        assert!(matches!(l.read_blob(&d, 3), Err(ImageError::TooLarge { .. })));
+        assert!(matches!(
+            l.read_blob(&d, 3),
+            Err(ImageError::TooLarge { .. })
+        ));
         std::fs::write(l.blob_path(&d), b"jello").unwrap();
         assert!(l.read_blob(&d, 100).is_err());
         let desc = Descriptor {

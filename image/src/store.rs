@@ -32,12 +32,9 @@ impl FromStr for ImageRef {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let Some(rest) = s.strip_prefix("oci:") else {
-            return Ok(ImageRef::Registry(
-                s.parse()
-                    .map_err(|e: ringstar_fetcher::ParseReferenceError| {
-                        ImageError::Invalid(e.to_string())
-                    })?,
-            ));
+            return Ok(ImageRef::Registry(s.parse().map_err(
+                |e: ringstar_fetcher::ParseReferenceError| ImageError::Invalid(e.to_string()),
+            )?));
         };
         if let Some((dir, d)) = rest.split_once('@') {
             let digest = d
@@ -161,10 +158,13 @@ impl ImageStore {
     ) -> Result<(ImageStore, RootRef), ImageError> {
         match r {
             ImageRef::Registry(reference) => {
-                let repo = Repository::origin_of(reference, resolver);
+                let mut repo = Repository::origin_of(reference, resolver);
+                prefer_tls_locally(fetcher, &mut repo, &reference.host);
                 let root = match (&reference.digest, &reference.tag) {
                     (Some(d), _) => RootRef::Digest(d.parse().map_err(
-                        |e: ringstar_core::digest::ParseDigestError| ImageError::Invalid(e.to_string()),
+                        |e: ringstar_core::digest::ParseDigestError| {
+                            ImageError::Invalid(e.to_string())
+                        },
                     )?),
                     (None, t) => RootRef::Tag(t.clone().unwrap_or_else(|| "latest".into())),
                 };
@@ -199,7 +199,8 @@ impl ImageStore {
                     RootRef::Digest(d) => d.to_string(),
                     RootRef::Only => "latest".into(),
                 };
-                let m = fetcher.fetch_manifest(repo, &reference, MANIFEST_ACCEPT, MAX_MANIFEST_SIZE)?;
+                let m =
+                    fetcher.fetch_manifest(repo, &reference, MANIFEST_ACCEPT, MAX_MANIFEST_SIZE)?;
                 let doc: serde_json::Value = serde_json::from_slice(&m.bytes)?;
                 Ok(Document {
                     media_type: media_type_of(&doc, &m.media_type),
@@ -291,10 +292,8 @@ impl ImageStore {
         if self.has_blob(d)? {
             return Ok(Copied::Present);
         }
-        if let (
-            ImageStore::Registry { fetcher, repo },
-            ImageStore::Registry { repo: from, .. },
-        ) = (self, src)
+        if let (ImageStore::Registry { fetcher, repo }, ImageStore::Registry { repo: from, .. }) =
+            (self, src)
             && from.endpoint.base == repo.endpoint.base
             && fetcher.mount_blob(repo, d, &from.name)? == Mounted::Yes
         {
@@ -328,7 +327,12 @@ impl ImageStore {
         match self {
             ImageStore::Registry { fetcher, repo } => {
                 let reference = tag.map_or_else(|| digest.to_string(), str::to_string);
-                fetcher.put_manifest(repo, &reference, media_type, Bytes::copy_from_slice(bytes))?;
+                fetcher.put_manifest(
+                    repo,
+                    &reference,
+                    media_type,
+                    Bytes::copy_from_slice(bytes),
+                )?;
             }
             ImageStore::Layout(l) => {
                 l.put_blob(bytes)?;
@@ -338,6 +342,21 @@ impl ImageStore {
             }
         }
         Ok(desc)
+    }
+}
+
+/// A registry on this machine gets HTTPS when it answers TLS, plain HTTP
+/// otherwise (docker's rule for local registries; containerd's default of
+/// plain HTTP would never reach a local TLS registry).
+fn prefer_tls_locally(fetcher: &Fetcher, repo: &mut Repository, host: &str) {
+    if !ringstar_fetcher::hosts::is_local(host) || !repo.endpoint.base.starts_with("http://") {
+        return;
+    }
+    let mut tls = repo.clone();
+    tls.endpoint.base = format!("https://{host}");
+    if fetcher.ping(&tls).is_ok() {
+        tracing::debug!(host, "local registry answers TLS");
+        *repo = tls;
     }
 }
 

@@ -245,6 +245,26 @@ impl Fetcher {
         })
     }
 
+    /// Whether `repo`'s endpoint answers the distribution API's base
+    /// (`GET /v2/`) at all: any HTTP status counts (401 included); a TLS
+    /// or connection failure does not. One attempt, no retries.
+    pub fn ping(&self, repo: &Repository) -> Result<(), FetchError> {
+        let url = format!("{}/v2/", repo.endpoint.base);
+        let headers = repo.endpoint.headers.clone();
+        self.block_on(move |inner| async move {
+            let timeout = inner.config.connect_timeout;
+            let ask = Ask::get(None);
+            let send = inner.send_to(&url, &headers, None, &ask);
+            match tokio::time::timeout(timeout, send).await {
+                Ok(r) => r.map(|_| ()),
+                Err(_) => Err(FetchError::Timeout {
+                    url: redact(&url),
+                    after: timeout,
+                }),
+            }
+        })
+    }
+
     /// Puts `bytes` as manifest `reference` (a tag or its digest) of
     /// `repo`, with `media_type`.
     pub fn put_manifest(

@@ -5,8 +5,10 @@
 use std::sync::Mutex;
 
 use ringstar_core::Digest;
-use ringstar_core::writer::{self, WriterOptions};
+use ringstar_core::writer;
 
+use super::ConvertOptions;
+use super::cache::Record;
 use super::progress::{Counted, LayerOutcome, Progress};
 use crate::ImageError;
 use crate::media::{
@@ -34,16 +36,46 @@ fn kept_because(layer: &Descriptor) -> Option<&'static str> {
     None
 }
 
-/// Converts (or keeps) layer `index`.
+/// The descriptor of `layer` converted as `r` says.
+fn converted_descriptor(layer: &Descriptor, r: &Record) -> Descriptor {
+    let mut descriptor = layer.clone();
+    descriptor.media_type = OCI_LAYER_GZIP.to_string();
+    descriptor.digest = r.digest;
+    descriptor.size = r.size;
+    descriptor.annotations.insert(
+        TOC_DIGEST_ANNOTATION.into(),
+        r.toc_digest.to_string().into(),
+    );
+    descriptor.annotations.insert(
+        UNCOMPRESSED_SIZE_ANNOTATION.into(),
+        r.uncompressed_size.to_string().into(),
+    );
+    descriptor
+}
+
+/// Converts (or keeps, or reuses) layer `index`.
 pub(super) fn convert_layer(
     src: &ImageStore,
     dst: &ImageStore,
     index: usize,
     layer: &Descriptor,
-    opts: &WriterOptions,
+    opts: &ConvertOptions,
     progress: &dyn Progress,
 ) -> Result<LayerOut, ImageError> {
     let mut p = progress.layer_started(index, &layer.digest, layer.size);
+    if tar_layer(&layer.media_type).is_some()
+        && let Some(r) = opts
+            .cache
+            .as_ref()
+            .and_then(|c| c.get(&layer.digest, &opts.writer))
+        && dst.has_blob(&r.digest)?
+    {
+        p.finish(&LayerOutcome::Reused { digest: r.digest });
+        return Ok(LayerOut {
+            descriptor: converted_descriptor(layer, &r),
+            diff_id: Some(r.diff_id),
+        });
+    }
     if let Some(why) = kept_because(layer) {
         let copy = if layer.media_type.contains("nondistributable")
             || layer.media_type.contains("foreign")
@@ -78,7 +110,7 @@ pub(super) fn convert_layer(
             .map_err(std::io::Error::other)
     };
     let mut sink = dst.blob_sink()?;
-    let built = writer::build_from(open, &mut sink, opts)
+    let built = writer::build_from(open, &mut sink, &opts.writer)
         .map_err(|source| ImageError::Write { index, source })?;
     let (digest, size) = sink.finish()?;
     if digest != built.blob_digest || size != built.blob_size {
@@ -87,18 +119,17 @@ pub(super) fn convert_layer(
             built.blob_digest, built.blob_size
         )));
     }
-    let mut descriptor = layer.clone();
-    descriptor.media_type = OCI_LAYER_GZIP.to_string();
-    descriptor.digest = digest;
-    descriptor.size = size;
-    descriptor.annotations.insert(
-        TOC_DIGEST_ANNOTATION.into(),
-        built.toc_digest.to_string().into(),
-    );
-    descriptor.annotations.insert(
-        UNCOMPRESSED_SIZE_ANNOTATION.into(),
-        built.uncompressed_size.to_string().into(),
-    );
+    let record = Record {
+        digest,
+        size,
+        toc_digest: built.toc_digest,
+        diff_id: built.diff_id,
+        uncompressed_size: built.uncompressed_size,
+    };
+    if let Some(c) = &opts.cache {
+        c.put(&layer.digest, &opts.writer, &record);
+    }
+    let descriptor = converted_descriptor(layer, &record);
     if let Ok(mut p) = progress.lock() {
         p.finish(&LayerOutcome::Converted { digest, size });
     }

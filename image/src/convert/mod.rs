@@ -5,8 +5,10 @@
 //! source into the target.
 //!
 //! Layout: this file walks the documents; `layer` does one layer;
-//! `progress` is what a conversion reports.
+//! `cache` records what was converted; `progress` is what a conversion
+//! reports.
 
+mod cache;
 mod layer;
 pub mod progress;
 
@@ -14,11 +16,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use ringstar_core::writer::WriterOptions;
 
-use crate::media::{
-    Descriptor, DocumentKind, OCI_CONFIG, OCI_INDEX, OCI_MANIFEST, document_kind,
-};
+use crate::media::{Descriptor, DocumentKind, OCI_CONFIG, OCI_INDEX, OCI_MANIFEST, document_kind};
 use crate::store::{Document, ImageStore, RootRef};
 use crate::{ImageError, MAX_CONFIG_SIZE, MAX_INDEX_DEPTH};
+pub use cache::ConvertCache;
 pub use layer::LayerOut;
 use progress::Progress;
 
@@ -28,6 +29,9 @@ pub struct ConvertOptions {
     pub writer: WriterOptions,
     /// Layers converted at once.
     pub jobs: usize,
+    /// Where conversions are recorded, so that a layer converted before
+    /// is not converted or sent again; `None`: always convert.
+    pub cache: Option<ConvertCache>,
 }
 
 /// What a conversion made.
@@ -146,7 +150,9 @@ fn convert_manifest(
     let diff_ids = cfg
         .pointer_mut("/rootfs/diff_ids")
         .and_then(|v| v.as_array_mut())
-        .ok_or_else(|| ImageError::Invalid(format!("config {}: no rootfs.diff_ids", config.digest)))?;
+        .ok_or_else(|| {
+            ImageError::Invalid(format!("config {}: no rootfs.diff_ids", config.digest))
+        })?;
     if diff_ids.len() != converted.len() {
         return Err(ImageError::Invalid(format!(
             "config {} lists {} DiffIDs for {} layers",
@@ -168,9 +174,8 @@ fn convert_manifest(
         size: cfg_bytes.len() as u64,
         ..config
     })?;
-    manifest["layers"] = serde_json::to_value(
-        converted.iter().map(|l| &l.descriptor).collect::<Vec<_>>(),
-    )?;
+    manifest["layers"] =
+        serde_json::to_value(converted.iter().map(|l| &l.descriptor).collect::<Vec<_>>())?;
     manifest["mediaType"] = OCI_MANIFEST.into();
     let bytes = serde_json::to_vec(&manifest)?;
     let desc = dst.put_document(&bytes, OCI_MANIFEST, tag)?;
@@ -195,7 +200,7 @@ fn convert_layers(
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(layer) = layers.get(i) else { return };
-                    let r = layer::convert_layer(src, dst, i, layer, &opts.writer, progress);
+                    let r = layer::convert_layer(src, dst, i, layer, opts, progress);
                     let failed = r.is_err();
                     if let Ok(mut slot) = results[i].lock() {
                         *slot = Some(r);

@@ -11,7 +11,10 @@ pub enum LayerOutcome {
     Converted { digest: Digest, size: u64 },
     /// Already eStargz, or not a tar layer: kept, and copied, mounted or
     /// found present in the target.
-    Kept { why: &'static str, copy: crate::store::Copied },
+    Kept {
+        why: &'static str,
+        copy: crate::store::Copied,
+    },
     /// Converted before with the same options, and the target has it.
     Reused { digest: Digest },
 }
