@@ -16,7 +16,7 @@ use crate::digest::{Digest, Hasher};
 /// One member to compress: its index and uncompressed bytes.
 type Job = (u64, Vec<u8>);
 /// A compressed member, or why it failed.
-type Done = (u64, Result<Vec<u8>, String>);
+type Done = (u64, io::Result<Vec<u8>>);
 
 /// Compressor threads and their channels.
 struct Pool {
@@ -50,11 +50,11 @@ fn compressor(level: i32) -> Result<libdeflater::Compressor, WriteError> {
     Ok(libdeflater::Compressor::new(lvl))
 }
 
-fn gzip(c: &mut libdeflater::Compressor, data: &[u8]) -> Result<Vec<u8>, String> {
+fn gzip(c: &mut libdeflater::Compressor, data: &[u8]) -> io::Result<Vec<u8>> {
     let mut out = vec![0u8; c.gzip_compress_bound(data.len())];
     let n = c
         .gzip_compress(data, &mut out)
-        .map_err(|e| format!("gzip: {e}"))?;
+        .map_err(|e| io::Error::other(format!("gzip: {e}")))?;
     out.truncate(n);
     Ok(out)
 }
@@ -136,7 +136,7 @@ impl<W: Write> MemberWriter<W> {
         self.next_member += 1;
         let data = std::mem::take(&mut self.pending);
         let Some(pool) = &self.pool else {
-            let member = gzip(&mut self.compressor, &data).map_err(io::Error::other)?;
+            let member = gzip(&mut self.compressor, &data)?;
             return self.write_member(member);
         };
         // Members compressed but not written are bounded: a slow one
@@ -168,7 +168,7 @@ impl<W: Write> MemberWriter<W> {
                 Err(_) => return Ok(false),
             }
         };
-        self.ready.insert(index, member.map_err(io::Error::other)?);
+        self.ready.insert(index, member?);
         while let Some(m) = self.ready.remove(&(self.offsets.len() as u64)) {
             self.write_member(m)?;
         }

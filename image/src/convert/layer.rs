@@ -9,7 +9,7 @@ use ringstar_core::writer;
 
 use super::ConvertOptions;
 use super::cache::Record;
-use super::progress::{Counted, LayerOutcome, Progress};
+use super::progress::{Counted, LayerOutcome, LayerProgress, Progress};
 use crate::ImageError;
 use crate::media::{
     Descriptor, OCI_LAYER_GZIP, TOC_DIGEST_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION, tar_layer,
@@ -77,22 +77,46 @@ pub(super) fn convert_layer(
         });
     }
     if let Some(why) = kept_because(layer) {
-        let copy = if layer.media_type.contains("nondistributable")
-            || layer.media_type.contains("foreign")
-        {
-            // Not ours to copy: it is fetched from its URLs.
+        return keep_layer(src, dst, layer, why, p);
+    }
+    stream_layer(src, dst, index, layer, opts, p)
+}
+
+/// A layer kept as it is: made present in the target (unless it is not
+/// ours to copy), its media type made OCI's.
+fn keep_layer(
+    src: &ImageStore,
+    dst: &ImageStore,
+    layer: &Descriptor,
+    why: &'static str,
+    mut p: Box<dyn LayerProgress>,
+) -> Result<LayerOut, ImageError> {
+    let copy =
+        if layer.media_type.contains("nondistributable") || layer.media_type.contains("foreign") {
+            // Fetched from its URLs by whoever pulls it.
             crate::store::Copied::Present
         } else {
             dst.copy_blob(src, &layer.digest)?
         };
-        p.finish(&LayerOutcome::Kept { why, copy });
-        let mut descriptor = layer.clone();
-        descriptor.media_type = to_oci(&layer.media_type).to_string();
-        return Ok(LayerOut {
-            descriptor,
-            diff_id: None,
-        });
-    }
+    p.finish(&LayerOutcome::Kept { why, copy });
+    let mut descriptor = layer.clone();
+    descriptor.media_type = to_oci(&layer.media_type).to_string();
+    Ok(LayerOut {
+        descriptor,
+        diff_id: None,
+    })
+}
+
+/// A layer converted from the source's stream into the target's upload,
+/// and recorded.
+fn stream_layer(
+    src: &ImageStore,
+    dst: &ImageStore,
+    index: usize,
+    layer: &Descriptor,
+    opts: &ConvertOptions,
+    p: Box<dyn LayerProgress>,
+) -> Result<LayerOut, ImageError> {
     let progress = Mutex::new(p);
     let mut opens = 0;
     let open = || {
