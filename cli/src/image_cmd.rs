@@ -1,7 +1,9 @@
 //! `ringstar image …`: the image tools.
 //! - `convert SRC DST`: every layer of an image (every platform) to
 //!   eStargz, streamed from SRC to DST (registry references or
-//!   `oci:DIR[:TAG]` layouts).
+//!   `oci:DIR[:TAG]` layouts);
+//! - `rpull REF`: the image pulled into containerd lazily, through a
+//!   remote snapshotter (ringstar), as `ctr-remote image rpull` does.
 
 use std::time::Instant;
 
@@ -19,6 +21,37 @@ pub enum ImageCommand {
     /// eStargz already are kept; blobs DST has are not sent again. SRC and
     /// DST are registry references or OCI layouts (oci:DIR[:TAG]).
     Convert(ConvertArgs),
+    /// Pull an image into containerd lazily: its manifest and config go
+    /// into containerd's content store, each layer is prepared through
+    /// the snapshotter with the remote-snapshot labels (mounted from the
+    /// registry, not downloaded); layers that are not eStargz are pulled
+    /// whole. Then `ctr run --snapshotter ringstar REF ID`.
+    Rpull(RpullArgs),
+}
+
+#[derive(clap::Args)]
+pub struct RpullArgs {
+    /// The image, REGISTRY/REPOSITORY[:TAG|@DIGEST].
+    pub reference: ringstar_fetcher::Reference,
+    /// containerd's socket.
+    #[arg(long, default_value = "/run/containerd/containerd.sock")]
+    pub address: std::path::PathBuf,
+    /// containerd namespace (ctr's default).
+    #[arg(
+        long,
+        short = 'n',
+        default_value = "default",
+        env = "CONTAINERD_NAMESPACE"
+    )]
+    pub namespace: String,
+    /// The snapshotter to unpack through (ringstar's proxy plugin name).
+    #[arg(long, default_value = "ringstar")]
+    pub snapshotter: String,
+    /// The platform to pull from a multi-platform image (os/arch).
+    #[arg(long)]
+    pub platform: Option<String>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 }
 
 #[derive(clap::Args)]
@@ -41,7 +74,46 @@ pub struct ConvertArgs {
 pub fn image_cmd(cmd: &ImageCommand) -> anyhow::Result<()> {
     match cmd {
         ImageCommand::Convert(args) => convert_cmd(args),
+        ImageCommand::Rpull(args) => rpull_cmd(args),
     }
+}
+
+fn rpull_cmd(args: &RpullArgs) -> anyhow::Result<()> {
+    use ringstar_image::rpull::{RpullOptions, rpull};
+    let fetcher = args.registry.fetcher()?;
+    let image = ImageRef::Registry(args.reference.clone());
+    let (src, root) = args.registry.open(&fetcher, &image, false)?;
+    let opts = RpullOptions {
+        address: args.address.clone(),
+        namespace: args.namespace.clone(),
+        snapshotter: args.snapshotter.clone(),
+        platform: args
+            .platform
+            .clone()
+            .unwrap_or_else(RpullOptions::host_platform),
+    };
+    let started = Instant::now();
+    let pulled = rpull(&src, &args.reference, &root, &opts)?;
+    let remote = pulled.layers.iter().filter(|l| l.remote).count();
+    eprintln!(
+        "pulled {} in {:.2} s: {remote} of {} layers mounted lazily",
+        pulled.name,
+        started.elapsed().as_secs_f64(),
+        pulled.layers.len()
+    );
+    println!(
+        "{}",
+        serde_json::json!({
+            "name": pulled.name,
+            "digest": pulled.target.digest.to_string(),
+            "layers": pulled.layers.iter().map(|l| serde_json::json!({
+                "digest": l.digest.to_string(),
+                "chain_id": l.chain_id.to_string(),
+                "remote": l.remote,
+            })).collect::<Vec<_>>(),
+        })
+    );
+    Ok(())
 }
 
 fn convert_cmd(args: &ConvertArgs) -> anyhow::Result<()> {

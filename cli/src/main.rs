@@ -1,6 +1,7 @@
 //! `ringstar`: the project's command. Subcommands:
 //! - `image convert SRC DST`: an image (every platform) to eStargz, from a
 //!   registry or OCI layout to a registry or OCI layout;
+//! - `image rpull REF`: an image pulled into containerd lazily;
 //! - `inspect BLOB [--toc-digest D]`: the layer's raw tree as JSON lines,
 //!   every regular file read back and verified;
 //! - `convert IN OUT`: one layer tar (plain, gzip or zstd) → eStargz;
@@ -36,7 +37,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Image tools: convert (more to come: optimize, rpull).
+    /// Image tools: convert to eStargz, pull lazily into containerd.
     #[command(subcommand)]
     Image(image_cmd::ImageCommand),
     /// List a layer blob's entries (JSON lines, sorted by name), reading

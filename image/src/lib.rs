@@ -6,6 +6,8 @@
 //!   fetcher, or a layout);
 //! - [`convert`]: `ringstar image convert`, every layer of an image (every
 //!   platform) to eStargz, streamed;
+//! - [`rpull`]: `ringstar image rpull`, an image pulled into containerd
+//!   lazily through a remote snapshotter;
 //! - this file: images built from layer tars (eStargz by our writer, or
 //!   plain gzip) and pushed, for `ringstar push`, the demo, the tests and
 //!   hellobench.
@@ -13,6 +15,7 @@
 pub mod convert;
 pub mod layout;
 pub mod media;
+pub mod rpull;
 pub mod store;
 
 use std::io::Write;
@@ -54,6 +57,9 @@ pub enum ImageError {
     /// The image is malformed, or a name does not parse.
     #[error("{0}")]
     Invalid(String),
+    /// containerd refused a call, or could not be reached.
+    #[error("containerd: {0}")]
+    Containerd(String),
     #[error("JSON: {0}")]
     Json(#[from] serde_json::Error),
     #[error("{0}")]

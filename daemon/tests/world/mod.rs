@@ -120,6 +120,9 @@ pub struct World {
     pub registry: Registry,
     pub containerd: Child,
     pub ringstar: Option<Child>,
+    /// The reference daemon (containerd-stargz-grpc) as proxy plugin
+    /// `stargz`, when started with it.
+    pub reference: Option<Child>,
     pub namespace: String,
     pub runs: u32,
     /// ringstar's config file.
@@ -136,6 +139,17 @@ impl World {
 
     /// A world whose ringstar config starts with these top-level keys.
     pub fn start_configured(top_level: &str) -> World {
+        World::start_inner(top_level, None)
+    }
+
+    /// A world with the reference daemon at `bin` beside ringstar, as
+    /// snapshotter `stargz` (its config: prefetch on, this machine's
+    /// registry in plain HTTP, as the reference does for localhost).
+    pub fn start_with_reference(bin: &Path) -> World {
+        World::start_inner("", Some(bin))
+    }
+
+    fn start_inner(top_level: &str, reference: Option<&Path>) -> World {
         let ctr_bin = need("containerd");
         need("runc");
         need("ctr");
@@ -146,10 +160,33 @@ impl World {
             .unwrap();
         let registry = Registry::start_logged(&dir.path().join("registry.log"));
         let d = dir.path();
-        let config = ringstar_testkit::containerd::containerd_config(
-            d,
-            &[("ringstar", &d.join("ringstar.sock"))],
-        );
+        let stargz_sock = d.join("stargz.sock");
+        let mut proxies = vec![("ringstar", d.join("ringstar.sock"))];
+        let reference = reference.map(|bin| {
+            proxies.push(("stargz", stargz_sock.clone()));
+            std::fs::write(d.join("stargz.toml"), "noprefetch = false\n").unwrap();
+            let log = std::fs::File::create(d.join("stargz.log")).unwrap();
+            let child = Command::new(bin)
+                .arg("--address")
+                .arg(&stargz_sock)
+                .arg("--root")
+                .arg(d.join("stargz-root"))
+                .arg("--config")
+                .arg(d.join("stargz.toml"))
+                .arg("--log-level")
+                // Remote mounts are logged at debug.
+                .arg("debug")
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap();
+            wait_for("the reference daemon", Duration::from_secs(20), || {
+                stargz_sock.exists()
+            });
+            child
+        });
+        let proxies: Vec<(&str, &Path)> = proxies.iter().map(|(n, p)| (*n, p.as_path())).collect();
+        let config = ringstar_testkit::containerd::containerd_config(d, &proxies);
         std::fs::write(d.join("containerd.toml"), config).unwrap();
         let log = std::fs::File::create(d.join("containerd.log")).unwrap();
         let containerd = Command::new(ctr_bin)
@@ -164,6 +201,7 @@ impl World {
             registry,
             containerd,
             ringstar: None,
+            reference,
             namespace: namespace(),
             runs: 0,
             config: format!("{top_level}\n[ringstar]\nstore_size = 1073741824\n"),
@@ -253,8 +291,9 @@ impl World {
             lines[lines.len().saturating_sub(40)..].join("\n")
         };
         format!(
-            "--- ringstar.log\n{}\n--- containerd.log\n{}",
+            "--- ringstar.log\n{}\n--- stargz.log\n{}\n--- containerd.log\n{}",
             tail(read("ringstar.log")),
+            tail(read("stargz.log")),
             tail(read("containerd.log"))
         )
     }
@@ -279,13 +318,18 @@ impl World {
     }
 
     pub fn rpull(&self, reference: &str) {
+        self.rpull_on("ringstar", reference);
+    }
+
+    /// `ctr-remote image rpull` of `reference` through `snapshotter`.
+    pub fn rpull_on(&self, snapshotter: &str, reference: &str) {
         let (ok, out, err) = run(
             self.ctr_cmd("ctr-remote").args([
                 "image",
                 "rpull",
                 "--plain-http",
                 "--snapshotter",
-                "ringstar",
+                snapshotter,
                 reference,
             ]),
             Duration::from_secs(120),
@@ -295,13 +339,18 @@ impl World {
 
     /// `ctr run --rm` of `reference` with `cmd`; its output.
     pub fn run_container(&mut self, reference: &str, cmd: &[&str]) -> String {
+        self.run_on("ringstar", reference, cmd)
+    }
+
+    /// `ctr run --rm` of `reference` with `cmd` through `snapshotter`.
+    pub fn run_on(&mut self, snapshotter: &str, reference: &str, cmd: &[&str]) -> String {
         self.runs += 1;
         let id = format!("c{}", self.runs);
         let mut args = vec![
             "run",
             "--rm",
             "--snapshotter",
-            "ringstar",
+            snapshotter,
             "--net-host",
             reference,
             &id,
@@ -396,6 +445,13 @@ impl Drop for World {
         let keeper = self.root().join("takeover/fdkeeper.sock");
         if let Ok(k) = ringstar_keeper::Keeper::connect(&keeper) {
             let _ = k.shutdown();
+        }
+        if let Some(mut r) = self.reference.take() {
+            signal(&r, libc::SIGTERM);
+            if !wait_exit(&mut r, Duration::from_secs(10)) {
+                let _ = r.kill();
+                let _ = r.wait();
+            }
         }
         signal(&self.containerd, libc::SIGTERM);
         if !wait_exit(&mut self.containerd, Duration::from_secs(10)) {

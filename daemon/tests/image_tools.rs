@@ -1,0 +1,223 @@
+//! The image tools under containerd and runc, with Debian's registry.
+//! - An image no one here wrote: Debian bookworm minbase by debootstrap
+//!   (scripts/bench-images.sh, as shared/bench-env builds its images),
+//!   converted by `ringstar_image::convert` (what `ringstar image
+//!   convert` runs). Every layer opens in the reference reader; the
+//!   reference daemon (containerd-stargz-grpc, built from Debian's
+//!   sources) pulls it lazily with `ctr-remote image rpull` and runs it;
+//!   `ringstar_image::rpull` (what `ringstar image rpull` runs) pulls it
+//!   lazily through ringstar and `ctr run` runs it.
+//! - rpull of a plain gzip image: every layer fetched, applied by
+//!   containerd's differ and committed, and the image runs.
+
+mod world;
+
+use std::path::PathBuf;
+
+use ringstar_fetcher::{Fetcher, FetcherConfig};
+use ringstar_image::convert::{ConvertOptions, convert, progress::Silent};
+use ringstar_image::layout::Layout;
+use ringstar_image::rpull::{RpullOptions, rpull};
+use ringstar_image::{ImageStore, RootRef};
+use world::World;
+
+/// `ringstar_image::rpull` of `repo:tag` from the world's registry into
+/// its containerd through `snapshotter`.
+fn rpull_into(
+    w: &World,
+    repo: &str,
+    tag: &str,
+    snapshotter: &str,
+) -> ringstar_image::rpull::Pulled {
+    let fetcher = Fetcher::new(FetcherConfig::default()).unwrap();
+    let src = ImageStore::repository(&fetcher, &w.registry.addr, repo);
+    let reference: ringstar_fetcher::Reference =
+        format!("{}/{repo}:{tag}", w.registry.addr).parse().unwrap();
+    let opts = RpullOptions {
+        address: w.dir.path().join("containerd.sock"),
+        namespace: w.namespace.clone(),
+        snapshotter: snapshotter.into(),
+        platform: RpullOptions::host_platform(),
+    };
+    rpull(&src, &reference, &RootRef::Tag(tag.into()), &opts)
+        .unwrap_or_else(|e| panic!("rpull {reference}: {e}\n{}", w.logs()))
+}
+
+/// What scripts/bench-images.sh made (test.sh sets these; CI must).
+fn bench_parts() -> Option<(PathBuf, PathBuf)> {
+    let oci = std::env::var_os("RINGSTAR_BENCH_OCI").map(PathBuf::from);
+    let reference = std::env::var_os("STARGZ_REFERENCE_BIN").map(PathBuf::from);
+    match (oci, reference) {
+        (Some(o), Some(r)) => Some((o, r)),
+        _ => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI must run scripts/bench-images.sh (test.sh does)"
+            );
+            eprintln!("skipped: RINGSTAR_BENCH_OCI / STARGZ_REFERENCE_BIN unset (see test.sh)");
+            None
+        }
+    }
+}
+
+/// The reference reader opens `blob` with TOC digest `toc`.
+fn reference_reads(blob: &[u8], toc: &str) {
+    let Some(tool) = std::env::var_os("ESGZ_CHECK") else {
+        assert!(std::env::var_os("CI").is_none(), "CI must set ESGZ_CHECK");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("l"), blob).unwrap();
+    let out = std::process::Command::new(tool)
+        .arg(dir.path().join("l"))
+        .arg(toc)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && !text.contains("ERROR"),
+        "reference reader: {}",
+        &text[..text.len().min(2000)]
+    );
+}
+
+/// Converts bench image `name` (tag org) into `repo:esgz` of the
+/// world's registry; returns the converted layers' (digest, TOC digest).
+fn convert_bench_image(
+    w: &World,
+    oci: &std::path::Path,
+    name: &str,
+    repo: &str,
+) -> Vec<(String, String)> {
+    let fetcher = Fetcher::new(FetcherConfig::default()).unwrap();
+    let src = ImageStore::Layout(Layout::open(&oci.join(name)).unwrap());
+    let dst = ImageStore::repository(&fetcher, &w.registry.addr, repo);
+    let opts = ConvertOptions {
+        writer: Default::default(),
+        jobs: 2,
+        cache: None,
+    };
+    let done = convert(
+        &src,
+        &RootRef::Tag("org".into()),
+        &dst,
+        Some("esgz"),
+        &opts,
+        &Silent,
+    )
+    .unwrap();
+    let (_, layers) = &done.manifests[0];
+    layers
+        .iter()
+        .map(|l| {
+            let toc = l
+                .descriptor
+                .annotation(ringstar_image::TOC_DIGEST_ANNOTATION)
+                .unwrap();
+            let blob = dst.blob_bytes(&l.descriptor.digest, 512 << 20).unwrap();
+            reference_reads(&blob, toc);
+            (l.descriptor.digest.to_string(), toc.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn debian_minbase_converted_by_ringstar_is_pulled_lazily_and_run_by_the_reference_daemon() {
+    let Some((oci, reference)) = bench_parts() else {
+        return;
+    };
+    let mut w = World::start_with_reference(&reference);
+    let t = std::time::Instant::now();
+    let layers = convert_bench_image(&w, &oci, "minbase", "bench/minbase");
+    eprintln!("converted in {:?}", t.elapsed());
+    let image = format!("{}/bench/minbase:esgz", w.registry.addr);
+
+    w.rpull_on("stargz", &image);
+    let out = w.run_on(
+        "stargz",
+        &image,
+        &["sh", "-c", "echo hello from $(cat /etc/debian_version)"],
+    );
+    assert!(out.starts_with("hello from 12"), "{out}\n{}", w.logs());
+    // Lazily: containerd's content store never held a layer blob; the
+    // reference daemon mounted each layer remotely.
+    let content = w.ctr_ok(&["content", "ls", "-q"]);
+    for (digest, _) in &layers {
+        assert!(
+            !content.contains(digest.as_str()),
+            "{digest} was downloaded: {content}"
+        );
+    }
+    let stargz_log = std::fs::read_to_string(w.dir.path().join("stargz.log")).unwrap_or_default();
+    let remote = stargz_log
+        .matches(r#""remote-snapshot-prepared":"true""#)
+        .count();
+    assert_eq!(
+        remote,
+        layers.len(),
+        "the reference did not mount every layer remotely:\n{}",
+        w.logs()
+    );
+
+    // The same image through ringstar, pulled by our rpull.
+    let pulled = rpull_into(&w, "bench/minbase", "esgz", "ringstar");
+    assert!(pulled.layers.iter().all(|l| l.remote), "{pulled:?}");
+    let out = w.run_container(
+        &image,
+        &["sh", "-c", "echo hello from $(cat /etc/debian_version)"],
+    );
+    assert!(out.starts_with("hello from 12"), "{out}\n{}", w.logs());
+    let content = w.ctr_ok(&["content", "ls", "-q"]);
+    for (digest, _) in &layers {
+        assert!(
+            !content.contains(digest.as_str()),
+            "{digest} was downloaded: {content}"
+        );
+    }
+}
+
+#[test]
+fn rpull_of_a_gzip_image_applies_each_layer_and_of_an_estargz_one_mounts_each() {
+    let mut w = World::start();
+    w.push(
+        "lib/plain",
+        "v1",
+        &ringstar_image::LayerFormat::Gzip,
+        &["sh", "-c", world::SCRIPT],
+    );
+    let image = w.push(
+        "lib/lazy",
+        "v1",
+        &world::estargz(),
+        &["sh", "-c", world::SCRIPT],
+    );
+
+    let plain = rpull_into(&w, "lib/plain", "v1", "ringstar");
+    assert!(plain.layers.iter().all(|l| !l.remote), "{plain:?}");
+    let out = w.run_container(&format!("{}/lib/plain:v1", w.registry.addr), &[]);
+    assert!(
+        out.contains("hello from ringstar") && out.contains("whiteout-applied"),
+        "{out}"
+    );
+
+    let lazy = rpull_into(&w, "lib/lazy", "v1", "ringstar");
+    assert!(lazy.layers.iter().all(|l| l.remote), "{lazy:?}");
+    let out = w.run_container(&format!("{}/lib/lazy:v1", w.registry.addr), &[]);
+    assert!(
+        out.contains("hello from ringstar") && out.contains("whiteout-applied"),
+        "{out}"
+    );
+    // Lazily: no layer blob in containerd's content store, the manifest
+    // and config are.
+    let content = w.ctr_ok(&["content", "ls", "-q"]);
+    for l in &image.layers {
+        assert!(!content.contains(&l.digest.to_string()), "{content}");
+    }
+    assert!(
+        content.contains(&image.manifest_digest().to_string()),
+        "{content}"
+    );
+    // Again: every snapshot is there, nothing is prepared twice.
+    let again = rpull_into(&w, "lib/lazy", "v1", "ringstar");
+    assert_eq!(again.layers, lazy.layers);
+}
