@@ -5,12 +5,13 @@
 #   sudo ./demo.sh            install what is missing, build, run, clean up
 #   KEEP=1 sudo ./demo.sh     leave the demo's dir (logs, registry) behind
 #
-# It installs Debian's docker-registry, containerd, runc, ctr-remote
-# (package stargz-snapshotter), busybox-static and protoc when missing;
-# builds ringstar; starts a registry, containerd and ringstar-snapshotter
-# of its own (nothing of the host's containerd is touched); pushes a
-# two-layer busybox image written as eStargz by ringstar's writer; pulls it
-# lazily with `ctr-remote image rpull`, creates and runs a container, prints
+# It installs Debian's docker-registry, containerd, runc, busybox-static
+# and protoc when missing; builds ringstar; starts a registry, containerd
+# and ringstar-snapshotter of its own (nothing of the host's containerd is
+# touched); pushes a two-layer busybox image as plain gzip (an image you
+# already have), converts it to eStargz with `ringstar image convert`,
+# pulls it lazily with `ringstar image rpull`, creates and runs a
+# container, prints
 # the pull/create/run times and how much of the image was fetched; kills
 # ringstar with -9 under a running container and starts it again, which
 # takes the mount over (the container keeps its files); then stops
@@ -24,7 +25,8 @@ now() { date +%s.%N; }
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f s", b - a }'; }
 
 . scripts/debian-packages.sh
-need_debian_packages "${RINGSTAR_RUNTIME_PACKAGES[@]}"
+need_debian_packages docker-registry=docker-registry containerd=containerd runc=runc \
+  protoc=protobuf-compiler busybox-static
 
 say "building ringstar (release)"
 cargo build --release --locked -q --bin ringstar --bin ringstar-snapshotter
@@ -102,7 +104,7 @@ for _ in $(seq 100); do
 done
 ctrx() { ctr -a "$dir/containerd.sock" -n $ns "$@"; }
 
-say "writing a two-layer busybox image as eStargz and pushing it to $image"
+say "pushing a two-layer busybox image (plain gzip) to $registry/demo/busybox:org"
 mkdir -p "$dir/l1/bin" "$dir/l1/etc" "$dir/l2/etc"
 cp "$(command -v busybox)" "$dir/l1/bin/busybox"
 for a in sh cat echo ls; do ln -s busybox "$dir/l1/bin/$a"; done
@@ -111,15 +113,19 @@ echo "hello from a lazily pulled container" >"$dir/l2/etc/hello.txt"
 : >"$dir/l2/etc/.wh.removed.txt"
 tar --numeric-owner --owner=0 --group=0 -C "$dir/l1" -cf "$dir/l1.tar" .
 tar --numeric-owner --owner=0 --group=0 -C "$dir/l2" -cf "$dir/l2.tar" .
-"$bin/ringstar" push "$image" "$dir/l1.tar" "$dir/l2.tar" \
+"$bin/ringstar" push --format gzip "$registry/demo/busybox:org" "$dir/l1.tar" "$dir/l2.tar" \
   --cmd sh --cmd -c --cmd 'cat /etc/hello.txt; ls /etc/removed.txt 2>/dev/null || echo "whiteout applied"; cat /.stargz-snapshotter/*.json' \
   >"$dir/pushed.json"
-blob_bytes=$(grep -o '"size":[0-9]*' "$dir/pushed.json" | awk -F: '{s += $2} END {print s}')
-echo "pushed: $blob_bytes bytes of layers"
 
-say "lazy pull, create, run"
+say "converting it to eStargz: ringstar image convert $registry/demo/busybox:org $image"
+"$bin/ringstar" image convert "$registry/demo/busybox:org" "$image" >"$dir/converted.json"
+# Every "size" but the last (the manifest's own) is a layer's.
+blob_bytes=$(grep -o '"size":[0-9]*' "$dir/converted.json" | head -n -1 | awk -F: '{s += $2} END {print s}')
+echo "converted: $blob_bytes bytes of eStargz layers"
+
+say "lazy pull (ringstar image rpull), create, run"
 t0=$(now)
-ctr-remote -a "$dir/containerd.sock" -n $ns image rpull --plain-http --snapshotter ringstar "$image" >"$dir/pull.log"
+"$bin/ringstar" image rpull --address "$dir/containerd.sock" --namespace $ns "$image" >"$dir/pull.log"
 t1=$(now)
 ctrx container create --snapshotter ringstar --net-host "$image" demo >/dev/null
 t2=$(now)

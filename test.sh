@@ -45,6 +45,16 @@ step "Debian packages"
 need_debian_packages "${RINGSTAR_RUNTIME_PACKAGES[@]}" valgrind=valgrind ||
   echo "tests needing them will fail" >&2
 
+# An image no one here wrote (Debian minbase by debootstrap, written by
+# shared/bench-env's mkoci.py) and the reference daemon built from Debian's
+# sources, for the image tools' tests (cached under target/: ~2 min once).
+step "bench images and the reference daemon (scripts/bench-images.sh)"
+if exports=$(scripts/bench-images.sh "$shared"); then
+  eval "$exports"
+else
+  echo "tests needing them will fail" >&2
+fi
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 step "cargo clippy"

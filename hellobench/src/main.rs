@@ -52,6 +52,11 @@ struct Args {
     /// ringstar's daemon (default: ringstar-snapshotter beside hellobench).
     #[arg(long)]
     ringstar: Option<PathBuf>,
+    /// ringstar's command, whose `image rpull` pulls for ringstar
+    /// (default: ringstar beside hellobench; the peer pulls with
+    /// ctr-remote).
+    #[arg(long)]
+    ringstar_cli: Option<PathBuf>,
     /// Where samples, the summary and the chart go.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -121,7 +126,8 @@ fn run(mut args: Args) -> anyhow::Result<()> {
         .map(|i| images::spec(i))
         .collect::<anyhow::Result<Vec<_>>>()?;
     check_image_tools(&args.images)?;
-    let ringstar = ringstar_daemon(&args)?;
+    let ringstar = beside_hellobench(args.ringstar.clone(), "ringstar-snapshotter")?;
+    let ringstar_cli = beside_hellobench(args.ringstar_cli.clone(), "ringstar")?;
     let out = args
         .out
         .clone()
@@ -135,7 +141,8 @@ fn run(mut args: Args) -> anyhow::Result<()> {
     let ringstar = std::fs::canonicalize(&ringstar)?;
     let peer = args.peer.as_ref().map(std::fs::canonicalize).transpose()?;
     let work = out.join("work");
-    let mut world = World::new(&work, &args.cache, ringstar, peer)?;
+    let ringstar_cli = std::fs::canonicalize(&ringstar_cli)?;
+    let mut world = World::new(&work, &args.cache, ringstar, ringstar_cli, peer)?;
     world.ringstar_toml = args.ringstar_toml.replace("\\n", "\n");
 
     // Images, built and pushed once (cached).
@@ -201,21 +208,21 @@ fn check_variants(variants: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// ringstar's daemon: `--ringstar`, or the one beside hellobench.
-fn ringstar_daemon(args: &Args) -> anyhow::Result<PathBuf> {
-    let ringstar = match args.ringstar.clone() {
+/// A ringstar binary: `given`, or `name` beside hellobench.
+fn beside_hellobench(given: Option<PathBuf>, name: &str) -> anyhow::Result<PathBuf> {
+    let path = match given {
         Some(p) => p,
         None => std::env::current_exe()?
             .parent()
             .context("no exe dir")?
-            .join("ringstar-snapshotter"),
+            .join(name),
     };
     anyhow::ensure!(
-        ringstar.exists(),
-        "{} missing (cargo build --release --bin ringstar-snapshotter)",
-        ringstar.display()
+        path.exists(),
+        "{} missing (cargo build --release --bin {name})",
+        path.display()
     );
-    Ok(ringstar)
+    Ok(path)
 }
 
 /// The runs of one repetition: overlayfs on org, each lazy snapshotter

@@ -72,6 +72,8 @@ pub struct World {
     pub registry: Registry,
     proxy: Option<DelayProxy>,
     ringstar: PathBuf,
+    /// The `ringstar` command (its `image rpull`).
+    ringstar_cli: PathBuf,
     peer: Option<PathBuf>,
     containerd: Option<Child>,
     snapshotter: Option<(Snap, Child)>,
@@ -85,6 +87,7 @@ impl World {
         dir: &Path,
         cache: &Path,
         ringstar: PathBuf,
+        ringstar_cli: PathBuf,
         peer: Option<PathBuf>,
     ) -> anyhow::Result<World> {
         for bin in ["containerd", "ctr", "ctr-remote", "runc", "docker-registry"] {
@@ -103,6 +106,7 @@ impl World {
             registry,
             proxy: None,
             ringstar,
+            ringstar_cli,
             peer,
             containerd: None,
             snapshotter: None,
@@ -275,11 +279,17 @@ impl World {
         sh(self.ctr_cmd("ctr-remote").args(args))
     }
 
-    /// Pulls `reference`: a normal pull for overlayfs, `rpull` for the lazy
-    /// snapshotters.
+    /// Pulls `reference`: a normal pull for overlayfs, a lazy one for the
+    /// lazy snapshotters (`ringstar image rpull` for ringstar, the peer's
+    /// own tool, `ctr-remote image rpull`, for the peer).
     pub fn pull(&self, snap: Snap, reference: &str) -> anyhow::Result<String> {
         match snap {
             Snap::Legacy => self.ctr(&["image", "pull", "--plain-http", reference]),
+            Snap::Ringstar => sh(Command::new(&self.ringstar_cli)
+                .args(["image", "rpull", "--plain-http", "--address"])
+                .arg(self.sock())
+                .args(["--namespace", &self.namespace, "--snapshotter", "ringstar", reference])
+                .stdin(Stdio::null())),
             s => self.ctr_remote(&[
                 "image",
                 "rpull",
