@@ -288,7 +288,13 @@ impl World {
             Snap::Ringstar => sh(Command::new(&self.ringstar_cli)
                 .args(["image", "rpull", "--plain-http", "--address"])
                 .arg(self.sock())
-                .args(["--namespace", &self.namespace, "--snapshotter", "ringstar", reference])
+                .args([
+                    "--namespace",
+                    &self.namespace,
+                    "--snapshotter",
+                    "ringstar",
+                    reference,
+                ])
                 .stdin(Stdio::null())),
             s => self.ctr_remote(&[
                 "image",

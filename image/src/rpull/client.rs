@@ -44,6 +44,43 @@ pub(super) struct Containerd {
     snapshotter: String,
 }
 
+/// A piece of a content write.
+fn write_message(
+    reference: &str,
+    digest: &Digest,
+    total: u64,
+    offset: u64,
+    data: &[u8],
+) -> WriteContentRequest {
+    WriteContentRequest {
+        action: WriteAction::Write as i32,
+        r#ref: reference.to_string(),
+        total: total as i64,
+        expected: digest.to_string(),
+        offset: offset as i64,
+        data: data.to_vec(),
+        ..Default::default()
+    }
+}
+
+/// The commit ending a content write.
+fn commit_message(
+    reference: &str,
+    digest: &Digest,
+    total: u64,
+    labels: HashMap<String, String>,
+) -> WriteContentRequest {
+    WriteContentRequest {
+        action: WriteAction::Commit as i32,
+        r#ref: reference.to_string(),
+        total: total as i64,
+        offset: total as i64,
+        expected: digest.to_string(),
+        labels,
+        ..Default::default()
+    }
+}
+
 impl Containerd {
     /// Connects, takes a lease, runs `f`, and lets the lease go.
     pub(super) fn run<T, F, Fut>(opts: &RpullOptions, f: F) -> Result<T, ImageError>
@@ -199,33 +236,86 @@ impl Containerd {
         data: &[u8],
         labels: HashMap<String, String>,
     ) -> Result<(), ImageError> {
-        let digest = Digest::of(data).to_string();
-        let total = data.len() as i64;
+        let digest = Digest::of(data);
+        let total = data.len() as u64;
         let mut msgs: Vec<WriteContentRequest> = data
             .chunks(WRITE_PIECE)
             .enumerate()
-            .map(|(i, piece)| WriteContentRequest {
-                action: WriteAction::Write as i32,
-                r#ref: reference.to_string(),
-                total,
-                expected: digest.clone(),
-                offset: (i * WRITE_PIECE) as i64,
-                data: piece.to_vec(),
-                ..Default::default()
+            .map(|(i, piece)| {
+                write_message(reference, &digest, total, (i * WRITE_PIECE) as u64, piece)
             })
             .collect();
-        msgs.push(WriteContentRequest {
-            action: WriteAction::Commit as i32,
-            r#ref: reference.to_string(),
-            total,
-            offset: total,
-            expected: digest.clone(),
-            labels: labels.clone(),
-            ..Default::default()
+        msgs.push(commit_message(reference, &digest, total, labels.clone()));
+        self.send_content(reference, &digest, tokio_stream::iter(msgs), labels)
+            .await
+    }
+
+    /// Streams blob `digest` (`total` bytes) of `src` into the content
+    /// store under `reference`, a piece at a time (never held whole),
+    /// with `labels`.
+    async fn stream_content(
+        &self,
+        src: &ImageStore,
+        reference: &str,
+        digest: &Digest,
+        total: u64,
+        labels: HashMap<String, String>,
+    ) -> Result<(), ImageError> {
+        let (tx, rx) = tokio::sync::mpsc::channel::<WriteContentRequest>(4);
+        let (src, d, r, l) = (src.clone(), *digest, reference.to_string(), labels.clone());
+        let reader = tokio::task::spawn_blocking(move || -> Result<(), ImageError> {
+            use std::io::Read;
+            let mut blob = src.open_blob(&d)?;
+            let mut buf = vec![0u8; WRITE_PIECE];
+            let mut offset = 0u64;
+            loop {
+                let mut n = 0;
+                while n < buf.len() {
+                    match blob.read(&mut buf[n..])? {
+                        0 => break,
+                        k => n += k,
+                    }
+                }
+                if n == 0 {
+                    break;
+                }
+                let msg = write_message(&r, &d, total, offset, &buf[..n]);
+                if tx.blocking_send(msg).is_err() {
+                    // containerd ended the write: its answer says why.
+                    return Ok(());
+                }
+                offset += n as u64;
+            }
+            // Past the end only when every byte was the digest's (the
+            // reader checks): then the commit.
+            let _ = tx.blocking_send(commit_message(&r, &d, total, l));
+            Ok(())
         });
-        let stream = tokio_stream::iter(msgs);
+        let sent = self
+            .send_content(
+                reference,
+                digest,
+                tokio_stream::wrappers::ReceiverStream::new(rx),
+                labels,
+            )
+            .await;
+        let read = reader
+            .await
+            .map_err(|e| ImageError::Containerd(format!("reading {digest}: {e}")))?;
+        read.and(sent)
+    }
+
+    /// One content write of `msgs`; content already there (containerd
+    /// says so) gets `labels`.
+    async fn send_content(
+        &self,
+        reference: &str,
+        digest: &Digest,
+        msgs: impl tokio_stream::Stream<Item = WriteContentRequest> + Send + 'static,
+        labels: HashMap<String, String>,
+    ) -> Result<(), ImageError> {
         let mut content = ContentClient::new(self.channel.clone());
-        match content.write(self.request(stream, true)).await {
+        match content.write(self.request(msgs, true)).await {
             Ok(resp) => {
                 let mut answers = resp.into_inner();
                 loop {
@@ -241,15 +331,7 @@ impl Containerd {
             Err(s) => return Err(status(&format!("writing {reference}"), s)),
         }
         let pairs: Vec<(String, String)> = labels.into_iter().collect();
-        self.label_content(
-            &digest
-                .parse()
-                .map_err(|e: ringstar_core::digest::ParseDigestError| {
-                    ImageError::Invalid(e.to_string())
-                })?,
-            &pairs,
-        )
-        .await
+        self.label_content(digest, &pairs).await
     }
 
     /// Sets `labels` on content `digest`.
@@ -371,25 +453,16 @@ impl Containerd {
         mounts: Vec<containerd_client::types::Mount>,
     ) -> Result<(), ImageError> {
         let layer = &plan.layers[i];
-        let blob = {
-            let (src, d) = (src.clone(), layer.digest);
-            tokio::task::spawn_blocking(move || -> Result<Vec<u8>, ImageError> {
-                use std::io::Read;
-                let mut out = Vec::new();
-                src.open_blob(&d)?.read_to_end(&mut out)?;
-                Ok(out)
-            })
-            .await
-            .map_err(|e| ImageError::Containerd(format!("fetching a layer: {e}")))??
-        };
         let uncompressed = [(
             "containerd.io/uncompressed".to_string(),
             plan.diff_ids[i].to_string(),
         )];
-        self.write_content(
+        self.stream_content(
+            src,
             &format!("layer-{}", layer.digest),
-            &blob,
-            uncompressed.iter().cloned().collect(),
+            &layer.digest,
+            layer.size,
+            uncompressed.into_iter().collect(),
         )
         .await?;
         let desc = containerd_client::types::Descriptor {
