@@ -7,8 +7,8 @@
 
 use std::time::Instant;
 
-use ringstar_image::ImageRef;
 use ringstar_image::convert::{ConvertCache, ConvertOptions, convert};
+use ringstar_image::{ImageRef, RootRef};
 
 use crate::layer_cmd::WriterArgs;
 use crate::registry_args::RegistryArgs;
@@ -120,10 +120,14 @@ fn convert_cmd(args: &ConvertArgs) -> anyhow::Result<()> {
     let fetcher = args.registry.fetcher()?;
     let (src, src_root) = args.registry.open(&fetcher, &args.src, false)?;
     let (dst, dst_root) = args.registry.open(&fetcher, &args.dst, true)?;
-    let tag = dst_root
-        .tag()
-        .map(str::to_string)
-        .or_else(|| matches!(args.dst, ImageRef::Registry(_)).then(|| "latest".to_string()));
+    // The result is tagged as DST names it, "latest" when it names none
+    // (a layout lists it in index.json under that); a DST by digest is
+    // not tagged.
+    let tag = match &dst_root {
+        RootRef::Tag(t) => Some(t.clone()),
+        RootRef::Only => Some("latest".to_string()),
+        RootRef::Digest(_) => None,
+    };
     let opts = ConvertOptions {
         writer: args.writer.options(true)?,
         jobs: args.jobs,

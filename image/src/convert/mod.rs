@@ -110,7 +110,8 @@ fn convert_index(
         let converted = if document_kind(&child.media_type).is_some() {
             convert_document(src, dst, &child, None, opts, progress, depth + 1, out)?
         } else {
-            dst.copy_blob(src, &d.digest)?;
+            // Not an image (an artifact): stored as it is, by digest.
+            dst.put_document(&child.bytes, &child.media_type, None)?;
             d.clone()
         };
         // The index's own fields for the entry (platform, annotations)
