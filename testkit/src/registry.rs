@@ -191,10 +191,12 @@ impl Registry {
         reg
     }
 
+    /// Waits until the registry answers `GET /v2/` (a listener that
+    /// accepts and closes, while it starts, is not an answer yet).
     fn wait_ready(&self, tls: bool) {
         let ready = |r: &Registry| {
             TcpStream::connect(&r.addr).is_ok()
-                && (tls || matches!(http(&r.addr, "GET", "/v2/", b"").0, 200 | 401))
+                && (tls || matches!(probe_status(&r.addr), Some(200 | 401)))
         };
         let start = Instant::now();
         while !ready(self) {
@@ -320,4 +322,20 @@ fn spawn_registry(config: &Path, access_log: Option<&Path>) -> Child {
         .stderr(out(access_log))
         .spawn()
         .unwrap()
+}
+
+/// The status of `GET /v2/` at `addr`, `None` when nothing answers it
+/// (refused, closed, or not HTTP yet).
+fn probe_status(addr: &str) -> Option<u16> {
+    use std::io::{BufRead, Write};
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        s,
+        "GET /v2/ HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut line = String::new();
+    std::io::BufReader::new(s).read_line(&mut line).ok()?;
+    line.split(' ').nth(1)?.parse().ok()
 }
