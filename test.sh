@@ -16,6 +16,10 @@ shared=$(realpath "${RINGSTAR_SHARED:-../shared}")
 [ -d "$shared/testdata/estargz" ] || { echo "test.sh: no conformance data at $shared/testdata/estargz" >&2; exit 1; }
 export RINGSTAR_TESTDATA="$shared/testdata/estargz"
 
+# One build from a clean tree: incremental caches only help repeated local
+# builds, and on a busy machine they filled the disk (21 GB in a session).
+export CARGO_INCREMENTAL=0
+
 step() { echo; echo "== $*"; }
 failed=()
 
