@@ -109,26 +109,6 @@ fn run_convert(args: &[&str], env: &[(&str, &Path)]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"))
 }
 
-/// The reference reader opens `blob` (when CI built it: it must there).
-fn reference_reads(blob: &[u8], toc: &str) {
-    let Some(tool) = std::env::var_os("ESGZ_CHECK") else {
-        assert!(std::env::var_os("CI").is_none(), "CI must set ESGZ_CHECK");
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("l"), blob).unwrap();
-    let out = Command::new(tool)
-        .arg(dir.path().join("l"))
-        .arg(toc)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && !text.contains("ERROR"),
-        "reference reader: {text}"
-    );
-}
-
 /// Every layer of the manifest `m` of `store`: eStargz that opens (TOC
 /// digest checked) in both readers, its DiffID in the config its
 /// decompressed digest. Returns (layer digest, file name → content
@@ -159,7 +139,7 @@ fn check_manifest(store: &ImageStore, m: &Descriptor) -> Vec<(Digest, Vec<(Strin
         if let Some(size) = l.annotation(media::UNCOMPRESSED_SIZE_ANNOTATION) {
             assert_eq!(size, raw.len().to_string());
         }
-        reference_reads(&blob, toc);
+        ringstar_testkit::reference_reads(&blob, toc);
         let opts = OpenOptions {
             toc_digest: Some(toc.parse().unwrap()),
             ..OpenOptions::default()
@@ -183,7 +163,8 @@ fn logged_after(reg: &Registry, last: impl Fn(&(String, String, u16)) -> bool) -
         if reqs.iter().any(&last) {
             return reqs.len();
         }
-        assert!(start.elapsed().as_secs() < 10, "not logged: {reqs:?}");
+        // Generous: the registry logs late on a loaded machine.
+        assert!(start.elapsed().as_secs() < 60, "not logged: {reqs:?}");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }

@@ -60,27 +60,6 @@ fn bench_parts() -> Option<(PathBuf, PathBuf)> {
     }
 }
 
-/// The reference reader opens `blob` with TOC digest `toc`.
-fn reference_reads(blob: &[u8], toc: &str) {
-    let Some(tool) = std::env::var_os("ESGZ_CHECK") else {
-        assert!(std::env::var_os("CI").is_none(), "CI must set ESGZ_CHECK");
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("l"), blob).unwrap();
-    let out = std::process::Command::new(tool)
-        .arg(dir.path().join("l"))
-        .arg(toc)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && !text.contains("ERROR"),
-        "reference reader: {}",
-        &text[..text.len().min(2000)]
-    );
-}
-
 /// Converts bench image `name` (tag org) into `repo:esgz` of the
 /// world's registry; returns the converted layers' (digest, TOC digest).
 fn convert_bench_image(
@@ -115,10 +94,22 @@ fn convert_bench_image(
                 .annotation(ringstar_image::TOC_DIGEST_ANNOTATION)
                 .unwrap();
             let blob = dst.blob_bytes(&l.descriptor.digest, 512 << 20).unwrap();
-            reference_reads(&blob, toc);
+            ringstar_testkit::reference_reads(&blob, toc);
             (l.descriptor.digest.to_string(), toc.to_string())
         })
         .collect()
+}
+
+/// containerd's content store holds none of these layer blobs: the pull
+/// was lazy.
+fn never_downloaded(w: &World, digests: impl IntoIterator<Item = String>) {
+    let content = w.ctr_ok(&["content", "ls", "-q"]);
+    for digest in digests {
+        assert!(
+            !content.contains(&digest),
+            "{digest} was downloaded: {content}"
+        );
+    }
 }
 
 #[test]
@@ -141,13 +132,7 @@ fn debian_minbase_converted_by_ringstar_is_pulled_lazily_and_run_by_the_referenc
     assert!(out.starts_with("hello from 12"), "{out}\n{}", w.logs());
     // Lazily: containerd's content store never held a layer blob; the
     // reference daemon mounted each layer remotely.
-    let content = w.ctr_ok(&["content", "ls", "-q"]);
-    for (digest, _) in &layers {
-        assert!(
-            !content.contains(digest.as_str()),
-            "{digest} was downloaded: {content}"
-        );
-    }
+    never_downloaded(&w, layers.iter().map(|(d, _)| d.clone()));
     let stargz_log = std::fs::read_to_string(w.dir.path().join("stargz.log")).unwrap_or_default();
     let remote = stargz_log
         .matches(r#""remote-snapshot-prepared":"true""#)
@@ -167,13 +152,7 @@ fn debian_minbase_converted_by_ringstar_is_pulled_lazily_and_run_by_the_referenc
         &["sh", "-c", "echo hello from $(cat /etc/debian_version)"],
     );
     assert!(out.starts_with("hello from 12"), "{out}\n{}", w.logs());
-    let content = w.ctr_ok(&["content", "ls", "-q"]);
-    for (digest, _) in &layers {
-        assert!(
-            !content.contains(digest.as_str()),
-            "{digest} was downloaded: {content}"
-        );
-    }
+    never_downloaded(&w, layers.iter().map(|(d, _)| d.clone()));
 }
 
 #[test]
@@ -209,10 +188,8 @@ fn rpull_of_a_gzip_image_applies_each_layer_and_of_an_estargz_one_mounts_each() 
     );
     // Lazily: no layer blob in containerd's content store, the manifest
     // and config are.
+    never_downloaded(&w, image.layers.iter().map(|l| l.digest.to_string()));
     let content = w.ctr_ok(&["content", "ls", "-q"]);
-    for l in &image.layers {
-        assert!(!content.contains(&l.digest.to_string()), "{content}");
-    }
     assert!(
         content.contains(&image.manifest_digest().to_string()),
         "{content}"

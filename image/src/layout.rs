@@ -210,6 +210,8 @@ pub struct Checked<R> {
     inner: R,
     hasher: Hasher,
     digest: Digest,
+    /// The end was reached and the bytes were the digest's.
+    ended: bool,
 }
 
 impl<R> Checked<R> {
@@ -218,6 +220,7 @@ impl<R> Checked<R> {
             inner,
             hasher: Hasher::new(),
             digest,
+            ended: false,
         }
     }
 }
@@ -225,18 +228,16 @@ impl<R> Checked<R> {
 impl<R: Read> Read for Checked<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        if n == 0 && !buf.is_empty() {
+        if n == 0 && !buf.is_empty() && !self.ended {
             let got = std::mem::take(&mut self.hasher).finish();
             if got != self.digest {
+                // Not marked ended: a read after this fails again.
                 return Err(io::Error::other(format!(
                     "blob {} has digest {got}",
                     self.digest
                 )));
             }
-            // Checked once; a second read at the end is an end again.
-            self.hasher = Hasher::new();
-            self.digest = Digest::of(b"");
-            return Ok(0);
+            self.ended = true;
         }
         self.hasher.update(&buf[..n]);
         Ok(n)

@@ -121,3 +121,27 @@ pub fn write_executable(path: &std::path::Path, script: &str) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
         .expect("making it executable");
 }
+
+/// The reference eStargz reader (`ESGZ_CHECK`, built by test.sh from
+/// shared/tools/build-esgz-check.sh) opens `blob` with TOC digest `toc`
+/// and reads every file without an error. Without `ESGZ_CHECK` nothing is
+/// checked, which CI (`CI` set) does not allow.
+pub fn reference_reads(blob: &[u8], toc: &str) {
+    let Some(tool) = std::env::var_os("ESGZ_CHECK") else {
+        assert!(std::env::var_os("CI").is_none(), "CI must set ESGZ_CHECK");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("layer"), blob).unwrap();
+    let out = std::process::Command::new(tool)
+        .arg(dir.path().join("layer"))
+        .arg(toc)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && !text.contains("ERROR"),
+        "reference reader: {}",
+        &text[..text.len().min(4000)]
+    );
+}

@@ -53,134 +53,142 @@ pub fn convert(
     progress: &dyn Progress,
 ) -> Result<Converted, ImageError> {
     let doc = src.root(src_root)?;
-    let mut manifests = Vec::new();
-    let root = convert_document(src, dst, &doc, dst_tag, opts, progress, 0, &mut manifests)?;
-    Ok(Converted { root, manifests })
+    let mut walk = Walk {
+        src,
+        dst,
+        opts,
+        progress,
+        manifests: Vec::new(),
+    };
+    let root = walk.document(&doc, dst_tag, 0)?;
+    Ok(Converted {
+        root,
+        manifests: walk.manifests,
+    })
 }
 
-#[allow(clippy::too_many_arguments)]
-fn convert_document(
-    src: &ImageStore,
-    dst: &ImageStore,
-    doc: &Document,
-    tag: Option<&str>,
-    opts: &ConvertOptions,
-    progress: &dyn Progress,
-    depth: usize,
-    out: &mut Vec<(Descriptor, Vec<LayerOut>)>,
-) -> Result<Descriptor, ImageError> {
-    match document_kind(&doc.media_type) {
-        Some(DocumentKind::Manifest) => {
-            let (desc, layers) = convert_manifest(src, dst, doc, tag, opts, progress)?;
-            out.push((desc.clone(), layers));
-            Ok(desc)
+/// One conversion's walk over the documents: where from, where to, how,
+/// and the manifests written so far.
+struct Walk<'a> {
+    src: &'a ImageStore,
+    dst: &'a ImageStore,
+    opts: &'a ConvertOptions,
+    progress: &'a dyn Progress,
+    manifests: Vec<(Descriptor, Vec<LayerOut>)>,
+}
+
+impl Walk<'_> {
+    fn document(
+        &mut self,
+        doc: &Document,
+        tag: Option<&str>,
+        depth: usize,
+    ) -> Result<Descriptor, ImageError> {
+        match document_kind(&doc.media_type) {
+            Some(DocumentKind::Manifest) => {
+                let (desc, layers) = self.manifest(doc, tag)?;
+                self.manifests.push((desc.clone(), layers));
+                Ok(desc)
+            }
+            Some(DocumentKind::Index) if depth < MAX_INDEX_DEPTH => self.index(doc, tag, depth),
+            Some(DocumentKind::Index) => Err(ImageError::Invalid(format!(
+                "indexes nested more than {MAX_INDEX_DEPTH} deep"
+            ))),
+            None => Err(ImageError::Invalid(format!(
+                "{}: {:?} is not an image manifest or index",
+                doc.digest, doc.media_type
+            ))),
         }
-        Some(DocumentKind::Index) if depth < MAX_INDEX_DEPTH => {
-            convert_index(src, dst, doc, tag, opts, progress, depth, out)
+    }
+
+    /// Every manifest an index lists converted (other documents, such as
+    /// artifacts, copied as they are), and the index rewritten to them.
+    fn index(
+        &mut self,
+        doc: &Document,
+        tag: Option<&str>,
+        depth: usize,
+    ) -> Result<Descriptor, ImageError> {
+        let (src, dst) = (self.src, self.dst);
+        let mut index: serde_json::Value = serde_json::from_slice(&doc.bytes)?;
+        let listed: Vec<Descriptor> =
+            serde_json::from_value(index.get("manifests").cloned().unwrap_or_default())?;
+        let mut new = Vec::with_capacity(listed.len());
+        for d in listed {
+            let child = src.document(&d)?;
+            let converted = if document_kind(&child.media_type).is_some() {
+                self.document(&child, None, depth + 1)?
+            } else {
+                // Not an image (an artifact): stored as it is, by digest.
+                dst.put_document(&child.bytes, &child.media_type, None)?;
+                d.clone()
+            };
+            // The index's own fields for the entry (platform, annotations)
+            // stay; what it points at changes.
+            new.push(Descriptor {
+                media_type: converted.media_type,
+                digest: converted.digest,
+                size: converted.size,
+                ..d
+            });
         }
-        Some(DocumentKind::Index) => Err(ImageError::Invalid(format!(
-            "indexes nested more than {MAX_INDEX_DEPTH} deep"
-        ))),
-        None => Err(ImageError::Invalid(format!(
-            "{}: {:?} is not an image manifest or index",
-            doc.digest, doc.media_type
-        ))),
+        index["manifests"] = serde_json::to_value(new)?;
+        index["mediaType"] = OCI_INDEX.into();
+        let bytes = serde_json::to_vec(&index)?;
+        dst.put_document(&bytes, OCI_INDEX, tag)
     }
-}
 
-/// Every manifest an index lists converted (other documents, such as
-/// artifacts, copied as they are), and the index rewritten to them.
-#[allow(clippy::too_many_arguments)]
-fn convert_index(
-    src: &ImageStore,
-    dst: &ImageStore,
-    doc: &Document,
-    tag: Option<&str>,
-    opts: &ConvertOptions,
-    progress: &dyn Progress,
-    depth: usize,
-    out: &mut Vec<(Descriptor, Vec<LayerOut>)>,
-) -> Result<Descriptor, ImageError> {
-    let mut index: serde_json::Value = serde_json::from_slice(&doc.bytes)?;
-    let listed: Vec<Descriptor> =
-        serde_json::from_value(index.get("manifests").cloned().unwrap_or_default())?;
-    let mut new = Vec::with_capacity(listed.len());
-    for d in listed {
-        let child = src.document(&d)?;
-        let converted = if document_kind(&child.media_type).is_some() {
-            convert_document(src, dst, &child, None, opts, progress, depth + 1, out)?
-        } else {
-            // Not an image (an artifact): stored as it is, by digest.
-            dst.put_document(&child.bytes, &child.media_type, None)?;
-            d.clone()
-        };
-        // The index's own fields for the entry (platform, annotations)
-        // stay; what it points at changes.
-        new.push(Descriptor {
-            media_type: converted.media_type,
-            digest: converted.digest,
-            size: converted.size,
-            ..d
-        });
-    }
-    index["manifests"] = serde_json::to_value(new)?;
-    index["mediaType"] = OCI_INDEX.into();
-    let bytes = serde_json::to_vec(&index)?;
-    dst.put_document(&bytes, OCI_INDEX, tag)
-}
+    /// A manifest's layers converted in parallel (at most `opts.jobs` at a
+    /// time, in index order), its config rewritten with the new DiffIDs.
+    fn manifest(
+        &self,
+        doc: &Document,
+        tag: Option<&str>,
+    ) -> Result<(Descriptor, Vec<LayerOut>), ImageError> {
+        let (src, dst) = (self.src, self.dst);
+        let mut manifest: serde_json::Value = serde_json::from_slice(&doc.bytes)?;
+        let config: Descriptor =
+            serde_json::from_value(manifest.get("config").cloned().unwrap_or_default())?;
+        let layers: Vec<Descriptor> =
+            serde_json::from_value(manifest.get("layers").cloned().unwrap_or_default())?;
+        let converted = convert_layers(src, dst, &layers, self.opts, self.progress)?;
 
-/// A manifest's layers converted in parallel (at most `opts.jobs` at a
-/// time, in index order), its config rewritten with the new DiffIDs.
-fn convert_manifest(
-    src: &ImageStore,
-    dst: &ImageStore,
-    doc: &Document,
-    tag: Option<&str>,
-    opts: &ConvertOptions,
-    progress: &dyn Progress,
-) -> Result<(Descriptor, Vec<LayerOut>), ImageError> {
-    let mut manifest: serde_json::Value = serde_json::from_slice(&doc.bytes)?;
-    let config: Descriptor =
-        serde_json::from_value(manifest.get("config").cloned().unwrap_or_default())?;
-    let layers: Vec<Descriptor> =
-        serde_json::from_value(manifest.get("layers").cloned().unwrap_or_default())?;
-    let converted = convert_layers(src, dst, &layers, opts, progress)?;
-
-    let mut cfg: serde_json::Value =
-        serde_json::from_slice(&src.blob_bytes(&config.digest, MAX_CONFIG_SIZE)?)?;
-    let diff_ids = cfg
-        .pointer_mut("/rootfs/diff_ids")
-        .and_then(|v| v.as_array_mut())
-        .ok_or_else(|| {
-            ImageError::Invalid(format!("config {}: no rootfs.diff_ids", config.digest))
+        let mut cfg: serde_json::Value =
+            serde_json::from_slice(&src.blob_bytes(&config.digest, MAX_CONFIG_SIZE)?)?;
+        let diff_ids = cfg
+            .pointer_mut("/rootfs/diff_ids")
+            .and_then(|v| v.as_array_mut())
+            .ok_or_else(|| {
+                ImageError::Invalid(format!("config {}: no rootfs.diff_ids", config.digest))
+            })?;
+        if diff_ids.len() != converted.len() {
+            return Err(ImageError::Invalid(format!(
+                "config {} lists {} DiffIDs for {} layers",
+                config.digest,
+                diff_ids.len(),
+                converted.len()
+            )));
+        }
+        for (slot, l) in diff_ids.iter_mut().zip(&converted) {
+            if let Some(d) = l.diff_id {
+                *slot = d.to_string().into();
+            }
+        }
+        let cfg_bytes = serde_json::to_vec(&cfg)?;
+        let cfg_digest = dst.put_blob(&cfg_bytes)?;
+        manifest["config"] = serde_json::to_value(Descriptor {
+            media_type: OCI_CONFIG.into(),
+            digest: cfg_digest,
+            size: cfg_bytes.len() as u64,
+            ..config
         })?;
-    if diff_ids.len() != converted.len() {
-        return Err(ImageError::Invalid(format!(
-            "config {} lists {} DiffIDs for {} layers",
-            config.digest,
-            diff_ids.len(),
-            converted.len()
-        )));
+        manifest["layers"] =
+            serde_json::to_value(converted.iter().map(|l| &l.descriptor).collect::<Vec<_>>())?;
+        manifest["mediaType"] = OCI_MANIFEST.into();
+        let bytes = serde_json::to_vec(&manifest)?;
+        let desc = dst.put_document(&bytes, OCI_MANIFEST, tag)?;
+        Ok((desc, converted))
     }
-    for (slot, l) in diff_ids.iter_mut().zip(&converted) {
-        if let Some(d) = l.diff_id {
-            *slot = d.to_string().into();
-        }
-    }
-    let cfg_bytes = serde_json::to_vec(&cfg)?;
-    let cfg_digest = dst.put_blob(&cfg_bytes)?;
-    manifest["config"] = serde_json::to_value(Descriptor {
-        media_type: OCI_CONFIG.into(),
-        digest: cfg_digest,
-        size: cfg_bytes.len() as u64,
-        ..config
-    })?;
-    manifest["layers"] =
-        serde_json::to_value(converted.iter().map(|l| &l.descriptor).collect::<Vec<_>>())?;
-    manifest["mediaType"] = OCI_MANIFEST.into();
-    let bytes = serde_json::to_vec(&manifest)?;
-    let desc = dst.put_document(&bytes, OCI_MANIFEST, tag)?;
-    Ok((desc, converted))
 }
 
 /// Each layer converted on one of `opts.jobs` threads, taking layers in

@@ -124,11 +124,7 @@ pub fn prepare_labels(
 }
 
 /// The manifest for `platform` of an index (the first that matches).
-fn pick_manifest(
-    src: &ImageStore,
-    index: &Document,
-    platform: &str,
-) -> Result<Descriptor, ImageError> {
+fn pick_manifest(index: &Document, platform: &str) -> Result<Descriptor, ImageError> {
     let v: serde_json::Value = serde_json::from_slice(&index.bytes)?;
     let listed: Vec<Descriptor> =
         serde_json::from_value(v.get("manifests").cloned().unwrap_or_default())?;
@@ -141,7 +137,6 @@ fn pick_manifest(
             field("os") == Some(os) && field("architecture") == Some(arch)
         })
         .ok_or_else(|| {
-            let _ = src;
             ImageError::NotFound(format!("a {platform} manifest in index {}", index.digest))
         })
 }
@@ -156,9 +151,7 @@ pub fn rpull(
     let root_doc = src.root(root)?;
     let manifest_doc = match document_kind(&root_doc.media_type) {
         Some(DocumentKind::Manifest) => root_doc.clone(),
-        Some(DocumentKind::Index) => {
-            src.document(&pick_manifest(src, &root_doc, &opts.platform)?)?
-        }
+        Some(DocumentKind::Index) => src.document(&pick_manifest(&root_doc, &opts.platform)?)?,
         None => {
             return Err(ImageError::Invalid(format!(
                 "{}: {:?} is not an image",
