@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Builds each fuzz target's seed corpus from the conformance testdata.
 
-    fuzz/seed-corpus.py [TESTDATA_DIR]   (default ../shared/testdata/estargz)
+    fuzz/seed-corpus.py [TESTDATA_DIR]   (default $RINGSTAR_TESTDATA, which test.sh
+                                          sets, else ../shared/testdata/estargz)
 
 Writes fuzz/corpus/<target>/: blob tails for `footer`, TOC JSON for `toc`,
 the TOC member's tar for `tar_header`, whole small blobs for `layer_open`,
@@ -15,7 +16,8 @@ import sys
 import zlib
 
 here = os.path.dirname(os.path.abspath(__file__))
-src = sys.argv[1] if len(sys.argv) > 1 else os.path.join(here, "..", "..", "shared", "testdata", "estargz")
+src = (sys.argv[1] if len(sys.argv) > 1 else os.environ.get("RINGSTAR_TESTDATA")
+       or os.path.join(here, "..", "..", "shared", "testdata", "estargz"))
 corpus = os.path.join(here, "corpus")
 
 

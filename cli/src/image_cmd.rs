@@ -2,6 +2,8 @@
 //! - `convert SRC DST`: every layer of an image (every platform) to
 //!   eStargz, streamed from SRC to DST (registry references or
 //!   `oci:DIR[:TAG]` layouts);
+//! - `optimize SRC DST`: convert, with the files the workload opens
+//!   first (`optimize_cmd`);
 //! - `rpull REF`: the image pulled into containerd lazily, through a
 //!   remote snapshotter (ringstar), as `ctr-remote image rpull` does.
 
@@ -21,6 +23,12 @@ pub enum ImageCommand {
     /// eStargz already are kept; blobs DST has are not sent again. SRC and
     /// DST are registry references or OCI layouts (oci:DIR[:TAG]).
     Convert(ConvertArgs),
+    /// Convert an image to eStargz with the files its workload reads
+    /// first: the workload runs once under runc (no network unless
+    /// --net-host, writes thrown away), fanotify records the files it
+    /// opens, and each layer gets those it holds first, then
+    /// .prefetch.landmark. One platform (this machine's by default).
+    Optimize(Box<crate::optimize_cmd::OptimizeArgs>),
     /// Pull an image into containerd lazily: its manifest and config go
     /// into containerd's content store, each layer is prepared through
     /// the snapshotter with the remote-snapshot labels (mounted from the
@@ -74,6 +82,7 @@ pub struct ConvertArgs {
 pub fn image_cmd(cmd: &ImageCommand) -> anyhow::Result<()> {
     match cmd {
         ImageCommand::Convert(args) => convert_cmd(args),
+        ImageCommand::Optimize(args) => crate::optimize_cmd::optimize_cmd(args),
         ImageCommand::Rpull(args) => rpull_cmd(args),
     }
 }
@@ -90,7 +99,7 @@ fn rpull_cmd(args: &RpullArgs) -> anyhow::Result<()> {
         platform: args
             .platform
             .clone()
-            .unwrap_or_else(RpullOptions::host_platform),
+            .unwrap_or_else(ringstar_image::platform::host_platform),
     };
     let started = Instant::now();
     let pulled = rpull(&src, &args.reference, &root, &opts)?;

@@ -13,6 +13,7 @@
 mod image_cmd;
 mod layer_cmd;
 mod mount_cmd;
+mod optimize_cmd;
 mod progress;
 mod push_cmd;
 mod registry_args;

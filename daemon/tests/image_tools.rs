@@ -37,7 +37,7 @@ fn rpull_into(
         address: w.dir.path().join("containerd.sock"),
         namespace: w.namespace.clone(),
         snapshotter: snapshotter.into(),
-        platform: RpullOptions::host_platform(),
+        platform: ringstar_image::platform::host_platform(),
     };
     rpull(&src, &reference, &RootRef::Tag(tag.into()), &opts)
         .unwrap_or_else(|e| panic!("rpull {reference}: {e}\n{}", w.logs()))

@@ -6,6 +6,9 @@
 //!   fetcher, or a layout);
 //! - [`convert`]: `ringstar image convert`, every layer of an image (every
 //!   platform) to eStargz, streamed;
+//! - [`optimize`]: `ringstar image optimize`, the workload run once under
+//!   runc with its opens recorded, then convert with those files first;
+//! - [`platform`]: which manifest of an index a tool works on;
 //! - [`rpull`]: `ringstar image rpull`, an image pulled into containerd
 //!   lazily through a remote snapshotter;
 //! - this file: images built from layer tars (eStargz by our writer, or
@@ -15,6 +18,8 @@
 pub mod convert;
 pub mod layout;
 pub mod media;
+pub mod optimize;
+pub mod platform;
 pub mod rpull;
 pub mod store;
 

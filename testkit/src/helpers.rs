@@ -145,3 +145,16 @@ pub fn reference_reads(blob: &[u8], toc: &str) {
         &text[..text.len().min(4000)]
     );
 }
+
+/// The entry names of a layer blob (gzip, zstd or plain tar) in the order
+/// the blob holds them, cleaned: what a prefetch up to the landmark reads
+/// first comes first.
+pub fn entry_order(blob: &[u8]) -> Vec<String> {
+    let tar = ringstar_core::writer::decompressed(blob).unwrap();
+    let mut stream = ringstar_core::tar::TarStream::new(tar);
+    let mut names = Vec::new();
+    while let Some(e) = stream.next_entry().unwrap() {
+        names.push(ringstar_core::name::clean(&e.name));
+    }
+    names
+}

@@ -50,6 +50,12 @@ impl TarBuilder {
         self.entry(e, &[])
     }
 
+    pub fn hardlink(&mut self, name: &str, target: &str) -> &mut Self {
+        let mut e = Self::base(name, ringstar_core::tar::EntryType::Hardlink, 0o644);
+        e.link_name = target.to_string();
+        self.entry(e, &[])
+    }
+
     pub fn finish(&mut self) -> Vec<u8> {
         let mut out = std::mem::take(&mut self.out);
         out.extend_from_slice(&[0u8; 1024]);

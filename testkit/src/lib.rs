@@ -35,7 +35,9 @@ pub use certs::{make_certs, tls_server_config, tls_stream};
 pub use delay_proxy::DelayProxy;
 pub use fault_proxy::{Fault, FaultProxy};
 pub use faults::{inject_panics, stop_panics};
-pub use helpers::{free_port, http, reference_reads, static_credentials, write_executable};
+pub use helpers::{
+    entry_order, free_port, http, reference_reads, static_credentials, write_executable,
+};
 pub use logs::{LogCapture, capture_logs};
 pub use registry::{AccessLogEntry, Registry, RegistryAuth, access_log_entries, write_htpasswd};
 pub use token_server::{TokenRequest, TokenServer, TokenServerOptions};

@@ -26,7 +26,8 @@ use crate::toc::{TOC_NAME, TocDocument, TocEntry};
 use crate::tree::{NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK};
 use entry::{Payload, TocBuilder, write_entry};
 use member::MemberWriter;
-use order::{decompressed, is_replaced, order_prioritized, spool_prioritized};
+pub use order::decompressed;
+use order::{is_replaced, order_prioritized, spool_prioritized};
 
 /// The single byte a landmark file holds.
 pub const LANDMARK_CONTENT: u8 = 0x0f;

@@ -15,7 +15,7 @@ use crate::toc::TOC_NAME;
 use crate::tree::{NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK};
 
 /// The input decompressed by its magic: gzip, zstd or a plain tar.
-pub(super) fn decompressed<'a>(input: impl Read + 'a) -> io::Result<Box<dyn Read + 'a>> {
+pub fn decompressed<'a>(input: impl Read + 'a) -> io::Result<Box<dyn Read + 'a>> {
     let mut input = BufReader::with_capacity(1 << 16, input);
     let magic = {
         use std::io::BufRead;

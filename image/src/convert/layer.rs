@@ -5,7 +5,7 @@
 use std::sync::Mutex;
 
 use ringstar_core::Digest;
-use ringstar_core::writer;
+use ringstar_core::writer::{self, WriterOptions};
 
 use super::ConvertOptions;
 use super::cache::Record;
@@ -25,12 +25,20 @@ pub struct LayerOut {
     pub diff_id: Option<Digest>,
 }
 
+/// How one layer is written.
+#[derive(Debug, Clone)]
+pub(super) struct LayerPlan {
+    pub writer: WriterOptions,
+    /// Rewrite a layer that is eStargz already (its order changes).
+    pub rewrite_estargz: bool,
+}
+
 /// Why a layer is kept as it is, if it is.
-fn kept_because(layer: &Descriptor) -> Option<&'static str> {
+fn kept_because(layer: &Descriptor, plan: &LayerPlan) -> Option<&'static str> {
     if tar_layer(&layer.media_type).is_none() {
         return Some("not a tar layer");
     }
-    if layer.annotation(TOC_DIGEST_ANNOTATION).is_some() {
+    if layer.annotation(TOC_DIGEST_ANNOTATION).is_some() && !plan.rewrite_estargz {
         return Some("already eStargz");
     }
     None
@@ -59,6 +67,7 @@ pub(super) fn convert_layer(
     dst: &ImageStore,
     index: usize,
     layer: &Descriptor,
+    plan: &LayerPlan,
     opts: &ConvertOptions,
     progress: &dyn Progress,
 ) -> Result<LayerOut, ImageError> {
@@ -67,7 +76,7 @@ pub(super) fn convert_layer(
         && let Some(r) = opts
             .cache
             .as_ref()
-            .and_then(|c| c.get(&layer.digest, &opts.writer))
+            .and_then(|c| c.get(&layer.digest, &plan.writer))
         && dst.has_blob(&r.digest)?
     {
         p.finish(&LayerOutcome::Reused { digest: r.digest });
@@ -76,10 +85,10 @@ pub(super) fn convert_layer(
             diff_id: Some(r.diff_id),
         });
     }
-    if let Some(why) = kept_because(layer) {
+    if let Some(why) = kept_because(layer, plan) {
         return keep_layer(src, dst, layer, why, p);
     }
-    stream_layer(src, dst, index, layer, opts, p)
+    stream_layer(src, dst, index, layer, plan, opts, p)
 }
 
 /// A layer kept as it is: made present in the target (unless it is not
@@ -114,6 +123,7 @@ fn stream_layer(
     dst: &ImageStore,
     index: usize,
     layer: &Descriptor,
+    plan: &LayerPlan,
     opts: &ConvertOptions,
     p: Box<dyn LayerProgress>,
 ) -> Result<LayerOut, ImageError> {
@@ -134,7 +144,7 @@ fn stream_layer(
             .map_err(std::io::Error::other)
     };
     let mut sink = dst.blob_sink()?;
-    let built = writer::build_from(open, &mut sink, &opts.writer)
+    let built = writer::build_from(open, &mut sink, &plan.writer)
         .map_err(|source| ImageError::Write { index, source })?;
     let (digest, size) = sink.finish()?;
     if digest != built.blob_digest || size != built.blob_size {
@@ -151,7 +161,7 @@ fn stream_layer(
         uncompressed_size: built.uncompressed_size,
     };
     if let Some(c) = &opts.cache {
-        c.put(&layer.digest, &opts.writer, &record);
+        c.put(&layer.digest, &plan.writer, &record);
     }
     let descriptor = converted_descriptor(layer, &record);
     if let Ok(mut p) = progress.lock() {

@@ -58,6 +58,7 @@ pub fn convert(
         dst,
         opts,
         progress,
+        layer_files: None,
         manifests: Vec::new(),
     };
     let root = walk.document(&doc, dst_tag, 0)?;
@@ -67,6 +68,30 @@ pub fn convert(
     })
 }
 
+/// Converts the one manifest `doc` of `src` into `dst` (tagged
+/// `dst_tag`), with `layer_files[i]` first in layer `i` (then the
+/// prefetch landmark): what `ringstar image optimize` recorded. Every
+/// layer is rewritten, eStargz ones too, since its order changes.
+pub fn convert_manifest_prioritized(
+    src: &ImageStore,
+    doc: &Document,
+    dst: &ImageStore,
+    dst_tag: Option<&str>,
+    opts: &ConvertOptions,
+    progress: &dyn Progress,
+    layer_files: &[Vec<String>],
+) -> Result<(Descriptor, Vec<LayerOut>), ImageError> {
+    let walk = Walk {
+        src,
+        dst,
+        opts,
+        progress,
+        layer_files: Some(layer_files),
+        manifests: Vec::new(),
+    };
+    walk.manifest(doc, dst_tag)
+}
+
 /// One conversion's walk over the documents: where from, where to, how,
 /// and the manifests written so far.
 struct Walk<'a> {
@@ -74,6 +99,9 @@ struct Walk<'a> {
     dst: &'a ImageStore,
     opts: &'a ConvertOptions,
     progress: &'a dyn Progress,
+    /// The files to put first in each layer of the (one) manifest, when
+    /// they were recorded; otherwise `opts.writer.prioritized` for all.
+    layer_files: Option<&'a [Vec<String>]>,
     manifests: Vec<(Descriptor, Vec<LayerOut>)>,
 }
 
@@ -151,7 +179,34 @@ impl Walk<'_> {
             serde_json::from_value(manifest.get("config").cloned().unwrap_or_default())?;
         let layers: Vec<Descriptor> =
             serde_json::from_value(manifest.get("layers").cloned().unwrap_or_default())?;
-        let converted = convert_layers(src, dst, &layers, self.opts, self.progress)?;
+        let plans: Vec<layer::LayerPlan> = match self.layer_files {
+            Some(files) if files.len() != layers.len() => {
+                return Err(ImageError::Invalid(format!(
+                    "{} lists of files for {} layers",
+                    files.len(),
+                    layers.len()
+                )));
+            }
+            Some(files) => files
+                .iter()
+                .map(|f| layer::LayerPlan {
+                    writer: WriterOptions {
+                        prioritized: f.clone(),
+                        allow_missing_prioritized: true,
+                        ..self.opts.writer.clone()
+                    },
+                    rewrite_estargz: true,
+                })
+                .collect(),
+            None => vec![
+                layer::LayerPlan {
+                    writer: self.opts.writer.clone(),
+                    rewrite_estargz: false,
+                };
+                layers.len()
+            ],
+        };
+        let converted = convert_layers(src, dst, &layers, &plans, self.opts, self.progress)?;
 
         let mut cfg: serde_json::Value =
             serde_json::from_slice(&src.blob_bytes(&config.digest, MAX_CONFIG_SIZE)?)?;
@@ -197,6 +252,7 @@ fn convert_layers(
     src: &ImageStore,
     dst: &ImageStore,
     layers: &[Descriptor],
+    plans: &[layer::LayerPlan],
     opts: &ConvertOptions,
     progress: &dyn Progress,
 ) -> Result<Vec<LayerOut>, ImageError> {
@@ -209,7 +265,7 @@ fn convert_layers(
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(layer) = layers.get(i) else { return };
-                    let r = layer::convert_layer(src, dst, i, layer, opts, progress);
+                    let r = layer::convert_layer(src, dst, i, layer, &plans[i], opts, progress);
                     let failed = r.is_err();
                     if let Ok(mut slot) = results[i].lock() {
                         *slot = Some(r);

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use ringstar_core::Digest;
 use ringstar_fetcher::Reference;
 
-use crate::media::{Descriptor, DocumentKind, TOC_DIGEST_ANNOTATION, document_kind};
+use crate::media::{Descriptor, TOC_DIGEST_ANNOTATION};
 use crate::store::{Document, ImageStore, RootRef};
 use crate::{ImageError, MAX_CONFIG_SIZE};
 use client::Containerd;
@@ -43,18 +43,6 @@ pub struct RpullOptions {
     pub snapshotter: String,
     /// `os/architecture` to pick from an index.
     pub platform: String,
-}
-
-impl RpullOptions {
-    /// This machine's platform, as OCI names it.
-    pub fn host_platform() -> String {
-        let arch = match std::env::consts::ARCH {
-            "x86_64" => "amd64",
-            "aarch64" => "arm64",
-            other => other,
-        };
-        format!("linux/{arch}")
-    }
 }
 
 /// What a pull did with each layer.
@@ -123,24 +111,6 @@ pub fn prepare_labels(
     out
 }
 
-/// The manifest for `platform` of an index (the first that matches).
-fn pick_manifest(index: &Document, platform: &str) -> Result<Descriptor, ImageError> {
-    let v: serde_json::Value = serde_json::from_slice(&index.bytes)?;
-    let listed: Vec<Descriptor> =
-        serde_json::from_value(v.get("manifests").cloned().unwrap_or_default())?;
-    let (os, arch) = platform.split_once('/').unwrap_or(("linux", platform));
-    listed
-        .into_iter()
-        .find(|d| {
-            let p = d.rest.get("platform");
-            let field = |k: &str| p.and_then(|p| p.get(k)).and_then(|v| v.as_str());
-            field("os") == Some(os) && field("architecture") == Some(arch)
-        })
-        .ok_or_else(|| {
-            ImageError::NotFound(format!("a {platform} manifest in index {}", index.digest))
-        })
-}
-
 /// Pulls `reference` (its root `root` in `src`) into containerd lazily.
 pub fn rpull(
     src: &ImageStore,
@@ -149,16 +119,7 @@ pub fn rpull(
     opts: &RpullOptions,
 ) -> Result<Pulled, ImageError> {
     let root_doc = src.root(root)?;
-    let manifest_doc = match document_kind(&root_doc.media_type) {
-        Some(DocumentKind::Manifest) => root_doc.clone(),
-        Some(DocumentKind::Index) => src.document(&pick_manifest(&root_doc, &opts.platform)?)?,
-        None => {
-            return Err(ImageError::Invalid(format!(
-                "{}: {:?} is not an image",
-                root_doc.digest, root_doc.media_type
-            )));
-        }
-    };
+    let manifest_doc = crate::platform::manifest_for(src, &root_doc, &opts.platform)?;
     let manifest: serde_json::Value = serde_json::from_slice(&manifest_doc.bytes)?;
     let config: Descriptor =
         serde_json::from_value(manifest.get("config").cloned().unwrap_or_default())?;
