@@ -7,6 +7,11 @@
 //!   sources) pulls it lazily with `ctr-remote image rpull` and runs it;
 //!   `ringstar_image::rpull` (what `ringstar image rpull` runs) pulls it
 //!   lazily through ringstar and `ctr run` runs it.
+//! - The same image optimized by `ringstar_image::optimize` (what
+//!   `ringstar image optimize` runs) with Debian's runc: the files its
+//!   workload opens (the shell, the loader, libc, what it reads) come
+//!   before `.prefetch.landmark`, the layer opens in the reference
+//!   reader, and ringstar pulls it lazily and runs it.
 //! - rpull of a plain gzip image: every layer fetched, applied by
 //!   containerd's differ and committed, and the image runs.
 
@@ -153,6 +158,96 @@ fn debian_minbase_converted_by_ringstar_is_pulled_lazily_and_run_by_the_referenc
     );
     assert!(out.starts_with("hello from 12"), "{out}\n{}", w.logs());
     never_downloaded(&w, layers.iter().map(|(d, _)| d.clone()));
+}
+
+#[test]
+fn debian_minbase_optimized_by_ringstar_has_its_workload_first_and_runs_lazily() {
+    use ringstar_image::optimize::{OptimizeOptions, SandboxOptions, WorkloadOverrides, optimize};
+    let Some((oci, _)) = bench_parts() else {
+        return;
+    };
+    let mut w = World::start();
+    let fetcher = Fetcher::new(FetcherConfig::default()).unwrap();
+    let src = ImageStore::Layout(Layout::open(&oci.join("minbase")).unwrap());
+    let dst = ImageStore::repository(&fetcher, &w.registry.addr, "bench/minbase");
+    let scratch = tempfile::tempdir().unwrap();
+    let opts = OptimizeOptions {
+        convert: ConvertOptions {
+            writer: Default::default(),
+            jobs: 2,
+            cache: None,
+        },
+        platform: ringstar_image::platform::host_platform(),
+        workload: WorkloadOverrides {
+            args: Some(
+                ["sh", "-c", "echo hello from $(cat /etc/debian_version)"]
+                    .map(String::from)
+                    .to_vec(),
+            ),
+            ..Default::default()
+        },
+        sandbox: SandboxOptions {
+            runtime: "runc".into(),
+            period: std::time::Duration::from_secs(120),
+            net_host: false,
+        },
+        scratch: scratch.path().to_path_buf(),
+    };
+    let done = optimize(
+        &src,
+        &RootRef::Tag("org".into()),
+        &dst,
+        Some("esgz-opt"),
+        &opts,
+        &Silent,
+    )
+    .unwrap();
+    assert_eq!(done.end, ringstar_image::optimize::RunEnd::Exited(Some(0)));
+    let recorded: Vec<&str> = done.recorded.iter().map(|(p, _)| p.as_str()).collect();
+    for want in ["usr/bin/dash", "etc/debian_version"] {
+        assert!(recorded.contains(&want), "{want} not in {recorded:?}");
+    }
+    assert!(
+        recorded.iter().any(|p| p.contains("libc.so")),
+        "{recorded:?}"
+    );
+    let layer = &done.layers[0].descriptor;
+    let blob = dst.blob_bytes(&layer.digest, 512 << 20).unwrap();
+    let toc = layer
+        .annotation(ringstar_image::TOC_DIGEST_ANNOTATION)
+        .unwrap();
+    ringstar_testkit::reference_reads(&blob, toc);
+    // The blob's order: exactly what the workload opened (with the
+    // directories above), then the landmark, then everything else.
+    let order = ringstar_testkit::entry_order(&blob);
+    let landmark = order
+        .iter()
+        .position(|n| n == ".prefetch.landmark")
+        .expect("landmark");
+    let first: Vec<&String> = order[..landmark]
+        .iter()
+        .filter(|n| recorded.iter().all(|r| r != n))
+        .filter(|n| {
+            !order[..landmark]
+                .iter()
+                .any(|m| m.starts_with(&format!("{n}/")))
+        })
+        .collect();
+    assert!(
+        first.is_empty(),
+        "before the landmark, not opened: {first:?}"
+    );
+    assert!(landmark >= recorded.len(), "{order:?}");
+
+    let image = format!("{}/bench/minbase:esgz-opt", w.registry.addr);
+    let pulled = rpull_into(&w, "bench/minbase", "esgz-opt", "ringstar");
+    assert!(pulled.layers.iter().all(|l| l.remote), "{pulled:?}");
+    let out = w.run_container(
+        &image,
+        &["sh", "-c", "echo hello from $(cat /etc/debian_version)"],
+    );
+    assert!(out.starts_with("hello from 12"), "{out}\n{}", w.logs());
+    never_downloaded(&w, [layer.digest.to_string()]);
 }
 
 #[test]

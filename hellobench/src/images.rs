@@ -1,21 +1,27 @@
-//! The benchmark's images and their variants: `org` (plain gzip, what a
-//! normal pull gets), `esgz-noopt` (eStargz by ringstar's writer, nothing
-//! prioritized) and `esgz` (the files the workload reads first, then
-//! `.prefetch.landmark`). The prioritized files are recorded by running
-//! the workload once in a chroot of the image under strace.
+//! The benchmark's images and their variants, made as a user makes them:
+//! `org` (plain gzip, what a normal pull gets) is built here from Debian
+//! root filesystems and pushed; `esgz-noopt` is `ringstar image convert`
+//! of it, `esgz` is `ringstar image optimize` of it (the workload run
+//! once under runc, the files it opens first, then `.prefetch.landmark`),
+//! and `esgz-ctr` is the reference's `ctr-remote image optimize` of it,
+//! to compare the two optimizers.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::Context as _;
-use ringstar_core::writer::WriterOptions;
-use ringstar_image::{Image, ImageStore, LayerFormat, RunConfig, build_image, push_image};
+use ringstar_image::media::Descriptor;
+use ringstar_image::{ImageStore, LayerFormat, RootRef, RunConfig, build_image, push_image};
 use ringstar_testkit::images::busybox_layers;
 
-use crate::rootfs::{self, fresh_overlay_dirs, mount_overlay, resolve_in_root, sh, umount_below};
+use crate::rootfs;
+use crate::world::{Snap, World};
 
-pub const VARIANTS: &[&str] = &["org", "esgz-noopt", "esgz"];
+pub const VARIANTS: &[&str] = &["org", "esgz-noopt", "esgz", "esgz-ctr"];
+
+/// How long an optimizer lets a workload run (they exit much sooner; a
+/// loaded machine compiles hello.c slowly).
+const OPTIMIZE_PERIOD_S: &str = "60";
 
 /// One benchmark image.
 #[derive(Debug, Clone)]
@@ -113,97 +119,6 @@ fn debian_mirror() -> String {
         .to_string()
 }
 
-/// The files `cmd` opens or executes when run in a chroot of `layers`
-/// (base first), in first-use order, each assigned to the topmost layer
-/// that has it: what the `esgz` variant puts first.
-fn record_prioritized(
-    layers: &[PathBuf],
-    spec: &Spec,
-    scratch: &Path,
-) -> anyhow::Result<Vec<Vec<String>>> {
-    if !Path::new("/usr/bin/strace").exists() {
-        anyhow::bail!("strace is needed to record the workload's files (apt-get install strace)");
-    }
-    let (upper, work, merged) = (
-        scratch.join("upper"),
-        scratch.join("work"),
-        scratch.join("merged"),
-    );
-    fresh_overlay_dirs(&upper, &work, &merged)?;
-    let lower: Vec<&Path> = layers.iter().rev().map(PathBuf::as_path).collect();
-    mount_overlay(&lower, &upper, &work, &merged)?;
-    let trace = scratch.join("trace");
-    let out = trace_workload(&merged, &trace, spec);
-    let result = out.and_then(|out| {
-        anyhow::ensure!(
-            out.contains(spec.expect),
-            "the workload printed {out:?} in the chroot"
-        );
-        let text = std::fs::read_to_string(&trace)?;
-        Ok(files_per_layer(&text, &merged, layers))
-    });
-    umount_below(&merged);
-    let _ = std::fs::remove_dir_all(scratch);
-    result
-}
-
-/// Runs the workload in a chroot of `merged` under strace, which writes
-/// the files it opens and executes to `trace`; its output.
-fn trace_workload(merged: &Path, trace: &Path, spec: &Spec) -> anyhow::Result<String> {
-    std::fs::create_dir_all(merged.join("proc"))?;
-    std::fs::create_dir_all(merged.join("tmp"))?;
-    sh(Command::new("mount")
-        .args(["-t", "proc", "proc"])
-        .arg(merged.join("proc")))?;
-    sh(Command::new("strace")
-        .args(["-f", "-qq", "-e", "trace=open,openat,execve,execveat", "-o"])
-        .arg(trace)
-        .arg("chroot")
-        .arg(merged)
-        .args([
-            "env",
-            "-i",
-            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            "HOME=/root",
-        ])
-        .args(&spec.cmd))
-}
-
-/// The files a strace `text` shows opened or executed successfully,
-/// resolved inside `merged`, first use first, per topmost layer holding
-/// each as a regular file.
-fn files_per_layer(text: &str, merged: &Path, layers: &[PathBuf]) -> Vec<Vec<String>> {
-    let mut seen = BTreeSet::new();
-    let mut per_layer = vec![Vec::new(); layers.len()];
-    for path in text.lines().filter_map(traced_path) {
-        let Some(rel) = resolve_in_root(merged, path) else {
-            continue;
-        };
-        if !seen.insert(rel.clone()) {
-            continue;
-        }
-        // The topmost layer holding it as a regular file.
-        if let Some(i) = (0..layers.len()).rev().find(|&i| {
-            std::fs::symlink_metadata(layers[i].join(&rel)).is_ok_and(|m| m.file_type().is_file())
-        }) {
-            per_layer[i].push(rel.display().to_string());
-        }
-    }
-    per_layer
-}
-
-/// The absolute path a strace line's call succeeded on, if it did.
-fn traced_path(line: &str) -> Option<&str> {
-    let start = line.find('"')?;
-    let rest = &line[start + 1..];
-    let end = rest.find('"')?;
-    let path = &rest[..end];
-    let ok = line
-        .rsplit_once(" = ")
-        .is_some_and(|(_, r)| !r.trim_start().starts_with('-'));
-    (ok && path.starts_with('/')).then_some(path)
-}
-
 /// An image's variants, built and pushed to `registry` as
 /// `bench/<name>:<variant>` unless the cache says they already are.
 #[derive(Debug)]
@@ -216,8 +131,8 @@ pub struct Pushed {
 }
 
 pub fn prepare(
+    world: &mut World,
     cache: &Path,
-    registry: &str,
     spec: &Spec,
     variants: &[String],
 ) -> anyhow::Result<Pushed> {
@@ -225,36 +140,99 @@ pub fn prepare(
     if let Some(pushed) = Pushed::cached(&marker, variants)? {
         return Ok(pushed);
     }
-    let layers = LayerTars::of(cache, spec, variants)?;
+    let registry = world.registry.addr.clone();
+    let repo = format!("{registry}/bench/{}", spec.name);
+    eprintln!("hellobench: {}: building and pushing :org", spec.name);
+    let tars = layer_tars(cache, spec)?;
     let run = RunConfig {
         cmd: spec.cmd.clone(),
         ..RunConfig::default()
     };
+    let image = build_image(&tars, &LayerFormat::Gzip, &run)?;
+    let fetcher = ringstar_fetcher::Fetcher::new(Default::default())?;
+    let store = ImageStore::repository(&fetcher, &registry, &format!("bench/{}", spec.name));
+    push_image(&store, &image, "org").with_context(|| format!("pushing {repo}:org"))?;
+    let org = format!("{repo}:org");
+    for variant in variants.iter().filter(|v| *v != "org") {
+        eprintln!("hellobench: {}: making :{variant}", spec.name);
+        let target = format!("{repo}:{variant}");
+        match variant.as_str() {
+            "esgz-noopt" => world.ringstar_image(&["convert", "--plain-http", &org, &target])?,
+            "esgz" => world.ringstar_image(&[
+                "optimize",
+                "--plain-http",
+                "--period",
+                OPTIMIZE_PERIOD_S,
+                &org,
+                &target,
+            ])?,
+            "esgz-ctr" => ctr_remote_optimize(world, &org, &target)?,
+            other => anyhow::bail!("no variant {other:?} ({})", VARIANTS.join(", ")),
+        };
+    }
     let mut digests = HashMap::new();
     let mut sizes = HashMap::new();
     for variant in variants {
-        eprintln!("hellobench: {}: building and pushing :{variant}", spec.name);
-        let image = layers.image(variant, &run)?;
-        let fetcher = ringstar_fetcher::Fetcher::new(Default::default())?;
-        let store = ImageStore::repository(&fetcher, registry, &format!("bench/{}", spec.name));
-        push_image(&store, &image, variant)
-            .with_context(|| format!("pushing {}:{variant}", spec.name))?;
+        let layers = layers_of(&store, variant)?;
         digests.insert(
             variant.clone(),
-            image.layers.iter().map(|l| l.digest.to_string()).collect(),
+            layers.iter().map(|l| l.digest.to_string()).collect(),
         );
-        sizes.insert(
-            variant.clone(),
-            image.layers.iter().map(|l| l.blob.len() as u64).sum(),
-        );
+        sizes.insert(variant.clone(), layers.iter().map(|l| l.size).sum());
     }
     let pushed = Pushed {
-        layers: layers.tars.len(),
+        layers: tars.len(),
         digests,
         sizes,
     };
     pushed.save(&marker)?;
     Ok(pushed)
+}
+
+/// `ctr-remote image optimize` of `org` into `target`, as
+/// shared/bench-env makes its `:esgz` images: pulled into a containerd of
+/// its own (no lazy snapshotter), optimized with the workload of the
+/// image's config, pushed.
+fn ctr_remote_optimize(world: &mut World, org: &str, target: &str) -> anyhow::Result<String> {
+    world.reset(Snap::Legacy, true)?;
+    world.ctr_remote(&["image", "pull", "--plain-http", org])?;
+    world.ctr_remote(&[
+        "image",
+        "optimize",
+        "--oci",
+        "--net-host",
+        "--period",
+        OPTIMIZE_PERIOD_S,
+        org,
+        target,
+    ])?;
+    let out = world.ctr_remote(&["image", "push", "--plain-http", target])?;
+    world.stop();
+    Ok(out)
+}
+
+/// The layers of `variant` as the registry holds it (this machine's
+/// platform, for an index).
+fn layers_of(store: &ImageStore, variant: &str) -> anyhow::Result<Vec<Descriptor>> {
+    let root = store.root(&RootRef::Tag(variant.to_string()))?;
+    let doc = ringstar_image::platform::manifest_for(
+        store,
+        &root,
+        &ringstar_image::platform::host_platform(),
+    )?;
+    let manifest: serde_json::Value = serde_json::from_slice(&doc.bytes)?;
+    Ok(serde_json::from_value(manifest["layers"].clone())?)
+}
+
+/// An image's layers as tars (base first): busybox's made here, the
+/// others' built from Debian into `cache`.
+fn layer_tars(cache: &Path, spec: &Spec) -> anyhow::Result<Vec<Vec<u8>>> {
+    if spec.name == "busybox" {
+        return Ok(busybox_layers(Path::new("/bin/busybox"))?);
+    }
+    let dirs = layer_dirs(cache, spec.name)?;
+    eprintln!("hellobench: {}: writing layer tars", spec.name);
+    dirs.iter().map(|d| rootfs::tar_of_dir(d)).collect()
 }
 
 impl Pushed {
@@ -286,76 +264,5 @@ impl Pushed {
             }))?,
         )?;
         Ok(())
-    }
-}
-
-/// An image's layers as tars (base first), with the files each puts
-/// first in the `esgz` variant.
-struct LayerTars {
-    tars: Vec<Vec<u8>>,
-    prioritized: Vec<Vec<String>>,
-}
-
-impl LayerTars {
-    /// The layers of `spec`'s image: busybox's made here, the others'
-    /// built from Debian into `cache` (their files recorded when
-    /// `variants` has `esgz`).
-    fn of(cache: &Path, spec: &Spec, variants: &[String]) -> anyhow::Result<LayerTars> {
-        if spec.name == "busybox" {
-            let tars = busybox_layers(Path::new("/bin/busybox"))?;
-            let n = tars.len();
-            let mut prioritized = vec![Vec::new(); n];
-            prioritized[0] = vec!["bin/busybox".to_string()];
-            return Ok(LayerTars { tars, prioritized });
-        }
-        let dirs = layer_dirs(cache, spec.name)?;
-        eprintln!("hellobench: {}: recording the workload's files", spec.name);
-        let prioritized = if variants.iter().any(|v| v == "esgz") {
-            let p = record_prioritized(&dirs, spec, &cache.join(format!("record-{}", spec.name)))?;
-            eprintln!(
-                "hellobench: {}: the workload reads {:?} files per layer",
-                spec.name,
-                p.iter().map(Vec::len).collect::<Vec<_>>()
-            );
-            p
-        } else {
-            vec![Vec::new(); dirs.len()]
-        };
-        eprintln!("hellobench: {}: writing layer tars", spec.name);
-        let tars = dirs
-            .iter()
-            .map(|d| rootfs::tar_of_dir(d))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        Ok(LayerTars { tars, prioritized })
-    }
-
-    /// The image of `variant` (see the module's documentation).
-    fn image(&self, variant: &str, run: &RunConfig) -> anyhow::Result<Image> {
-        Ok(match variant {
-            "org" => build_image(&self.tars, &LayerFormat::Gzip, run)?,
-            "esgz-noopt" => build_image(
-                &self.tars,
-                &LayerFormat::Estargz(WriterOptions::default()),
-                run,
-            )?,
-            "esgz" => {
-                // Each layer has its own prioritized files.
-                let mut layers = Vec::new();
-                for (i, t) in self.tars.iter().enumerate() {
-                    let opts = WriterOptions {
-                        prioritized: self.prioritized[i].clone(),
-                        allow_missing_prioritized: true,
-                        ..WriterOptions::default()
-                    };
-                    layers.push(ringstar_image::build_layer(
-                        i,
-                        t,
-                        &LayerFormat::Estargz(opts),
-                    )?);
-                }
-                ringstar_image::assemble(layers, run)
-            }
-            other => anyhow::bail!("no variant {other:?} (org, esgz-noopt, esgz)"),
-        })
     }
 }

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! hellobench [--quick] [--images minbase,python3,gcc,node]
-//!            [--variants org,esgz-noopt,esgz] [--networks lo,wan]
+//!            [--variants org,esgz-noopt,esgz,esgz-ctr] [--networks lo,wan]
 //!            [--reps 3] [--peer /path/to/containerd-stargz-grpc]
 //!            [--out DIR] [--cache DIR] [--seed N]
 //! ```
@@ -148,7 +148,7 @@ fn run(mut args: Args) -> anyhow::Result<()> {
     // Images, built and pushed once (cached).
     let mut pushed = Vec::new();
     for spec in &specs {
-        let p = images::prepare(&args.cache, &world.registry.addr, spec, &args.variants)?;
+        let p = images::prepare(&mut world, &args.cache, spec, &args.variants)?;
         pushed.push(p);
     }
     if !args.scale.is_empty() {
@@ -188,12 +188,8 @@ fn run(mut args: Args) -> anyhow::Result<()> {
 /// Fails unless the tools that build the Debian images are there (when
 /// any is asked for).
 fn check_image_tools(images: &[String]) -> anyhow::Result<()> {
-    if images.iter().any(|i| i != "busybox") {
-        for bin in ["debootstrap", "strace"] {
-            if !which(bin) {
-                bail!("{bin} is needed to build the images (apt-get install debootstrap strace)");
-            }
-        }
+    if images.iter().any(|i| i != "busybox") && !which("debootstrap") {
+        bail!("debootstrap is needed to build the images (apt-get install debootstrap)");
     }
     Ok(())
 }
@@ -202,7 +198,7 @@ fn check_image_tools(images: &[String]) -> anyhow::Result<()> {
 fn check_variants(variants: &[String]) -> anyhow::Result<()> {
     for v in variants {
         if !VARIANTS.contains(&v.as_str()) {
-            bail!("no variant {v:?} (org, esgz-noopt, esgz)");
+            bail!("no variant {v:?} ({})", VARIANTS.join(", "));
         }
     }
     Ok(())

@@ -184,9 +184,63 @@ fn write_ratios(out: &mut String, cells: &BTreeMap<Key, Cell>) {
     );
     let _ = writeln!(out, "|---|---|---|---:|---:|---:|---:|---:|");
     for net in &nets {
-        for variant in ["esgz-noopt", "esgz"] {
+        for variant in ["esgz-noopt", "esgz", "esgz-ctr"] {
             write_ratio_group(out, cells, net, variant, &images);
         }
+    }
+    write_optimizer_comparison(out, cells, &nets, &images);
+}
+
+/// The two optimizers side by side: each snapshotter's total on the
+/// image `ringstar image optimize` made (`esgz`) over its total on the one
+/// `ctr-remote image optimize` made (`esgz-ctr`), when both ran.
+fn write_optimizer_comparison(
+    out: &mut String,
+    cells: &BTreeMap<Key, Cell>,
+    nets: &[String],
+    images: &[String],
+) {
+    let mut rows = Vec::new();
+    for net in nets {
+        for snap in ["ringstar", "peer"] {
+            let mut ratios = Vec::new();
+            for image in images {
+                let get = |v: &str| {
+                    cells
+                        .get(&(net.clone(), image.clone(), snap.into(), v.into()))
+                        .map(|c| c.total)
+                };
+                if let (Some(ours), Some(theirs)) = (get("esgz"), get("esgz-ctr")) {
+                    ratios.push(ours / theirs);
+                    rows.push(format!(
+                        "| {net} | {snap} | {image} | {ours:.2} | {theirs:.2} | {:.2}× |",
+                        ours / theirs
+                    ));
+                }
+            }
+            if !ratios.is_empty() {
+                rows.push(format!(
+                    "| {net} | {snap} | geomean | | | **{:.2}×** |",
+                    geomean(&ratios)
+                ));
+            }
+        }
+    }
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\nOptimizers: median total on `ringstar image optimize`'s image (esgz) over \
+         `ctr-remote image optimize`'s (esgz-ctr), same snapshotter:\n"
+    );
+    let _ = writeln!(
+        out,
+        "| network | snapshotter | image | esgz | esgz-ctr | esgz/esgz-ctr |"
+    );
+    let _ = writeln!(out, "|---|---|---|---:|---:|---:|");
+    for r in rows {
+        let _ = writeln!(out, "{r}");
     }
 }
 

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context as _, bail};
@@ -356,74 +356,9 @@ fn push(out: &mut Vec<u8>, e: tar::Entry, data: &[u8]) {
     out.resize(out.len() + tar::padding(data.len() as u64), 0);
 }
 
-/// `path` (absolute, as a process inside `root` names it) resolved inside
-/// `root`: symlinks followed as the chroot would, never leaving it. The
-/// result is relative to `root`.
-pub fn resolve_in_root(root: &Path, path: &str) -> Option<PathBuf> {
-    let mut todo: Vec<String> = Path::new(path)
-        .components()
-        .filter_map(|c| match c {
-            Component::Normal(n) => Some(n.to_string_lossy().into_owned()),
-            Component::ParentDir => Some("..".into()),
-            _ => None,
-        })
-        .rev()
-        .collect();
-    let mut at = PathBuf::new();
-    let mut hops = 0;
-    while let Some(c) = todo.pop() {
-        if c == ".." {
-            at.pop();
-            continue;
-        }
-        let next = at.join(&c);
-        let md = std::fs::symlink_metadata(root.join(&next)).ok()?;
-        if md.file_type().is_symlink() {
-            hops += 1;
-            if hops > 40 {
-                return None;
-            }
-            let target = std::fs::read_link(root.join(&next)).ok()?;
-            if target.is_absolute() {
-                at = PathBuf::new();
-            }
-            let mut parts: Vec<String> = target
-                .components()
-                .filter_map(|c| match c {
-                    Component::Normal(n) => Some(n.to_string_lossy().into_owned()),
-                    Component::ParentDir => Some("..".into()),
-                    _ => None,
-                })
-                .collect();
-            parts.reverse();
-            todo.extend(parts);
-        } else {
-            at = next;
-        }
-    }
-    Some(at)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn symlinks_resolve_inside_the_root() {
-        let d = tempfile_dir();
-        std::fs::create_dir_all(d.join("usr/lib")).unwrap();
-        std::fs::write(d.join("usr/lib/libx.so.1"), b"x").unwrap();
-        std::os::unix::fs::symlink("usr/lib", d.join("lib")).unwrap();
-        std::os::unix::fs::symlink("/usr/lib/libx.so.1", d.join("usr/lib/libx.so")).unwrap();
-        std::os::unix::fs::symlink("../../../../etc", d.join("usr/lib/up")).unwrap();
-        assert_eq!(
-            resolve_in_root(&d, "/lib/libx.so").unwrap(),
-            PathBuf::from("usr/lib/libx.so.1")
-        );
-        // Up past the root stays at the root.
-        assert!(resolve_in_root(&d, "/usr/lib/up/passwd").is_none());
-        let _ = std::fs::remove_dir_all(&d);
-    }
 
     #[test]
     fn overlay_whiteouts_become_oci_whiteouts() {

@@ -279,6 +279,14 @@ impl World {
         sh(self.ctr_cmd("ctr-remote").args(args))
     }
 
+    /// `ringstar image ARGS` (convert, optimize), its stdout.
+    pub fn ringstar_image(&self, args: &[&str]) -> anyhow::Result<String> {
+        sh(Command::new(&self.ringstar_cli)
+            .arg("image")
+            .args(args)
+            .stdin(Stdio::null()))
+    }
+
     /// Pulls `reference`: a normal pull for overlayfs, a lazy one for the
     /// lazy snapshotters (`ringstar image rpull` for ringstar, the peer's
     /// own tool, `ctr-remote image rpull`, for the peer).
