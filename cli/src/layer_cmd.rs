@@ -7,7 +7,7 @@ use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use ringstar_core::writer::{self, DEFAULT_COMPRESSION_LEVEL, WriterOptions};
+use ringstar_core::writer::{self, OutputFormat, WriterOptions};
 use ringstar_core::{Digest, Layer, OpenOptions, inspect};
 
 /// How eStargz layers are written (the reference's `--estargz-*` options
@@ -22,10 +22,15 @@ pub struct WriterArgs {
     /// cannot read such layers). 0: each file has its own.
     #[arg(long, default_value_t = 0)]
     pub min_chunk_size: u64,
-    /// gzip level 0-12 (libdeflate; 6 writes smaller layers than the
-    /// reference's default 9 of Go's gzip, in far less time).
-    #[arg(long, default_value_t = DEFAULT_COMPRESSION_LEVEL)]
-    pub level: i32,
+    /// gzip level 0-12 (libdeflate; default 6, which writes smaller
+    /// layers than the reference's default 9 of Go's gzip, in far less
+    /// time); with --zstdchunked, zstd's 1-22 (default 3).
+    #[arg(long)]
+    pub level: Option<i32>,
+    /// Write zstd:chunked (zstd frames, the TOC in a skippable frame)
+    /// instead of eStargz's gzip, as the reference's --zstdchunked.
+    #[arg(long)]
+    pub zstdchunked: bool,
     /// Files to put first, in order, before .prefetch.landmark (comma
     /// separated).
     #[arg(long, value_delimiter = ',')]
@@ -47,10 +52,16 @@ impl WriterArgs {
         if let Some(path) = &self.prioritized_files {
             prioritized.extend(read_list(path)?);
         }
+        let format = if self.zstdchunked {
+            OutputFormat::ZstdChunked
+        } else {
+            OutputFormat::Estargz
+        };
         Ok(WriterOptions {
             chunk_size: self.chunk_size,
             min_chunk_size: self.min_chunk_size,
-            compression_level: self.level,
+            format,
+            compression_level: self.level.unwrap_or(format.levels().1),
             prioritized,
             allow_missing_prioritized: allow_missing,
             threads: self

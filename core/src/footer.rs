@@ -24,7 +24,9 @@ pub const MAX_FOOTER_SIZE: usize = ESTARGZ_FOOTER_SIZE;
 
 const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 0x08, 0x04, 0, 0, 0, 0, 0, 0xff];
 const EMPTY_DEFLATE_AND_TRAILER: [u8; 13] = [0x01, 0x00, 0x00, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0];
-const ZSTD_SKIPPABLE_MAGIC: [u8; 4] = [0x50, 0x2a, 0x4d, 0x18];
+/// The magic number of the zstd skippable frame zstd:chunked wraps its
+/// TOC and footer in.
+pub const ZSTD_SKIPPABLE_MAGIC: [u8; 4] = [0x50, 0x2a, 0x4d, 0x18];
 const ZSTD_CHUNKED_MAGIC: [u8; 8] = *b"GnUlInUx";
 
 /// Which layout the blob has, and where its TOC is.

@@ -13,7 +13,7 @@ use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use ringstar_core::inspect::{self, Record};
 use ringstar_core::tar::{self, Entry, EntryType};
-use ringstar_core::writer::{self, WriterOptions};
+use ringstar_core::writer::{self, OutputFormat, WriterOptions};
 use ringstar_core::{Digest, Layer, OpenOptions};
 
 #[derive(Debug, Clone)]
@@ -267,6 +267,65 @@ proptest! {
         let layer = Layer::open(&blob[..], blob.len() as u64, &open).unwrap();
         prop_assert!(layer.tree.has_no_prefetch_landmark());
         check(&model, &inspect::inspect(&layer, &blob[..]))?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    /// zstd:chunked: our reader reads back every entry (TOC digest
+    /// checked), a plain zstd decoder skips the TOC and footer frames and
+    /// gives the tar the DiffID names, and the annotations locate the TOC.
+    #[test]
+    fn zstd_chunked_writer_then_reader(
+        specs in prop::collection::vec(spec(), 1..24),
+        chunk_size in prop_oneof![1u64..64, 64u64..2000, Just(4u64 << 20)],
+        level in 1i32..=9,
+    ) {
+        let (tar, model) = make_tar(&specs, "");
+        let opts = WriterOptions {
+            chunk_size,
+            format: OutputFormat::ZstdChunked,
+            compression_level: level,
+            ..WriterOptions::default()
+        };
+        let (blob, built) = writer::build_to_vec(&tar[..], &opts).unwrap();
+        prop_assert_eq!(built.blob_digest, Digest::of(&blob));
+        let all = zstd::decode_all(&blob[..]).unwrap();
+        prop_assert_eq!(built.diff_id, Digest::of(&all));
+        prop_assert_eq!(built.uncompressed_size, all.len() as u64);
+        let manifest = built.zstd_chunked.clone().expect("zstd:chunked annotations");
+        let pos: Vec<u64> = manifest.position.split(':').map(|n| n.parse().unwrap()).collect();
+        let frame = &blob[pos[0] as usize..(pos[0] + pos[1]) as usize];
+        prop_assert_eq!(manifest.checksum, Digest::of(frame));
+        prop_assert_eq!(Digest::of(&zstd::decode_all(frame).unwrap()), built.toc_digest);
+        prop_assert_eq!(pos[3], 1);
+        let open = OpenOptions { toc_digest: Some(built.toc_digest), ..OpenOptions::default() };
+        let layer = Layer::open(&blob[..], blob.len() as u64, &open).unwrap();
+        check(&model, &inspect::inspect(&layer, &blob[..]))?;
+    }
+}
+
+#[test]
+fn reference_reader_opens_our_zstd_chunked_layers() {
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    for _ in 0..6 {
+        let specs = prop::collection::vec(spec(), 1..16)
+            .new_tree(&mut runner)
+            .unwrap()
+            .current();
+        let (tar, _) = make_tar(&specs, "./");
+        for chunk_size in [7, 4 << 20] {
+            let opts = WriterOptions {
+                chunk_size,
+                format: OutputFormat::ZstdChunked,
+                compression_level: 3,
+                prioritized: vec![specs[0].path.clone()],
+                ..WriterOptions::default()
+            };
+            let (blob, built) = writer::build_to_vec(&tar[..], &opts).unwrap();
+            reference_check(&blob, built.toc_digest);
+        }
     }
 }
 

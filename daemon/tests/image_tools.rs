@@ -293,3 +293,78 @@ fn rpull_of_a_gzip_image_applies_each_layer_and_of_an_estargz_one_mounts_each() 
     let again = rpull_into(&w, "lib/lazy", "v1", "ringstar");
     assert_eq!(again.layers, lazy.layers);
 }
+
+/// `ringstar image convert --zstdchunked`'s output (here through the
+/// library it runs) is read lazily by both daemons: ringstar, through our
+/// rpull, and the reference, through ctr-remote. Neither downloads a
+/// layer, and the container sees the layers as they were (the whiteout
+/// included).
+#[test]
+fn zstd_chunked_images_are_pulled_lazily_by_ringstar_and_the_reference() {
+    let Some((_, reference)) = bench_parts() else {
+        return;
+    };
+    let mut w = World::start_with_reference(&reference);
+    w.push(
+        "lib/plain",
+        "v1",
+        &ringstar_image::LayerFormat::Gzip,
+        &["sh", "-c", world::SCRIPT],
+    );
+    let fetcher = Fetcher::new(FetcherConfig::default()).unwrap();
+    let src = ImageStore::repository(&fetcher, &w.registry.addr, "lib/plain");
+    let dst = ImageStore::repository(&fetcher, &w.registry.addr, "lib/zstd");
+    let opts = ConvertOptions {
+        writer: ringstar_core::writer::WriterOptions {
+            format: ringstar_core::writer::OutputFormat::ZstdChunked,
+            compression_level: ringstar_core::writer::DEFAULT_ZSTD_LEVEL,
+            ..Default::default()
+        },
+        jobs: 2,
+        cache: None,
+    };
+    let done = convert(
+        &src,
+        &RootRef::Tag("v1".into()),
+        &dst,
+        Some("v1"),
+        &opts,
+        &Silent,
+    )
+    .unwrap();
+    let layers = &done.manifests[0].1;
+    for l in layers {
+        let d = &l.descriptor;
+        assert_eq!(d.media_type, ringstar_image::media::OCI_LAYER_ZSTD);
+        assert!(
+            d.annotation(ringstar_image::media::ZSTD_CHUNKED_POSITION_ANNOTATION)
+                .is_some()
+        );
+        let blob = dst.blob_bytes(&d.digest, 64 << 20).unwrap();
+        ringstar_testkit::reference_reads(
+            &blob,
+            d.annotation(ringstar_image::TOC_DIGEST_ANNOTATION).unwrap(),
+        );
+    }
+    let digests = || layers.iter().map(|l| l.descriptor.digest.to_string());
+    let image = format!("{}/lib/zstd:v1", w.registry.addr);
+
+    w.rpull_on("stargz", &image);
+    let out = w.run_on("stargz", &image, &[]);
+    assert!(
+        out.contains("hello from ringstar") && out.contains("whiteout-applied"),
+        "{out}\n{}",
+        w.logs()
+    );
+    never_downloaded(&w, digests());
+
+    let pulled = rpull_into(&w, "lib/zstd", "v1", "ringstar");
+    assert!(pulled.layers.iter().all(|l| l.remote), "{pulled:?}");
+    let out = w.run_container(&image, &[]);
+    assert!(
+        out.contains("hello from ringstar") && out.contains("whiteout-applied"),
+        "{out}\n{}",
+        w.logs()
+    );
+    never_downloaded(&w, digests());
+}

@@ -26,6 +26,10 @@ pub const MANIFEST_ACCEPT: &[&str] = &[OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOC
 pub const TOC_DIGEST_ANNOTATION: &str = "containerd.io/snapshot/stargz/toc.digest";
 /// The decompressed size of an eStargz layer.
 pub const UNCOMPRESSED_SIZE_ANNOTATION: &str = "io.containers.estargz.uncompressed-size";
+/// zstd:chunked: sha256 of the compressed TOC frame.
+pub const ZSTD_CHUNKED_CHECKSUM_ANNOTATION: &str = "io.containers.zstd-chunked.manifest-checksum";
+/// zstd:chunked: `OFFSET:COMPRESSED:UNCOMPRESSED:1` of the TOC frame.
+pub const ZSTD_CHUNKED_POSITION_ANNOTATION: &str = "io.containers.zstd-chunked.manifest-position";
 /// The tag of a manifest in an OCI layout's `index.json`.
 pub const REF_NAME_ANNOTATION: &str = "org.opencontainers.image.ref.name";
 

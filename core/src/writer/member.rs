@@ -1,6 +1,6 @@
-//! gzip members and what the blob's trailer needs from them: uncompressed
-//! bytes gather in a buffer and become one member when a new one must
-//! start. Members are independent, so they are compressed in parallel
+//! Members (gzip members for eStargz, zstd frames for zstd:chunked) and
+//! what the blob's trailer needs from them: uncompressed bytes gather in a
+//! buffer and become one member when a new one must start. Members are independent, so they are compressed in parallel
 //! when threads are given, and written in order; a member's compressed
 //! offset is known once the members before it are written, so callers
 //! name members by index and ask for offsets at the end.
@@ -10,7 +10,7 @@ use std::io::{self, BufWriter, Write};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 
-use super::WriteError;
+use super::{OutputFormat, WriteError};
 use crate::digest::{Digest, Hasher};
 
 /// One member to compress: its index and uncompressed bytes.
@@ -25,11 +25,11 @@ struct Pool {
     threads: usize,
 }
 
-/// Writes gzip members in order; tracks the compressed offset of each,
-/// the blob digest and the DiffID (digest of everything uncompressed).
+/// Writes members in order; tracks the compressed offset of each, the
+/// blob digest and the DiffID (digest of everything uncompressed).
 pub(super) struct MemberWriter<W: Write> {
     out: BufWriter<W>,
-    compressor: libdeflater::Compressor,
+    codec: Codec,
     pool: Option<Pool>,
     pending: Vec<u8>,
     /// Index of the member `pending` becomes.
@@ -44,32 +44,52 @@ pub(super) struct MemberWriter<W: Write> {
     diff_hash: Hasher,
 }
 
-fn compressor(level: i32) -> Result<libdeflater::Compressor, WriteError> {
-    let lvl = libdeflater::CompressionLvl::new(level)
-        .map_err(|_| WriteError::Option(format!("compression level {level}")))?;
-    Ok(libdeflater::Compressor::new(lvl))
+/// One compressor of the blob's format.
+enum Codec {
+    Gzip(libdeflater::Compressor),
+    Zstd(zstd::bulk::Compressor<'static>),
 }
 
-fn gzip(c: &mut libdeflater::Compressor, data: &[u8]) -> io::Result<Vec<u8>> {
-    let mut out = vec![0u8; c.gzip_compress_bound(data.len())];
-    let n = c
-        .gzip_compress(data, &mut out)
-        .map_err(|e| io::Error::other(format!("gzip: {e}")))?;
-    out.truncate(n);
-    Ok(out)
+impl Codec {
+    fn new(format: OutputFormat, level: i32) -> Result<Codec, WriteError> {
+        let bad = || WriteError::Option(format!("compression level {level} for {format:?}"));
+        Ok(match format {
+            OutputFormat::Estargz => Codec::Gzip(libdeflater::Compressor::new(
+                libdeflater::CompressionLvl::new(level).map_err(|_| bad())?,
+            )),
+            OutputFormat::ZstdChunked => {
+                Codec::Zstd(zstd::bulk::Compressor::new(level).map_err(|_| bad())?)
+            }
+        })
+    }
+
+    /// `data` as one member: a gzip member or a zstd frame.
+    fn compress(&mut self, data: &[u8]) -> io::Result<Vec<u8>> {
+        match self {
+            Codec::Gzip(c) => {
+                let mut out = vec![0u8; c.gzip_compress_bound(data.len())];
+                let n = c
+                    .gzip_compress(data, &mut out)
+                    .map_err(|e| io::Error::other(format!("gzip: {e}")))?;
+                out.truncate(n);
+                Ok(out)
+            }
+            Codec::Zstd(c) => c.compress(data),
+        }
+    }
 }
 
 /// Starts `threads` compressors at `level`. They end when the job sender
 /// is dropped.
-fn start_pool(level: i32, threads: usize) -> Result<Pool, WriteError> {
+fn start_pool(format: OutputFormat, level: i32, threads: usize) -> Result<Pool, WriteError> {
     let (jobs_tx, jobs_rx) = sync_channel::<Job>(threads * 2);
     let (done_tx, done_rx) = std::sync::mpsc::channel::<Done>();
     let jobs_rx = Arc::new(Mutex::new(jobs_rx));
     for i in 0..threads {
-        let mut c = compressor(level)?;
+        let mut c = Codec::new(format, level)?;
         let (jobs, done) = (jobs_rx.clone(), done_tx.clone());
         std::thread::Builder::new()
-            .name(format!("gzip-{i}"))
+            .name(format!("compress-{i}"))
             .spawn(move || {
                 loop {
                     // The lock is held only to take a job off the channel.
@@ -78,7 +98,7 @@ fn start_pool(level: i32, threads: usize) -> Result<Pool, WriteError> {
                         .map_err(|_| ())
                         .and_then(|rx| rx.recv().map_err(|_| ()));
                     let Ok((index, data)) = job else { return };
-                    if done.send((index, gzip(&mut c, &data))).is_err() {
+                    if done.send((index, c.compress(&data))).is_err() {
                         return;
                     }
                 }
@@ -92,17 +112,22 @@ fn start_pool(level: i32, threads: usize) -> Result<Pool, WriteError> {
 }
 
 impl<W: Write> MemberWriter<W> {
-    /// A writer compressing at `level` on `threads` threads (0 or 1: on
-    /// the caller's).
-    pub(super) fn new(out: W, level: i32, threads: usize) -> Result<Self, WriteError> {
+    /// A writer compressing to `format` at `level` on `threads` threads
+    /// (0 or 1: on the caller's).
+    pub(super) fn new(
+        out: W,
+        format: OutputFormat,
+        level: i32,
+        threads: usize,
+    ) -> Result<Self, WriteError> {
         let pool = if threads > 1 {
-            Some(start_pool(level, threads)?)
+            Some(start_pool(format, level, threads)?)
         } else {
             None
         };
         Ok(MemberWriter {
             out: BufWriter::new(out),
-            compressor: compressor(level)?,
+            codec: Codec::new(format, level)?,
             pool,
             pending: Vec::new(),
             next_member: 0,
@@ -136,7 +161,7 @@ impl<W: Write> MemberWriter<W> {
         self.next_member += 1;
         let data = std::mem::take(&mut self.pending);
         let Some(pool) = &self.pool else {
-            let member = gzip(&mut self.compressor, &data)?;
+            let member = self.codec.compress(&data)?;
             return self.write_member(member);
         };
         // Members compressed but not written are bounded: a slow one

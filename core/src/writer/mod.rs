@@ -51,6 +51,32 @@ pub enum WriteError {
 /// of the time of libdeflate's 9, whose deeper match search crawls on
 /// repetitive files (3.3 s against 26.8 s on 2 cores).
 pub const DEFAULT_COMPRESSION_LEVEL: i32 = 6;
+/// The zstd level used for zstd:chunked unless asked otherwise: zstd's
+/// default, as the reference's `--zstdchunked-compression-level`.
+pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
+
+/// What kind of blob the writer makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OutputFormat {
+    /// eStargz: gzip members, the TOC as a tar entry in the last member,
+    /// the 51-byte gzip footer.
+    #[default]
+    Estargz,
+    /// zstd:chunked as the reference writes it: zstd frames, the TOC as
+    /// one zstd frame in a skippable frame, a 40-byte footer in another
+    /// (readers that do not know it decompress the tar and skip both).
+    ZstdChunked,
+}
+
+impl OutputFormat {
+    /// The levels the format's compressor takes, and its default.
+    pub fn levels(self) -> (std::ops::RangeInclusive<i32>, i32) {
+        match self {
+            OutputFormat::Estargz => (0..=12, DEFAULT_COMPRESSION_LEVEL),
+            OutputFormat::ZstdChunked => (1..=22, DEFAULT_ZSTD_LEVEL),
+        }
+    }
+}
 
 /// Build options.
 #[derive(Debug, Clone)]
@@ -62,7 +88,9 @@ pub struct WriterOptions {
     /// (TOC `innerOffset`). 0: every file starts its own, as the
     /// reference does by default.
     pub min_chunk_size: u64,
-    /// gzip level, 0 (store) to 12 (libdeflate's best).
+    pub format: OutputFormat,
+    /// gzip level, 0 (store) to 12 (libdeflate's best); zstd's 1 to 22
+    /// for zstd:chunked ([`OutputFormat::levels`]).
     pub compression_level: i32,
     /// Files to put first, in this order, before `.prefetch.landmark`.
     pub prioritized: Vec<String>,
@@ -77,6 +105,7 @@ impl Default for WriterOptions {
         WriterOptions {
             chunk_size: 4 << 20,
             min_chunk_size: 0,
+            format: OutputFormat::Estargz,
             compression_level: DEFAULT_COMPRESSION_LEVEL,
             prioritized: Vec::new(),
             allow_missing_prioritized: false,
@@ -99,6 +128,18 @@ pub struct Built {
     pub uncompressed_size: u64,
     /// Prioritized names that were not found (with `allow_missing_prioritized`).
     pub missing_prioritized: Vec<String>,
+    /// zstd:chunked's own descriptor annotations, for that format.
+    pub zstd_chunked: Option<ZstdChunkedManifest>,
+}
+
+/// Where a zstd:chunked blob keeps its TOC (the "manifest"), as the
+/// `io.containers.zstd-chunked.*` annotations say it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ZstdChunkedManifest {
+    /// sha256 of the compressed TOC frame (`…manifest-checksum`).
+    pub checksum: Digest,
+    /// `OFFSET:COMPRESSED:UNCOMPRESSED:1` (`…manifest-position`).
+    pub position: String,
 }
 
 /// Largest chunk size the writer takes: half of what a reader accepts as
@@ -147,7 +188,7 @@ pub fn build_from<R: Read>(
     opts: &WriterOptions,
 ) -> Result<Built, WriteError> {
     check_options(opts)?;
-    let mut w = MemberWriter::new(out, opts.compression_level, opts.threads)?;
+    let mut w = MemberWriter::new(out, opts.format, opts.compression_level, opts.threads)?;
     let mut toc = TocBuilder::default();
     let mut written: HashSet<String> = HashSet::new();
     let mut missing = Vec::new();
@@ -182,7 +223,13 @@ pub fn build_from<R: Read>(
         write_entry(&mut w, &mut toc, &entry, Payload::Stream(&mut tar), opts)?;
     }
     drain(tar.into_inner())?;
-    let toc_digest = write_toc(&mut w, toc)?;
+    let (toc_digest, zstd_chunked) = match opts.format {
+        OutputFormat::Estargz => (write_toc(&mut w, toc)?, None),
+        OutputFormat::ZstdChunked => {
+            let (digest, manifest) = write_zstd_toc(&mut w, toc, opts.compression_level)?;
+            (digest, Some(manifest))
+        }
+    };
     let (blob_size, blob_digest, diff_id, uncompressed_size) = w.close()?;
     Ok(Built {
         blob_size,
@@ -191,6 +238,7 @@ pub fn build_from<R: Read>(
         diff_id,
         uncompressed_size,
         missing_prioritized: missing,
+        zstd_chunked,
     })
 }
 
@@ -230,10 +278,11 @@ fn check_options(opts: &WriterOptions) -> Result<(), WriteError> {
             opts.chunk_size
         )));
     }
-    if !(0..=12).contains(&opts.compression_level) {
+    let (levels, _) = opts.format.levels();
+    if !levels.contains(&opts.compression_level) {
         return Err(WriteError::Option(format!(
-            "compression level {} is outside 0..=12",
-            opts.compression_level
+            "compression level {} is outside {levels:?} for {:?}",
+            opts.compression_level, opts.format
         )));
     }
     Ok(())
@@ -264,6 +313,44 @@ fn write_toc<W: Write>(w: &mut MemberWriter<W>, toc: TocBuilder) -> Result<Diges
     w.drain()?;
     w.write_raw(&Footer::Estargz { toc_offset }.encode())?;
     Ok(toc_digest)
+}
+
+/// zstd:chunked's trailer, as the reference writes it: the TOC JSON (not
+/// a tar entry, and no end-of-archive blocks: the payload's tar ends with
+/// its last entry) as one zstd frame inside a skippable frame, then the
+/// footer in another. Returns the TOC's digest (of the JSON) and the
+/// annotations that locate it.
+fn write_zstd_toc<W: Write>(
+    w: &mut MemberWriter<W>,
+    toc: TocBuilder,
+    level: i32,
+) -> Result<(Digest, ZstdChunkedManifest), WriteError> {
+    let entries: Vec<TocEntry<'static>> = toc.finish(w.drain()?);
+    let json = TocDocument {
+        version: 1,
+        entries,
+    }
+    .to_json();
+    let compressed = zstd::bulk::compress(&json, level)?;
+    let frame_len = u32::try_from(compressed.len())
+        .map_err(|_| WriteError::Option("the TOC does not fit a zstd skippable frame".into()))?;
+    w.write_raw(&crate::footer::ZSTD_SKIPPABLE_MAGIC)?;
+    w.write_raw(&frame_len.to_le_bytes())?;
+    let toc_offset = w.written();
+    w.write_raw(&compressed)?;
+    w.write_raw(
+        &Footer::ZstdChunked {
+            toc_offset,
+            toc_compressed_len: compressed.len() as u64,
+            toc_uncompressed_len: json.len() as u64,
+        }
+        .encode(),
+    )?;
+    let manifest = ZstdChunkedManifest {
+        checksum: Digest::of(&compressed),
+        position: format!("{toc_offset}:{}:{}:1", compressed.len(), json.len()),
+    };
+    Ok((Digest::of(&json), manifest))
 }
 
 /// [`build`] into memory.

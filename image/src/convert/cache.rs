@@ -18,6 +18,9 @@ pub struct Record {
     pub toc_digest: Digest,
     pub diff_id: Digest,
     pub uncompressed_size: u64,
+    /// zstd:chunked's TOC checksum and position annotations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zstd_chunked: Option<(Digest, String)>,
 }
 
 /// The records under one directory.
@@ -29,11 +32,12 @@ pub struct ConvertCache {
 /// The options that decide a conversion's bytes (not its threads).
 fn key(source: &Digest, opts: &WriterOptions) -> String {
     let mut k = format!(
-        "ringstar-convert v1\n{source}\n{}\n{}\n{}\n{}\n",
+        "ringstar-convert v1\n{source}\n{}\n{}\n{}\n{}\n{:?}\n",
         opts.chunk_size,
         opts.min_chunk_size,
         opts.compression_level,
-        opts.allow_missing_prioritized
+        opts.allow_missing_prioritized,
+        opts.format
     );
     for p in &opts.prioritized {
         k.push_str(p);
@@ -95,6 +99,7 @@ mod tests {
             toc_digest: Digest::of(b"toc"),
             diff_id: Digest::of(b"diff"),
             uncompressed_size: 9,
+            zstd_chunked: None,
         };
         c.put(&src, &opts, &r);
         let threads = WriterOptions {

@@ -12,8 +12,9 @@ use super::cache::Record;
 use super::progress::{Counted, LayerOutcome, LayerProgress, Progress};
 use crate::ImageError;
 use crate::media::{
-    Descriptor, OCI_LAYER_GZIP, TOC_DIGEST_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION, tar_layer,
-    to_oci,
+    Descriptor, OCI_LAYER_GZIP, OCI_LAYER_ZSTD, TOC_DIGEST_ANNOTATION,
+    UNCOMPRESSED_SIZE_ANNOTATION, ZSTD_CHUNKED_CHECKSUM_ANNOTATION,
+    ZSTD_CHUNKED_POSITION_ANNOTATION, tar_layer, to_oci,
 };
 use crate::store::ImageStore;
 
@@ -48,6 +49,24 @@ fn kept_because(layer: &Descriptor, plan: &LayerPlan) -> Option<&'static str> {
 fn converted_descriptor(layer: &Descriptor, r: &Record) -> Descriptor {
     let mut descriptor = layer.clone();
     descriptor.media_type = OCI_LAYER_GZIP.to_string();
+    // Annotations of the source's own format do not describe the new blob.
+    descriptor
+        .annotations
+        .remove(ZSTD_CHUNKED_CHECKSUM_ANNOTATION);
+    descriptor
+        .annotations
+        .remove(ZSTD_CHUNKED_POSITION_ANNOTATION);
+    if let Some((checksum, position)) = &r.zstd_chunked {
+        descriptor.media_type = OCI_LAYER_ZSTD.to_string();
+        descriptor.annotations.insert(
+            ZSTD_CHUNKED_CHECKSUM_ANNOTATION.into(),
+            checksum.to_string().into(),
+        );
+        descriptor.annotations.insert(
+            ZSTD_CHUNKED_POSITION_ANNOTATION.into(),
+            position.clone().into(),
+        );
+    }
     descriptor.digest = r.digest;
     descriptor.size = r.size;
     descriptor.annotations.insert(
@@ -159,6 +178,10 @@ fn stream_layer(
         toc_digest: built.toc_digest,
         diff_id: built.diff_id,
         uncompressed_size: built.uncompressed_size,
+        zstd_chunked: built
+            .zstd_chunked
+            .as_ref()
+            .map(|z| (z.checksum, z.position.clone())),
     };
     if let Some(c) = &opts.cache {
         c.put(&layer.digest, &plan.writer, &record);
