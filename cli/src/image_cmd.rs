@@ -161,6 +161,7 @@ fn convert_cmd(args: &ConvertArgs) -> anyhow::Result<()> {
             "digest": done.root.digest.to_string(),
             "media_type": done.root.media_type,
             "size": done.root.size,
+            "toc_image": done.toc_image.as_ref().map(|d| d.digest.to_string()),
             "manifests": done.manifests.iter().map(|(m, layers)| serde_json::json!({
                 "digest": m.digest.to_string(),
                 "layers": layers.iter().map(|l| serde_json::json!({

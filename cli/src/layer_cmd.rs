@@ -29,8 +29,13 @@ pub struct WriterArgs {
     pub level: Option<i32>,
     /// Write zstd:chunked (zstd frames, the TOC in a skippable frame)
     /// instead of eStargz's gzip, as the reference's --zstdchunked.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "external_toc")]
     pub zstdchunked: bool,
+    /// Keep each layer's TOC out of its blob, in a TOC image tagged
+    /// DST's tag + "-esgztoc" (the reference's --estargz-external-toc;
+    /// the daemon fetches it from there).
+    #[arg(long)]
+    pub external_toc: bool,
     /// Files to put first, in order, before .prefetch.landmark (comma
     /// separated).
     #[arg(long, value_delimiter = ',')]
@@ -54,6 +59,8 @@ impl WriterArgs {
         }
         let format = if self.zstdchunked {
             OutputFormat::ZstdChunked
+        } else if self.external_toc {
+            OutputFormat::ExternalToc
         } else {
             OutputFormat::Estargz
         };
@@ -108,6 +115,15 @@ pub fn convert_cmd(input: &PathBuf, output: &PathBuf, opts: &WriterOptions) -> a
     File::open(input).with_context(|| format!("opening {}", input.display()))?;
     let out = File::create(output).with_context(|| format!("creating {}", output.display()))?;
     let built = writer::build_from(|| File::open(input), BufWriter::new(out), opts)?;
+    // An external TOC beside the layer: OUT.toc (the TOC image's blob).
+    let toc_path = match &built.external_toc {
+        Some(toc) => {
+            let path = PathBuf::from(format!("{}.toc", output.display()));
+            std::fs::write(&path, toc).with_context(|| format!("writing {}", path.display()))?;
+            Some(path.display().to_string())
+        }
+        None => None,
+    };
     println!(
         "{}",
         serde_json::json!({
@@ -117,6 +133,7 @@ pub fn convert_cmd(input: &PathBuf, output: &PathBuf, opts: &WriterOptions) -> a
             "blob_size": built.blob_size,
             "uncompressed_size": built.uncompressed_size,
             "missing_prioritized": built.missing_prioritized,
+            "external_toc": toc_path,
         })
     );
     Ok(())

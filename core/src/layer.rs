@@ -335,13 +335,56 @@ impl Layer {
         }
         // The TOC is read in pieces and parsed as it inflates: nothing
         // here is sized by what the layer claims.
-        let (toc_digest, tree, toc_bytes) = if loc.start >= tail_start {
+        let parsed = if loc.start >= tail_start {
             let part = &tail[(loc.start - tail_start) as usize..(loc.end - tail_start) as usize];
             parse_toc(&loc, part, opts)?
         } else {
             let r = BlobReader::new(blob, loc.start, loc.end, BLOB_READ_PIECE);
             parse_toc(&loc, r, opts)?
         };
+        Layer::checked(footer, &loc, blob_size, parsed, opts, started)
+    }
+
+    /// Opens a layer whose footer says its TOC is elsewhere
+    /// ([`Error::ExternalToc`]), with that TOC: `toc_blob`, the blob of the
+    /// `-esgztoc` image (one gzip stream of a tar whose first entry is
+    /// `stargz.index.json`), checked against `opts.toc_digest` as a TOC in
+    /// the blob would be.
+    pub fn open_external_toc(
+        blob_size: u64,
+        toc_blob: &[u8],
+        opts: &OpenOptions,
+    ) -> Result<Layer, Error> {
+        let started = Instant::now();
+        let footer_start = blob_size
+            .checked_sub(Footer::ExternalToc.size() as u64)
+            .ok_or_else(|| Error::BadFooter(format!("a {blob_size}-byte blob has no footer")))?;
+        if toc_blob.len() as u64 > opts.max_toc_bytes {
+            return Err(Error::Limit(format!(
+                "external TOC blob of {} bytes",
+                toc_blob.len()
+            )));
+        }
+        let loc = TocLocation {
+            compression: Compression::Gzip,
+            start: 0,
+            end: toc_blob.len() as u64,
+            data_end: footer_start,
+            uncompressed_len: None,
+        };
+        let parsed = parse_toc(&loc, toc_blob, opts)?;
+        Layer::checked(Footer::ExternalToc, &loc, blob_size, parsed, opts, started)
+    }
+
+    /// The layer of a parsed TOC, once its digest is the one asked for.
+    fn checked(
+        footer: Footer,
+        loc: &TocLocation,
+        blob_size: u64,
+        (toc_digest, tree, toc_bytes): (Digest, LayerTree, u64),
+        opts: &OpenOptions,
+        started: Instant,
+    ) -> Result<Layer, Error> {
         if let Some(expected) = opts.toc_digest
             && expected != toc_digest
         {

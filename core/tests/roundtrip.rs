@@ -306,6 +306,38 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+    /// External TOC: the blob alone is recognised as such (not served);
+    /// with its TOC blob every entry reads back, the TOC digest checked;
+    /// the blob decompresses to the tar the DiffID names.
+    #[test]
+    fn external_toc_writer_then_reader(
+        specs in prop::collection::vec(spec(), 1..24),
+        chunk_size in prop_oneof![1u64..64, Just(4u64 << 20)],
+    ) {
+        let (tar, model) = make_tar(&specs, "");
+        let opts = WriterOptions {
+            chunk_size,
+            format: OutputFormat::ExternalToc,
+            ..WriterOptions::default()
+        };
+        let (blob, built) = writer::build_to_vec(&tar[..], &opts).unwrap();
+        let toc_blob = built.external_toc.clone().expect("a TOC blob");
+        let mut all = Vec::new();
+        flate2::read::MultiGzDecoder::new(&blob[..]).read_to_end(&mut all).unwrap();
+        prop_assert_eq!(built.diff_id, Digest::of(&all));
+        let open = OpenOptions { toc_digest: Some(built.toc_digest), ..OpenOptions::default() };
+        let alone = Layer::open(&blob[..], blob.len() as u64, &open);
+        prop_assert!(matches!(alone, Err(ringstar_core::Error::ExternalToc)));
+        let layer = Layer::open_external_toc(blob.len() as u64, &toc_blob, &open).unwrap();
+        check(&model, &inspect::inspect(&layer, &blob[..]))?;
+        let wrong = OpenOptions { toc_digest: Some(Digest::of(b"another")), ..OpenOptions::default() };
+        prop_assert!(Layer::open_external_toc(blob.len() as u64, &toc_blob, &wrong).is_err());
+    }
+}
+
 #[test]
 fn reference_reader_opens_our_zstd_chunked_layers() {
     let mut runner = proptest::test_runner::TestRunner::deterministic();

@@ -368,3 +368,102 @@ fn zstd_chunked_images_are_pulled_lazily_by_ringstar_and_the_reference() {
     );
     never_downloaded(&w, digests());
 }
+
+/// `ringstar image convert --external-toc` (the library it runs): the
+/// layers carry no TOC, the TOC image `v1-esgztoc` holds them, and
+/// ringstar finds each layer's TOC there, checks it and mounts the layer
+/// lazily. The same manifest under a tag with no TOC image falls back to
+/// a normal pull, and still runs. (Debian's reference, 0.12, predates
+/// external TOCs: nothing to compare with here.)
+#[test]
+fn external_toc_images_are_pulled_lazily_through_their_toc_image() {
+    let mut w = World::start();
+    w.push(
+        "lib/plain",
+        "v1",
+        &ringstar_image::LayerFormat::Gzip,
+        &["sh", "-c", world::SCRIPT],
+    );
+    let fetcher = Fetcher::new(FetcherConfig::default()).unwrap();
+    let src = ImageStore::repository(&fetcher, &w.registry.addr, "lib/plain");
+    let dst = ImageStore::repository(&fetcher, &w.registry.addr, "lib/ext");
+    let opts = ConvertOptions {
+        writer: ringstar_core::writer::WriterOptions {
+            format: ringstar_core::writer::OutputFormat::ExternalToc,
+            ..Default::default()
+        },
+        jobs: 2,
+        cache: None,
+    };
+    let done = convert(
+        &src,
+        &RootRef::Tag("v1".into()),
+        &dst,
+        Some("v1"),
+        &opts,
+        &Silent,
+    )
+    .unwrap();
+    let layers = &done.manifests[0].1;
+    let toc_image = done.toc_image.clone().expect("a TOC image");
+    let toc_doc = dst.root(&RootRef::Tag("v1-esgztoc".into())).unwrap();
+    assert_eq!(toc_doc.digest, toc_image.digest);
+    let toc_manifest: serde_json::Value = serde_json::from_slice(&toc_doc.bytes).unwrap();
+    for l in layers {
+        let d = &l.descriptor.digest;
+        let blob = dst.blob_bytes(d, 64 << 20).unwrap();
+        assert!(
+            blob.ends_with(
+                b"STARGZEXTERNALTOC\x01\x00\x00\xff\xff\x00\x00\x00\x00\x00\x00\x00\x00"
+            )
+        );
+        let listed = toc_manifest["layers"].as_array().unwrap().iter().any(|t| {
+            t["annotations"][ringstar_image::media::LAYER_DIGEST_ANNOTATION] == d.to_string()
+        });
+        assert!(listed, "no TOC for {d} in {toc_manifest}");
+    }
+    let digests = || layers.iter().map(|l| l.descriptor.digest.to_string());
+
+    let pulled = rpull_into(&w, "lib/ext", "v1", "ringstar");
+    assert!(
+        pulled.layers.iter().all(|l| l.remote),
+        "{pulled:?}\n{}",
+        w.logs()
+    );
+    let image = format!("{}/lib/ext:v1", w.registry.addr);
+    let out = w.run_container(&image, &[]);
+    assert!(
+        out.contains("hello from ringstar") && out.contains("whiteout-applied"),
+        "{out}\n{}",
+        w.logs()
+    );
+    never_downloaded(&w, digests());
+
+    // An image whose tag has no TOC image (its layer is one no pull here
+    // has seen): a normal pull, the layer being gzip.
+    let unique = ringstar_testkit::images::TarBuilder::default()
+        .file("only-here.txt", 0o644, b"a layer of its own\n")
+        .finish();
+    w.push_layers(
+        "lib/other",
+        "v1",
+        &[unique],
+        &ringstar_image::LayerFormat::Gzip,
+        &["true"],
+    );
+    let src = ImageStore::repository(&fetcher, &w.registry.addr, "lib/other");
+    let done = convert(
+        &src,
+        &RootRef::Tag("v1".into()),
+        &dst,
+        Some("elsewhere"),
+        &opts,
+        &Silent,
+    )
+    .unwrap();
+    let manifest = dst.document(&done.root).unwrap();
+    dst.put_document(&manifest.bytes, &manifest.media_type, Some("lonely"))
+        .unwrap();
+    let pulled = rpull_into(&w, "lib/ext", "lonely", "ringstar");
+    assert!(pulled.layers.iter().all(|l| !l.remote), "{pulled:?}");
+}

@@ -26,6 +26,11 @@ pub const MANIFEST_ACCEPT: &[&str] = &[OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOC
 pub const TOC_DIGEST_ANNOTATION: &str = "containerd.io/snapshot/stargz/toc.digest";
 /// The decompressed size of an eStargz layer.
 pub const UNCOMPRESSED_SIZE_ANNOTATION: &str = "io.containers.estargz.uncompressed-size";
+/// External TOC: on each layer of the `-esgztoc` image, the digest of
+/// the eStargz layer whose TOC it is.
+pub const LAYER_DIGEST_ANNOTATION: &str = "containerd.io/snapshot/stargz/layer.digest";
+/// What an image's TOC image adds to its tag.
+pub const TOC_IMAGE_SUFFIX: &str = "-esgztoc";
 /// zstd:chunked: sha256 of the compressed TOC frame.
 pub const ZSTD_CHUNKED_CHECKSUM_ANNOTATION: &str = "io.containers.zstd-chunked.manifest-checksum";
 /// zstd:chunked: `OFFSET:COMPRESSED:UNCOMPRESSED:1` of the TOC frame.

@@ -11,6 +11,7 @@ mod attr;
 pub mod chunks;
 mod dir;
 pub mod error;
+pub mod external_toc;
 mod flight;
 mod fs;
 mod inode;

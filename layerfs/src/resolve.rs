@@ -1,12 +1,14 @@
 //! Resolving a layer: where its blob is (mirrors, then the origin), its
-//! tail in one request (footer and TOC together when they fit), the TOC
-//! checked against the digest containerd passed, the tree built.
+//! tail in one request (footer and TOC together when they fit; a TOC kept
+//! outside the blob comes from the image's TOC image, `external_toc`),
+//! the TOC checked against the digest containerd passed, the tree built.
 
 use std::time::Instant;
 
 use ringstar_core::{Digest, Layer, OpenOptions};
 use ringstar_fetcher::{FetchError, Fetcher, Reference, RemoteBlob, ResolverConfig};
 
+use super::external_toc::{ExternalTocError, fetch_external_toc};
 use super::layer::RemoteLayer;
 
 /// A remote blob whose last bytes are at hand already: reads inside
@@ -80,6 +82,11 @@ pub enum ResolveError {
         digest: Digest,
         source: ringstar_core::Error,
     },
+    #[error("layer {digest}: its TOC is external: {source}")]
+    ExternalToc {
+        digest: Digest,
+        source: ExternalTocError,
+    },
 }
 
 impl ResolveError {
@@ -140,8 +147,19 @@ pub fn resolve(
         tail_bytes,
         ..OpenOptions::default()
     };
-    let layer = Layer::open(&blob, size, &options)
-        .map_err(|e| ResolveError::Layer { digest, source: e })?;
+    let layer = match Layer::open(&blob, size, &options) {
+        Err(ringstar_core::Error::ExternalToc) => {
+            // The TOC is in the image's TOC image: one more manifest and
+            // one more (small) blob.
+            let external = |source| ResolveError::ExternalToc { digest, source };
+            let max = usize::try_from(options.max_toc_bytes).unwrap_or(usize::MAX);
+            let toc = fetch_external_toc(fetcher, resolver, &source.reference, &digest, max)
+                .map_err(external)?;
+            Layer::open_external_toc(size, &toc, &options)
+        }
+        other => other,
+    }
+    .map_err(|e| ResolveError::Layer { digest, source: e })?;
     tracing::info!(
         layer = %digest,
         reference = %source.reference,

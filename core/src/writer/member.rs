@@ -54,9 +54,11 @@ impl Codec {
     fn new(format: OutputFormat, level: i32) -> Result<Codec, WriteError> {
         let bad = || WriteError::Option(format!("compression level {level} for {format:?}"));
         Ok(match format {
-            OutputFormat::Estargz => Codec::Gzip(libdeflater::Compressor::new(
-                libdeflater::CompressionLvl::new(level).map_err(|_| bad())?,
-            )),
+            OutputFormat::Estargz | OutputFormat::ExternalToc => {
+                Codec::Gzip(libdeflater::Compressor::new(
+                    libdeflater::CompressionLvl::new(level).map_err(|_| bad())?,
+                ))
+            }
             OutputFormat::ZstdChunked => {
                 Codec::Zstd(zstd::bulk::Compressor::new(level).map_err(|_| bad())?)
             }

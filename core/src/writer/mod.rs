@@ -66,13 +66,20 @@ pub enum OutputFormat {
     /// one zstd frame in a skippable frame, a 40-byte footer in another
     /// (readers that do not know it decompress the tar and skip both).
     ZstdChunked,
+    /// eStargz with an external TOC: the blob has the payload members and
+    /// the 46-byte `STARGZEXTERNALTOC` footer; the TOC goes into a blob of
+    /// its own ([`Built::external_toc`]), which converters put in the
+    /// image's `-esgztoc` image.
+    ExternalToc,
 }
 
 impl OutputFormat {
     /// The levels the format's compressor takes, and its default.
     pub fn levels(self) -> (std::ops::RangeInclusive<i32>, i32) {
         match self {
-            OutputFormat::Estargz => (0..=12, DEFAULT_COMPRESSION_LEVEL),
+            OutputFormat::Estargz | OutputFormat::ExternalToc => {
+                (0..=12, DEFAULT_COMPRESSION_LEVEL)
+            }
             OutputFormat::ZstdChunked => (1..=22, DEFAULT_ZSTD_LEVEL),
         }
     }
@@ -130,6 +137,9 @@ pub struct Built {
     pub missing_prioritized: Vec<String>,
     /// zstd:chunked's own descriptor annotations, for that format.
     pub zstd_chunked: Option<ZstdChunkedManifest>,
+    /// The TOC blob, for [`OutputFormat::ExternalToc`]: one gzip stream
+    /// of a tar holding `stargz.index.json`.
+    pub external_toc: Option<Vec<u8>>,
 }
 
 /// Where a zstd:chunked blob keeps its TOC (the "manifest"), as the
@@ -223,11 +233,18 @@ pub fn build_from<R: Read>(
         write_entry(&mut w, &mut toc, &entry, Payload::Stream(&mut tar), opts)?;
     }
     drain(tar.into_inner())?;
-    let (toc_digest, zstd_chunked) = match opts.format {
-        OutputFormat::Estargz => (write_toc(&mut w, toc)?, None),
+    let (mut zstd_chunked, mut external_toc) = (None, None);
+    let toc_digest = match opts.format {
+        OutputFormat::Estargz => write_toc(&mut w, toc)?,
         OutputFormat::ZstdChunked => {
             let (digest, manifest) = write_zstd_toc(&mut w, toc, opts.compression_level)?;
-            (digest, Some(manifest))
+            zstd_chunked = Some(manifest);
+            digest
+        }
+        OutputFormat::ExternalToc => {
+            let (digest, blob) = write_external_toc(&mut w, toc, opts.compression_level)?;
+            external_toc = Some(blob);
+            digest
         }
     };
     let (blob_size, blob_digest, diff_id, uncompressed_size) = w.close()?;
@@ -239,6 +256,7 @@ pub fn build_from<R: Read>(
         uncompressed_size,
         missing_prioritized: missing,
         zstd_chunked,
+        external_toc,
     })
 }
 
@@ -292,27 +310,61 @@ fn check_options(opts: &WriterOptions) -> Result<(), WriteError> {
 /// JSON and the end-of-archive blocks, one member) and the footer.
 /// Returns the TOC's digest.
 fn write_toc<W: Write>(w: &mut MemberWriter<W>, toc: TocBuilder) -> Result<Digest, WriteError> {
-    let entries: Vec<TocEntry<'static>> = toc.finish(w.drain()?);
+    let json = toc_json(w, toc)?;
     let toc_offset = w.written();
-    let json = TocDocument {
+    w.append(&toc_tar(&json));
+    w.drain()?;
+    w.write_raw(&Footer::Estargz { toc_offset }.encode())?;
+    Ok(Digest::of(&json))
+}
+
+/// Ends the last payload member; the TOC's JSON, every offset resolved.
+fn toc_json<W: Write>(w: &mut MemberWriter<W>, toc: TocBuilder) -> Result<Vec<u8>, WriteError> {
+    let entries: Vec<TocEntry<'static>> = toc.finish(w.drain()?);
+    Ok(TocDocument {
         version: 1,
         entries,
     }
-    .to_json();
-    let toc_digest = Digest::of(&json);
-    let toc_header = Entry {
+    .to_json())
+}
+
+/// The TOC as the tar the reference wraps it in: its header, the JSON,
+/// padding and the end-of-archive blocks.
+fn toc_tar(json: &[u8]) -> Vec<u8> {
+    let header = Entry {
         name: TOC_NAME.to_string(),
         entry_type: Some(EntryType::Reg),
         size: json.len() as u64,
         ..Entry::default()
     };
-    w.append(&tar::encode_header(&toc_header));
-    w.append(&json);
-    w.append(&vec![0u8; tar::padding(json.len() as u64)]);
-    w.append(&[0u8; 2 * tar::BLOCK]);
-    w.drain()?;
-    w.write_raw(&Footer::Estargz { toc_offset }.encode())?;
-    Ok(toc_digest)
+    let mut out = tar::encode_header(&header);
+    out.extend_from_slice(json);
+    out.resize(out.len() + tar::padding(json.len() as u64), 0);
+    out.extend_from_slice(&[0u8; 2 * tar::BLOCK]);
+    out
+}
+
+/// External TOC, as the reference writes it: the blob ends with the
+/// payload (no end-of-archive blocks) and the 46-byte footer; the TOC's
+/// tar, gzipped on its own, is returned as the TOC blob.
+fn write_external_toc<W: Write>(
+    w: &mut MemberWriter<W>,
+    toc: TocBuilder,
+    level: i32,
+) -> Result<(Digest, Vec<u8>), WriteError> {
+    let json = toc_json(w, toc)?;
+    w.write_raw(&Footer::ExternalToc.encode())?;
+    let tar = toc_tar(&json);
+    let mut c = libdeflater::Compressor::new(
+        libdeflater::CompressionLvl::new(level)
+            .map_err(|_| WriteError::Option(format!("compression level {level}")))?,
+    );
+    let mut blob = vec![0u8; c.gzip_compress_bound(tar.len())];
+    let n = c
+        .gzip_compress(&tar, &mut blob)
+        .map_err(|e| io::Error::other(format!("gzip: {e}")))?;
+    blob.truncate(n);
+    Ok((Digest::of(&json), blob))
 }
 
 /// zstd:chunked's trailer, as the reference writes it: the TOC JSON (not
@@ -325,12 +377,7 @@ fn write_zstd_toc<W: Write>(
     toc: TocBuilder,
     level: i32,
 ) -> Result<(Digest, ZstdChunkedManifest), WriteError> {
-    let entries: Vec<TocEntry<'static>> = toc.finish(w.drain()?);
-    let json = TocDocument {
-        version: 1,
-        entries,
-    }
-    .to_json();
+    let json = toc_json(w, toc)?;
     let compressed = zstd::bulk::compress(&json, level)?;
     let frame_len = u32::try_from(compressed.len())
         .map_err(|_| WriteError::Option("the TOC does not fit a zstd skippable frame".into()))?;

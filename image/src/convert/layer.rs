@@ -12,7 +12,7 @@ use super::cache::Record;
 use super::progress::{Counted, LayerOutcome, LayerProgress, Progress};
 use crate::ImageError;
 use crate::media::{
-    Descriptor, OCI_LAYER_GZIP, OCI_LAYER_ZSTD, TOC_DIGEST_ANNOTATION,
+    Descriptor, LAYER_DIGEST_ANNOTATION, OCI_LAYER_GZIP, OCI_LAYER_ZSTD, TOC_DIGEST_ANNOTATION,
     UNCOMPRESSED_SIZE_ANNOTATION, ZSTD_CHUNKED_CHECKSUM_ANNOTATION,
     ZSTD_CHUNKED_POSITION_ANNOTATION, tar_layer, to_oci,
 };
@@ -24,6 +24,9 @@ pub struct LayerOut {
     pub descriptor: Descriptor,
     /// Its new DiffID, when it changed.
     pub diff_id: Option<Digest>,
+    /// With an external TOC: the TOC blob (stored in the target), for the
+    /// TOC image.
+    pub external_toc: Option<Descriptor>,
 }
 
 /// How one layer is written.
@@ -102,6 +105,7 @@ pub(super) fn convert_layer(
         return Ok(LayerOut {
             descriptor: converted_descriptor(layer, &r),
             diff_id: Some(r.diff_id),
+            external_toc: None,
         });
     }
     if let Some(why) = kept_because(layer, plan) {
@@ -132,6 +136,7 @@ fn keep_layer(
     Ok(LayerOut {
         descriptor,
         diff_id: None,
+        external_toc: None,
     })
 }
 
@@ -183,15 +188,34 @@ fn stream_layer(
             .as_ref()
             .map(|z| (z.checksum, z.position.clone())),
     };
-    if let Some(c) = &opts.cache {
+    // An external TOC's blob is not recorded: such layers convert again.
+    if let Some(c) = &opts.cache
+        && built.external_toc.is_none()
+    {
         c.put(&layer.digest, &plan.writer, &record);
     }
     let descriptor = converted_descriptor(layer, &record);
+    let external_toc = match &built.external_toc {
+        Some(toc) => Some(Descriptor {
+            media_type: OCI_LAYER_GZIP.into(),
+            digest: dst.put_blob(toc)?,
+            size: toc.len() as u64,
+            annotations: [(
+                LAYER_DIGEST_ANNOTATION.to_string(),
+                digest.to_string().into(),
+            )]
+            .into_iter()
+            .collect(),
+            rest: Default::default(),
+        }),
+        None => None,
+    };
     if let Ok(mut p) = progress.lock() {
         p.finish(&LayerOutcome::Converted { digest, size });
     }
     Ok(LayerOut {
         descriptor,
         diff_id: Some(built.diff_id),
+        external_toc,
     })
 }

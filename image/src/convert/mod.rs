@@ -14,9 +14,11 @@ pub mod progress;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use ringstar_core::writer::WriterOptions;
+use ringstar_core::writer::{OutputFormat, WriterOptions};
 
-use crate::media::{Descriptor, DocumentKind, OCI_CONFIG, OCI_INDEX, OCI_MANIFEST, document_kind};
+use crate::media::{
+    Descriptor, DocumentKind, OCI_CONFIG, OCI_INDEX, OCI_MANIFEST, TOC_IMAGE_SUFFIX, document_kind,
+};
 use crate::store::{Document, ImageStore, RootRef};
 use crate::{ImageError, MAX_CONFIG_SIZE, MAX_INDEX_DEPTH};
 pub use cache::ConvertCache;
@@ -41,6 +43,8 @@ pub struct Converted {
     pub root: Descriptor,
     /// Every manifest written, with its layers.
     pub manifests: Vec<(Descriptor, Vec<LayerOut>)>,
+    /// With external TOCs: the TOC image (`TAG-esgztoc`).
+    pub toc_image: Option<Descriptor>,
 }
 
 /// Converts the image `src_root` of `src` into `dst`, tagged `dst_tag`.
@@ -61,11 +65,60 @@ pub fn convert(
         layer_files: None,
         manifests: Vec::new(),
     };
+    if opts.writer.format == OutputFormat::ExternalToc && dst_tag.is_none() {
+        return Err(ImageError::Invalid(
+            "an external TOC goes into DST's TAG-esgztoc image: DST needs a tag".into(),
+        ));
+    }
     let root = walk.document(&doc, dst_tag, 0)?;
+    let toc_image = match dst_tag {
+        Some(tag) if opts.writer.format == OutputFormat::ExternalToc => {
+            Some(put_toc_image(dst, tag, &walk.manifests)?)
+        }
+        _ => None,
+    };
     Ok(Converted {
         root,
         manifests: walk.manifests,
+        toc_image,
     })
+}
+
+/// The TOC image of an external-TOC conversion, as the reference makes
+/// it: one manifest (every platform's layers), an empty config, a layer
+/// per TOC blob (sorted by digest) annotated with its layer's digest,
+/// tagged `TAG-esgztoc`.
+fn put_toc_image(
+    dst: &ImageStore,
+    tag: &str,
+    manifests: &[(Descriptor, Vec<LayerOut>)],
+) -> Result<Descriptor, ImageError> {
+    let mut tocs: Vec<&Descriptor> = manifests
+        .iter()
+        .flat_map(|(_, layers)| layers.iter().filter_map(|l| l.external_toc.as_ref()))
+        .collect();
+    tocs.sort_by_key(|d| d.digest.to_string());
+    tocs.dedup_by_key(|d| d.digest);
+    let config = b"{}";
+    let config_digest = dst.put_blob(config)?;
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": Descriptor {
+            media_type: OCI_CONFIG.into(),
+            digest: config_digest,
+            size: config.len() as u64,
+            annotations: Default::default(),
+            rest: Default::default(),
+        },
+        "layers": tocs,
+    });
+    let bytes = serde_json::to_vec(&manifest)?;
+    dst.put_document(
+        &bytes,
+        OCI_MANIFEST,
+        Some(&format!("{tag}{TOC_IMAGE_SUFFIX}")),
+    )
 }
 
 /// Converts the one manifest `doc` of `src` into `dst` (tagged
