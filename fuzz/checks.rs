@@ -189,11 +189,14 @@ pub fn layer_toc(data: &[u8]) {
     if data.len() < 5 {
         return;
     }
-    let zstd = data[0] & 1 == 1;
+    // The TOC in a zstd:chunked frame, in the blob's gzip member, or in
+    // a TOC blob of its own (external TOC).
+    let (zstd, external) = (data[0] & 3 == 1, data[0] & 3 == 2);
     let json_len = u32::from_le_bytes(data[1..5].try_into().unwrap()) as usize;
     let rest = &data[5..];
     let (json, payload) = rest.split_at(json_len.min(rest.len()));
     let mut blob = payload.to_vec();
+    let mut toc_blob = None;
     if zstd {
         let frame = zstd_raw_frame(json);
         blob.extend_from_slice(&[0x50, 0x2a, 0x4d, 0x18]);
@@ -217,15 +220,24 @@ pub fn layer_toc(data: &[u8]) {
         });
         tar.extend_from_slice(json);
         tar.resize(tar.len() + tar::padding(json.len() as u64) + 1024, 0);
-        let toc_offset = blob.len() as u64;
-        blob.extend_from_slice(&gzip_stored(&tar));
-        blob.extend_from_slice(&Footer::Estargz { toc_offset }.encode());
+        if external {
+            toc_blob = Some(gzip_stored(&tar));
+            blob.extend_from_slice(&Footer::ExternalToc.encode());
+        } else {
+            let toc_offset = blob.len() as u64;
+            blob.extend_from_slice(&gzip_stored(&tar));
+            blob.extend_from_slice(&Footer::Estargz { toc_offset }.encode());
+        }
     }
     let opts = OpenOptions {
         toc_digest: Some(Digest::of(json)),
         ..OpenOptions::default()
     };
-    let Ok(layer) = Layer::open(&blob[..], blob.len() as u64, &opts) else {
+    let opened = match &toc_blob {
+        Some(toc) => Layer::open_external_toc(blob.len() as u64, toc, &opts),
+        None => Layer::open(&blob[..], blob.len() as u64, &opts),
+    };
+    let Ok(layer) = opened else {
         return;
     };
     check_tree(&layer.tree, layer.data_end, layer.compression);
