@@ -6,11 +6,10 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use ringstar_image::convert::{ConvertCache, ConvertOptions};
+use ringstar_image::ImageRef;
 use ringstar_image::optimize::{
     DEFAULT_PERIOD, OptimizeOptions, RunEnd, SandboxOptions, WorkloadOverrides, optimize,
 };
-use ringstar_image::{ImageRef, RootRef};
 
 use crate::layer_cmd::WriterArgs;
 use crate::registry_args::RegistryArgs;
@@ -82,21 +81,9 @@ pub fn optimize_cmd(args: &OptimizeArgs) -> anyhow::Result<()> {
     let fetcher = args.registry.fetcher()?;
     let (src, src_root) = args.registry.open(&fetcher, &args.src, false)?;
     let (dst, dst_root) = args.registry.open(&fetcher, &args.dst, true)?;
-    let tag = match &dst_root {
-        RootRef::Tag(t) => Some(t.clone()),
-        RootRef::Only => Some("latest".to_string()),
-        RootRef::Digest(_) => None,
-    };
+    let tag = crate::image_cmd::dst_tag(&dst_root);
     let opts = OptimizeOptions {
-        convert: ConvertOptions {
-            writer: args.writer.options(true)?,
-            jobs: args.jobs,
-            cache: if args.no_cache {
-                None
-            } else {
-                ConvertCache::user()
-            },
-        },
+        convert: crate::image_cmd::convert_options(&args.writer, args.jobs, args.no_cache)?,
         platform: args
             .platform
             .clone()

@@ -294,17 +294,19 @@ fn rpull_of_a_gzip_image_applies_each_layer_and_of_an_estargz_one_mounts_each() 
     assert_eq!(again.layers, lazy.layers);
 }
 
-/// `ringstar image convert --zstdchunked`'s output (here through the
-/// library it runs) is read lazily by both daemons: ringstar, through our
-/// rpull, and the reference, through ctr-remote. Neither downloads a
-/// layer, and the container sees the layers as they were (the whiteout
-/// included).
-#[test]
-fn zstd_chunked_images_are_pulled_lazily_by_ringstar_and_the_reference() {
-    let Some((_, reference)) = bench_parts() else {
-        return;
-    };
-    let mut w = World::start_with_reference(&reference);
+/// Pushes the test image (busybox layers, gzip) as `lib/plain:v1` and
+/// converts it into `dst_repo:v1` in `format`; returns the target, the
+/// options used and what was converted.
+fn convert_world_image(
+    w: &World,
+    dst_repo: &str,
+    format: ringstar_core::writer::OutputFormat,
+    level: i32,
+) -> (
+    ImageStore,
+    ConvertOptions,
+    ringstar_image::convert::Converted,
+) {
     w.push(
         "lib/plain",
         "v1",
@@ -313,11 +315,11 @@ fn zstd_chunked_images_are_pulled_lazily_by_ringstar_and_the_reference() {
     );
     let fetcher = Fetcher::new(FetcherConfig::default()).unwrap();
     let src = ImageStore::repository(&fetcher, &w.registry.addr, "lib/plain");
-    let dst = ImageStore::repository(&fetcher, &w.registry.addr, "lib/zstd");
+    let dst = ImageStore::repository(&fetcher, &w.registry.addr, dst_repo);
     let opts = ConvertOptions {
         writer: ringstar_core::writer::WriterOptions {
-            format: ringstar_core::writer::OutputFormat::ZstdChunked,
-            compression_level: ringstar_core::writer::DEFAULT_ZSTD_LEVEL,
+            format,
+            compression_level: level,
             ..Default::default()
         },
         jobs: 2,
@@ -332,6 +334,26 @@ fn zstd_chunked_images_are_pulled_lazily_by_ringstar_and_the_reference() {
         &Silent,
     )
     .unwrap();
+    (dst, opts, done)
+}
+
+/// `ringstar image convert --zstdchunked`'s output (here through the
+/// library it runs) is read lazily by both daemons: ringstar, through our
+/// rpull, and the reference, through ctr-remote. Neither downloads a
+/// layer, and the container sees the layers as they were (the whiteout
+/// included).
+#[test]
+fn zstd_chunked_images_are_pulled_lazily_by_ringstar_and_the_reference() {
+    let Some((_, reference)) = bench_parts() else {
+        return;
+    };
+    let mut w = World::start_with_reference(&reference);
+    let (dst, _, done) = convert_world_image(
+        &w,
+        "lib/zstd",
+        ringstar_core::writer::OutputFormat::ZstdChunked,
+        ringstar_core::writer::DEFAULT_ZSTD_LEVEL,
+    );
     let layers = &done.manifests[0].1;
     for l in layers {
         let d = &l.descriptor;
@@ -378,32 +400,12 @@ fn zstd_chunked_images_are_pulled_lazily_by_ringstar_and_the_reference() {
 #[test]
 fn external_toc_images_are_pulled_lazily_through_their_toc_image() {
     let mut w = World::start();
-    w.push(
-        "lib/plain",
-        "v1",
-        &ringstar_image::LayerFormat::Gzip,
-        &["sh", "-c", world::SCRIPT],
+    let (dst, opts, done) = convert_world_image(
+        &w,
+        "lib/ext",
+        ringstar_core::writer::OutputFormat::ExternalToc,
+        ringstar_core::writer::DEFAULT_COMPRESSION_LEVEL,
     );
-    let fetcher = Fetcher::new(FetcherConfig::default()).unwrap();
-    let src = ImageStore::repository(&fetcher, &w.registry.addr, "lib/plain");
-    let dst = ImageStore::repository(&fetcher, &w.registry.addr, "lib/ext");
-    let opts = ConvertOptions {
-        writer: ringstar_core::writer::WriterOptions {
-            format: ringstar_core::writer::OutputFormat::ExternalToc,
-            ..Default::default()
-        },
-        jobs: 2,
-        cache: None,
-    };
-    let done = convert(
-        &src,
-        &RootRef::Tag("v1".into()),
-        &dst,
-        Some("v1"),
-        &opts,
-        &Silent,
-    )
-    .unwrap();
     let layers = &done.manifests[0].1;
     let toc_image = done.toc_image.clone().expect("a TOC image");
     let toc_doc = dst.root(&RootRef::Tag("v1-esgztoc".into())).unwrap();
@@ -451,6 +453,7 @@ fn external_toc_images_are_pulled_lazily_through_their_toc_image() {
         &ringstar_image::LayerFormat::Gzip,
         &["true"],
     );
+    let fetcher = Fetcher::new(FetcherConfig::default()).unwrap();
     let src = ImageStore::repository(&fetcher, &w.registry.addr, "lib/other");
     let done = convert(
         &src,
