@@ -9,8 +9,8 @@
 
 use std::time::Instant;
 
-use ringstar_image::convert::{ConvertCache, ConvertOptions, convert};
-use ringstar_image::{ImageRef, RootRef};
+use ringstar_image::ImageRef;
+use ringstar_image::convert::convert;
 
 use crate::layer_cmd::WriterArgs;
 use crate::registry_args::RegistryArgs;
@@ -87,32 +87,6 @@ pub fn image_cmd(cmd: &ImageCommand) -> anyhow::Result<()> {
     }
 }
 
-/// The tag a result is stored under, as DST names it: "latest" when it
-/// names none (a layout lists it in index.json under that); a DST by
-/// digest is not tagged.
-pub(crate) fn dst_tag(root: &RootRef) -> Option<String> {
-    match root {
-        RootRef::Tag(t) => Some(t.clone()),
-        RootRef::Only => Some("latest".to_string()),
-        RootRef::Digest(_) => None,
-    }
-}
-
-/// How convert and optimize convert: the writer's options (prioritized
-/// files may be missing from a layer), `jobs` layers at once, the user's
-/// conversion cache unless `no_cache`.
-pub(crate) fn convert_options(
-    writer: &WriterArgs,
-    jobs: usize,
-    no_cache: bool,
-) -> anyhow::Result<ConvertOptions> {
-    Ok(ConvertOptions {
-        writer: writer.options(true)?,
-        jobs,
-        cache: if no_cache { None } else { ConvertCache::user() },
-    })
-}
-
 fn rpull_cmd(args: &RpullArgs) -> anyhow::Result<()> {
     use ringstar_image::rpull::{RpullOptions, rpull};
     let fetcher = args.registry.fetcher()?;
@@ -155,8 +129,8 @@ fn convert_cmd(args: &ConvertArgs) -> anyhow::Result<()> {
     let fetcher = args.registry.fetcher()?;
     let (src, src_root) = args.registry.open(&fetcher, &args.src, false)?;
     let (dst, dst_root) = args.registry.open(&fetcher, &args.dst, true)?;
-    let tag = dst_tag(&dst_root);
-    let opts = convert_options(&args.writer, args.jobs, args.no_cache)?;
+    let tag = crate::image_opts::dst_tag(&dst_root);
+    let opts = crate::image_opts::convert_options(&args.writer, args.jobs, args.no_cache)?;
     let started = Instant::now();
     let progress = crate::progress::Shown::new();
     let done = convert(&src, &src_root, &dst, tag.as_deref(), &opts, &progress)?;

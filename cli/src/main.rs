@@ -11,6 +11,7 @@
 //!   and pushed.
 
 mod image_cmd;
+mod image_opts;
 mod layer_cmd;
 mod mount_cmd;
 mod optimize_cmd;

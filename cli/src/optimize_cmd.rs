@@ -81,9 +81,9 @@ pub fn optimize_cmd(args: &OptimizeArgs) -> anyhow::Result<()> {
     let fetcher = args.registry.fetcher()?;
     let (src, src_root) = args.registry.open(&fetcher, &args.src, false)?;
     let (dst, dst_root) = args.registry.open(&fetcher, &args.dst, true)?;
-    let tag = crate::image_cmd::dst_tag(&dst_root);
+    let tag = crate::image_opts::dst_tag(&dst_root);
     let opts = OptimizeOptions {
-        convert: crate::image_cmd::convert_options(&args.writer, args.jobs, args.no_cache)?,
+        convert: crate::image_opts::convert_options(&args.writer, args.jobs, args.no_cache)?,
         platform: args
             .platform
             .clone()
