@@ -44,6 +44,7 @@ fi
 # Debian's parts the tests run for real: docker-registry (fetcher, layer
 # filesystem), containerd + runc + ctr-remote (the snapshotter end to end),
 # busybox-static (the test images), protoc (containerd's snapshots API),
+# podman (ringstar-store, the additional layer store),
 # valgrind (the performance gate counts instructions with callgrind).
 . scripts/debian-packages.sh
 step "Debian packages"

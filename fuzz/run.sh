@@ -8,7 +8,7 @@ cd "$(dirname "$0")"
 secs=${1:-60}
 [ $# -gt 0 ] && shift
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(footer toc tar_header layer_open chunk_inflate layer_toc exec_file fuse_request registry_answer token_answer docker_config config)
+[ ${#targets[@]} -gt 0 ] || targets=(footer toc tar_header layer_open chunk_inflate layer_toc exec_file fuse_request registry_answer token_answer docker_config config image_layers)
 python3 seed-corpus.py >/dev/null
 # cargo-fuzz passes nightly-only flags (-Zsanitizer); the stable compiler
 # accepts them with RUSTC_BOOTSTRAP=1.

@@ -8,10 +8,12 @@
 # Returns 1 (installing nothing) when not root or without apt-get.
 
 # What ringstar's end-to-end runs use: the registry, containerd with runc
-# and ctr-remote, protoc for containerd's API, a static busybox for images.
+# and ctr-remote, protoc for containerd's API, a static busybox for images,
+# podman (ringstar-store, the additional layer store).
 RINGSTAR_RUNTIME_PACKAGES=(
   docker-registry=docker-registry containerd=containerd runc=runc
   ctr-remote=stargz-snapshotter protoc=protobuf-compiler busybox-static
+  podman=podman netavark
 )
 
 need_debian_packages() {

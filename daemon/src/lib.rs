@@ -18,6 +18,7 @@ pub mod error;
 pub mod filter;
 pub mod grpc;
 pub mod metadata;
+pub mod plane;
 pub mod remote;
 pub mod settings;
 pub mod snapshots;

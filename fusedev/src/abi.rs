@@ -147,6 +147,7 @@ abi_struct!(EntryOut, 128, {
 abi_struct!(AttrOut, 104, { attr_valid: u64 = 0, attr_valid_nsec: u32 = 8, dummy: u32 = 12, attr: Attr = 16 });
 abi_struct!(GetattrIn, 16, { getattr_flags: u32 = 0, dummy: u32 = 4, fh: u64 = 8 });
 abi_struct!(OpenIn, 8, { flags: u32 = 0, open_flags: u32 = 4 });
+abi_struct!(CreateIn, 16, { flags: u32 = 0, mode: u32 = 4, umask: u32 = 8, open_flags: u32 = 12 });
 abi_struct!(OpenOut, 16, { fh: u64 = 0, open_flags: u32 = 8, backing_id: i32 = 12 });
 abi_struct!(ReadIn, 40, {
     fh: u64 = 0, offset: u64 = 8, size: u32 = 16, read_flags: u32 = 20, lock_owner: u64 = 24, flags: u32 = 32,

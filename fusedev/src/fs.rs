@@ -202,6 +202,26 @@ pub trait Filesystem: Send + Sync + 'static {
 
     fn releasedir(&self, _ctx: &Ctx, _ino: Ino, _fh: FileHandle) {}
 
+    /// Creates and opens `name` in `parent` (open with O_CREAT of a name
+    /// the lookup did not find). Only a mount made writable
+    /// (`MountOptions::read_only` off) gets here.
+    fn create(
+        &self,
+        _ctx: &Ctx,
+        _parent: Ino,
+        _name: &OsStr,
+        _mode: u32,
+        _flags: u32,
+    ) -> Result<(Entry, Opened), Errno> {
+        Err(Errno::EROFS)
+    }
+
+    /// Removes directory `name` of `parent`. As [`Filesystem::create`],
+    /// only on a writable mount.
+    fn rmdir(&self, _ctx: &Ctx, _parent: Ino, _name: &OsStr) -> Result<(), Errno> {
+        Err(Errno::EROFS)
+    }
+
     fn statfs(&self, _ctx: &Ctx, _ino: Ino) -> Result<Statfs, Errno> {
         Ok(Statfs {
             bsize: 4096,

@@ -128,6 +128,11 @@ pub struct MountOptions {
     /// non-blocking and polled with a stop eventfd, and the cloned
     /// channels are kept so all of them can go to a keeper.
     pub takeover: bool,
+    /// Mount read-only (`MS_RDONLY`): the kernel refuses every change
+    /// before it reaches the filesystem. Off only for a filesystem that
+    /// takes [`crate::Filesystem::create`] or `rmdir` as signals (the
+    /// additional layer store's `use` and release).
+    pub read_only: bool,
 }
 
 impl Default for MountOptions {
@@ -143,6 +148,7 @@ impl Default for MountOptions {
             passthrough: true,
             pin_threads: true,
             takeover: false,
+            read_only: true,
         }
     }
 }

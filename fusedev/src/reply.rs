@@ -40,6 +40,19 @@ fn put<T: IntoBytes + zerocopy::Immutable>(out: &mut [u8], v: &T) -> Outcome {
     }
 }
 
+/// Two structs one after the other (CREATE's entry and open).
+fn put_pair(out: &mut [u8], a: &[u8], b: &[u8]) -> Outcome {
+    let n = a.len() + b.len();
+    match out.get_mut(..n) {
+        Some(dst) => {
+            dst[..a.len()].copy_from_slice(a);
+            dst[a.len()..].copy_from_slice(b);
+            Outcome::Reply(n)
+        }
+        None => Outcome::Error(Errno::EIO),
+    }
+}
+
 fn open_out(o: &Opened) -> abi::OpenOut {
     let mut flags = 0;
     if o.keep_cache {
@@ -151,6 +164,13 @@ pub(crate) fn dispatch<F: Filesystem + ?Sized>(
         Operation::Listxattr { size } => {
             result(fs.listxattr(ctx, ino).map(|v| sized_reply(out, &v, *size)))
         }
+        Operation::Create { name, flags, mode } => {
+            result(fs.create(ctx, ino, name, *mode, *flags).map(|(e, o)| {
+                let (entry, open) = (entry_out(&e), open_out(&o));
+                put_pair(out, entry.as_bytes(), open.as_bytes())
+            }))
+        }
+        Operation::Rmdir { name } => result(fs.rmdir(ctx, ino, name).map(|()| Outcome::Reply(0))),
         Operation::Modify => Outcome::Error(Errno::EROFS),
         // INIT is the session's; INTERRUPT is handled before dispatch.
         Operation::Init(_) | Operation::Interrupt { .. } => Outcome::NoReply,

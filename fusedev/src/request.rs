@@ -82,6 +82,15 @@ pub enum Operation<'a> {
     Releasedir {
         fh: FileHandle,
     },
+    /// Open with O_CREAT of a name the lookup did not find.
+    Create {
+        name: &'a OsStr,
+        flags: u32,
+        mode: u32,
+    },
+    Rmdir {
+        name: &'a OsStr,
+    },
     Interrupt {
         unique: Unique,
     },
@@ -114,6 +123,8 @@ impl Operation<'_> {
             Operation::Readdir { plus: false, .. } => "READDIR",
             Operation::Readdir { plus: true, .. } => "READDIRPLUS",
             Operation::Releasedir { .. } => "RELEASEDIR",
+            Operation::Create { .. } => "CREATE",
+            Operation::Rmdir { .. } => "RMDIR",
             Operation::Interrupt { .. } => "INTERRUPT",
             Operation::Destroy => "DESTROY",
             Operation::Modify => "MODIFY",
@@ -158,6 +169,7 @@ fn arg0_size(opcode: u32) -> usize {
         opcode::RELEASE | opcode::RELEASEDIR => size_of::<abi::ReleaseIn>(),
         opcode::GETXATTR | opcode::LISTXATTR => size_of::<abi::GetxattrIn>(),
         opcode::INTERRUPT => size_of::<abi::InterruptIn>(),
+        opcode::CREATE => size_of::<abi::CreateIn>(),
         _ => 0,
     }
 }
@@ -244,22 +256,37 @@ fn operation<'a>(op: u32, arg0: &'a [u8], rest: &'a [u8]) -> Result<Operation<'a
             unique: Unique(arg::<abi::InterruptIn>(op, arg0)?.unique),
         },
         opcode::DESTROY => Operation::Destroy,
+        opcode::CREATE => create(arg0, rest)?,
+        opcode::RMDIR => Operation::Rmdir {
+            name: name(op, rest)?,
+        },
         opcode::SETATTR
         | opcode::SYMLINK
         | opcode::MKNOD
         | opcode::MKDIR
         | opcode::UNLINK
-        | opcode::RMDIR
         | opcode::RENAME
         | opcode::LINK
         | opcode::WRITE
         | opcode::SETXATTR
         | opcode::REMOVEXATTR
-        | opcode::CREATE
         | opcode::FALLOCATE
         | opcode::RENAME2
         | opcode::TMPFILE => Operation::Modify,
         _ => Operation::Unsupported,
+    })
+}
+
+/// CREATE: its flags and mode in `arg0`, the name in `rest`. Out of line:
+/// rare, and `operation` is a hot path.
+#[inline(never)]
+fn create<'a>(arg0: &[u8], rest: &'a [u8]) -> Result<Operation<'a>, DecodeError> {
+    let op = opcode::CREATE;
+    let a: abi::CreateIn = arg(op, arg0)?;
+    Ok(Operation::Create {
+        name: name(op, rest)?,
+        flags: a.flags,
+        mode: a.mode,
     })
 }
 
@@ -374,6 +401,26 @@ mod tests {
         assert_eq!(
             decode_classic(&message(opcode::MKDIR, b"")).unwrap().op,
             Operation::Modify
+        );
+        assert!(decode_classic(&message(opcode::CREATE, &[0; 15])).is_err());
+        let mut c = abi::CreateIn::new_zeroed();
+        c.flags = 0o1101;
+        c.mode = 0o100644;
+        let mut body = c.as_bytes().to_vec();
+        body.extend_from_slice(b"use\0");
+        assert_eq!(
+            decode_classic(&message(opcode::CREATE, &body)).unwrap().op,
+            Operation::Create {
+                name: OsStr::new("use"),
+                flags: 0o1101,
+                mode: 0o100644
+            }
+        );
+        assert_eq!(
+            decode_classic(&message(opcode::RMDIR, b"d\0")).unwrap().op,
+            Operation::Rmdir {
+                name: OsStr::new("d")
+            }
         );
         assert_eq!(
             decode_classic(&message(9999, b"")).unwrap().op,

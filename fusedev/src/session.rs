@@ -94,7 +94,7 @@ fn mount_fuse(mountpoint: &Path, opts: &MountOptions) -> io::Result<(Arc<File>, 
         &opts.fsname,
         mountpoint,
         &format!("fuse.{}", opts.subtype),
-        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_RDONLY,
+        libc::MS_NOSUID | libc::MS_NODEV | if opts.read_only { libc::MS_RDONLY } else { 0 },
         &data,
     )?;
     let conn_id = connection_id(mountpoint);

@@ -711,6 +711,43 @@ fn close_sends_flush_once(t: TransportChoice) {
     s.unmount().unwrap();
 }
 
+/// A read-only mount (the default) refuses creating and removing in the
+/// kernel; a writable one hands CREATE and RMDIR to the filesystem, and
+/// its answer (ENOENT here) is what the caller gets.
+fn writable_mount_passes_create_and_rmdir(t: TransportChoice) {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path();
+    let fs_ = Arc::new(TestFs::new());
+    let s = mount(fs_.clone(), mnt, t);
+    assert_eq!(
+        errno(fs::File::create(mnt.join("sub/use"))),
+        Some(libc::EROFS)
+    );
+    assert_eq!(errno(fs::remove_dir(mnt.join("sub"))), Some(libc::EROFS));
+    assert!(fs_.changes.lock().unwrap().is_empty());
+    s.unmount().unwrap();
+
+    let opts = MountOptions {
+        read_only: false,
+        ..MountOptions::default()
+    };
+    let s = mount_with(fs_.clone(), mnt, t, opts);
+    assert_eq!(
+        errno(fs::File::create(mnt.join("sub/use"))),
+        Some(libc::ENOENT)
+    );
+    assert_eq!(errno(fs::remove_dir(mnt.join("sub"))), Some(libc::ENOENT));
+    // Other changes are still refused, by the session.
+    assert_eq!(errno(fs::create_dir(mnt.join("new"))), Some(libc::EROFS));
+    let sub = fs::metadata(mnt.join("sub")).unwrap().ino();
+    let changes = fs_.changes.lock().unwrap().clone();
+    assert_eq!(
+        changes,
+        vec![("CREATE", sub, "use".into()), ("RMDIR", 1, "sub".into())]
+    );
+    s.unmount().unwrap();
+}
+
 macro_rules! per_transport {
     ($($name:ident),*) => {
         mod classic {
@@ -735,5 +772,6 @@ per_transport!(
     panics_are_contained,
     slow_reads_leave_metadata_alone,
     teardown_with_every_entry_held,
-    close_sends_flush_once
+    close_sends_flush_once,
+    writable_mount_passes_create_and_rmdir
 );

@@ -19,6 +19,7 @@
 pub mod containerd;
 pub mod images;
 pub mod mounted;
+pub mod podman;
 
 mod blob_storage;
 mod certs;

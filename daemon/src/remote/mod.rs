@@ -465,10 +465,13 @@ impl Remote {
     }
 
     /// Waits (bounded) until one layer is served, without waiting for
-    /// its prefetch.
-    pub fn check_one(self: &Arc<Self>, source: &LayerSource) -> Result<(), LayerError> {
+    /// its prefetch; the layer.
+    pub fn check_one(
+        self: &Arc<Self>,
+        source: &LayerSource,
+    ) -> Result<Arc<RemoteLayer>, LayerError> {
         let deadline = Instant::now() + self.settings.resolve_timeout;
-        self.serve(source, deadline).map(|_| ())
+        self.serve(source, deadline)
     }
 
     /// A stored snapshot's layer, resolved (again if need be), checked

@@ -10,6 +10,7 @@
 mod challenge;
 mod docker_config;
 mod helper;
+mod keychain;
 mod token;
 
 use std::collections::HashMap;
@@ -19,6 +20,7 @@ use std::time::Duration;
 pub use challenge::{Challenge, basic_header, pull_scope, scope_for};
 pub use docker_config::{ConfigAnswer, DockerConfig, config_answer};
 pub use helper::{HELPER_TIMEOUT, parse_helper_answer};
+pub use keychain::Keychain;
 pub use token::{DEFAULT_TOKEN_LIFETIME, MAX_TOKEN_LIFETIME, parse_token_answer, token_lifetime};
 
 /// Why credentials could not be had.

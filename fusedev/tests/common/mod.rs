@@ -87,6 +87,10 @@ pub struct TestFs {
     pub flips: AtomicUsize,
     /// FORGETs of FLIP_B seen (each one then panics).
     pub flip_forgets: AtomicU64,
+    /// CREATE and RMDIR requests that reached the filesystem: (parent,
+    /// name), both answered ENOENT (what a store signalled this way
+    /// answers).
+    pub changes: Mutex<Vec<(&'static str, u64, OsString)>>,
 }
 
 pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
@@ -178,6 +182,7 @@ impl TestFs {
             panics: false,
             flips: AtomicUsize::new(0),
             flip_forgets: AtomicU64::new(0),
+            changes: Mutex::new(Vec::new()),
         }
     }
 
@@ -469,6 +474,25 @@ impl Filesystem for TestFs {
             }
         }
         Ok(())
+    }
+
+    fn create(
+        &self,
+        _ctx: &Ctx,
+        parent: Ino,
+        name: &OsStr,
+        _mode: u32,
+        _flags: u32,
+    ) -> Result<(Entry, ringstar_fusedev::Opened), Errno> {
+        let call = ("CREATE", parent.0, name.to_os_string());
+        self.changes.lock().unwrap().push(call);
+        Err(Errno::ENOENT)
+    }
+
+    fn rmdir(&self, _ctx: &Ctx, parent: Ino, name: &OsStr) -> Result<(), Errno> {
+        let call = ("RMDIR", parent.0, name.to_os_string());
+        self.changes.lock().unwrap().push(call);
+        Err(Errno::ENOENT)
     }
 
     fn getxattr(&self, _ctx: &Ctx, ino: Ino, name: &OsStr) -> Result<Vec<u8>, Errno> {
