@@ -155,3 +155,76 @@ fn podman_pulls_lazily_through_the_store() {
 fn other_podman(w: &PodmanWorld) -> ringstar_testkit::podman::Podman {
     ringstar_testkit::podman::Podman::configure(&w.dir.path().join("other"), None, &[])
 }
+
+/// A registry asking for a password: `podman login` writes Podman's auth
+/// file, and the store (no docker config) reads the same file, so the
+/// layers are still served lazily. The registry answers nothing without
+/// the password, so its ranged GETs prove the store sent it.
+#[test]
+fn podman_login_credentials_reach_the_store() {
+    use ringstar_testkit::podman::StoreProcess;
+    use ringstar_testkit::{Registry, RegistryAuth, write_htpasswd};
+    let dir = tempfile::tempdir().unwrap();
+    let htpasswd = dir.path().join("htpasswd");
+    write_htpasswd(&htpasswd, "alice", "s3cret");
+    let storage = dir.path().join("registry");
+    std::fs::create_dir_all(&storage).unwrap();
+    let registry = Registry::start_full(
+        &storage,
+        None,
+        Some(&RegistryAuth::Htpasswd { path: htpasswd }),
+        Some(&dir.path().join("access.log")),
+    );
+    let mut w = PodmanWorld::start_with(dir, registry);
+    // As on a node: `podman login` (as root) writes the file the store
+    // reads (for the test, under the store's XDG_RUNTIME_DIR).
+    let auth = StoreProcess::auth_file(&w.store_root);
+    std::fs::create_dir_all(auth.parent().unwrap()).unwrap();
+    w.podman.auth_file = Some(auth);
+    let addr = w.registry.addr.clone();
+    w.podman(&["login", "-u", "alice", "-p", "s3cret", &addr]);
+
+    let tars = busybox_layers(std::path::Path::new("/bin/busybox")).expect("busybox-static");
+    let run = RunConfig {
+        cmd: vec!["/bin/cat".into(), "/etc/hello.txt".into()],
+        ..RunConfig::default()
+    };
+    let image = build_image(&tars, &LayerFormat::Estargz(Default::default()), &run).unwrap();
+    let config = ringstar_fetcher::FetcherConfig {
+        credentials: Some(ringstar_testkit::static_credentials(
+            &addr, "alice", "s3cret",
+        )),
+        ..Default::default()
+    };
+    let fetcher = ringstar_fetcher::Fetcher::new(config).unwrap();
+    push_image(
+        &ImageStore::repository(&fetcher, &addr, "private/app"),
+        &image,
+        "esgz",
+    )
+    .unwrap();
+
+    let reference = format!("{addr}/private/app:esgz");
+    assert_eq!(
+        w.podman(&["run", "--rm", &reference]),
+        "hello from ringstar\n"
+    );
+    for d in layer_diffs(&w, &reference) {
+        let target = d.expect("served by the store");
+        assert!(target.starts_with(&w.mountpoint), "{}", target.display());
+    }
+    for l in &image.layers {
+        let gets: Vec<u16> = w
+            .blob_requests(&l.digest.to_string())
+            .into_iter()
+            .filter_map(|(m, s)| (m == "GET").then_some(s))
+            .collect();
+        assert!(gets.contains(&206), "{}: {gets:?}", l.digest);
+        assert!(
+            !gets.contains(&200),
+            "{}: downloaded whole: {gets:?}",
+            l.digest
+        );
+    }
+    w.stop_store("INT");
+}

@@ -19,6 +19,9 @@ const PODMAN_LIMIT: Duration = Duration::from_secs(300);
 #[derive(Debug)]
 pub struct Podman {
     pub dir: PathBuf,
+    /// `--authfile` of every command (`REGISTRY_AUTH_FILE`); none: no
+    /// credentials.
+    pub auth_file: Option<PathBuf>,
 }
 
 impl Podman {
@@ -62,6 +65,7 @@ impl Podman {
         }
         Podman {
             dir: dir.to_path_buf(),
+            auth_file: None,
         }
     }
 
@@ -78,6 +82,9 @@ impl Podman {
             .env_remove("REGISTRY_AUTH_FILE")
             .env("HOME", &self.dir)
             .env_remove("XDG_RUNTIME_DIR");
+        if let Some(f) = &self.auth_file {
+            cmd.env("REGISTRY_AUTH_FILE", f);
+        }
         cmd
     }
 
@@ -141,8 +148,19 @@ pub struct StoreProcess {
 }
 
 impl StoreProcess {
+    /// Where a store on `root` looks for Podman's auth file (its
+    /// `${XDG_RUNTIME_DIR}/containers/auth.json`).
+    pub fn auth_file(root: &Path) -> PathBuf {
+        Self::home(root).join("xdg/containers/auth.json")
+    }
+
+    fn home(root: &Path) -> PathBuf {
+        root.with_extension("home")
+    }
+
     /// Starts `bin` with `config` and waits (30 s at most) until it
-    /// serves. It sees no docker config and no Podman auth file.
+    /// serves. It sees no docker config, and a Podman auth file only at
+    /// [`StoreProcess::auth_file`].
     pub fn start(
         bin: &Path,
         root: &Path,
@@ -150,7 +168,7 @@ impl StoreProcess {
         config: &Path,
         log: &Path,
     ) -> StoreProcess {
-        let home = root.with_extension("home");
+        let home = Self::home(root);
         std::fs::create_dir_all(&home).unwrap();
         let child = Command::new(bin)
             .arg("--root")

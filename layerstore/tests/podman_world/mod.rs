@@ -36,6 +36,12 @@ impl PodmanWorld {
     pub fn start() -> PodmanWorld {
         let dir = tempfile::tempdir().unwrap();
         let registry = Registry::start_logged(&dir.path().join("access.log"));
+        Self::start_with(dir, registry)
+    }
+
+    /// As [`PodmanWorld::start`], with `registry` (its access log in
+    /// `dir/access.log`).
+    pub fn start_with(dir: tempfile::TempDir, registry: Registry) -> PodmanWorld {
         let mountpoint = dir.path().join("store");
         let podman = Podman::configure(
             &dir.path().join("podman"),
