@@ -133,6 +133,10 @@ pub struct MountOptions {
     /// takes [`crate::Filesystem::create`] or `rmdir` as signals (the
     /// additional layer store's `use` and release).
     pub read_only: bool,
+    /// Classic transport: at least this many serving threads (one per
+    /// CPU otherwise), for a filesystem whose handlers may wait (the
+    /// additional layer store's lookups wait on the registry).
+    pub classic_threads: usize,
 }
 
 impl Default for MountOptions {
@@ -149,6 +153,7 @@ impl Default for MountOptions {
             pin_threads: true,
             takeover: false,
             read_only: true,
+            classic_threads: 0,
         }
     }
 }

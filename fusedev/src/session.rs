@@ -284,19 +284,17 @@ impl Session {
             }
             return Ok(());
         }
-        for cpu in 0..cpus {
-            match self.transport {
-                Transport::Classic => self.start_classic_core(cpu, shared, opts)?,
-                Transport::Ring => self.start_ring_queue(cpu, shared, opts)?,
-            }
+        match self.transport {
+            Transport::Ring => (0..cpus).try_for_each(|c| self.start_ring_queue(c, shared, opts)),
+            Transport::Classic => (0..cpus.max(opts.classic_threads))
+                .try_for_each(|i| self.start_classic_core((i, i % cpus.max(1)), shared, opts)),
         }
-        Ok(())
     }
 
     /// A classic core: its own cloned channel, read and written in turn.
     fn start_classic_core<F: Filesystem>(
         &mut self,
-        cpu: usize,
+        (index, cpu): (usize, usize),
         shared: &Arc<Shared<F>>,
         opts: &MountOptions,
     ) -> io::Result<()> {
@@ -305,7 +303,7 @@ impl Session {
             sys::set_nonblocking(chan.as_fd())?;
             self.clones.push(chan.clone());
         }
-        self.spawn_classic_core(cpu, cpu, chan, shared, opts)
+        self.spawn_classic_core(index, cpu, chan, shared, opts)
     }
 
     fn spawn_classic_core<F: Filesystem>(

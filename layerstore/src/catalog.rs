@@ -42,6 +42,8 @@ pub enum CatalogError {
     NotTar { digest: Digest, media_type: String },
     #[error("layer {digest}: no TOC digest annotation, and verification is required")]
     Unverifiable { digest: Digest },
+    #[error("layer {digest}: size {size} is more than containers/storage can hold")]
+    TooBig { digest: Digest, size: u64 },
 }
 
 /// One layer the store may offer.
@@ -210,6 +212,18 @@ impl Catalog {
         self.kept.lock().expect("kept").insert(k, entry.clone());
     }
 
+    /// Forgets path `key` (its layer was released: nobody stored it), on
+    /// disk too; a later lookup asks the registry again.
+    pub fn forget(&self, key: &str) {
+        self.kept.lock().expect("kept").remove(key);
+        let path = self.dir.join(format!("{key}.json"));
+        if let Err(e) = std::fs::remove_file(&path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove a layer record");
+        }
+    }
+
     fn write_record(&self, key: &str, entry: &LayerEntry) -> std::io::Result<()> {
         let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
         serde_json::to_writer(&mut tmp, entry)?;
@@ -323,9 +337,18 @@ pub fn layer_entry(
             });
         }
     };
+    // containers/storage decodes sizes into int64: a bigger one would
+    // fail the whole pull instead of this layer.
+    if i64::try_from(desc.size).is_err() {
+        return Err(CatalogError::TooBig {
+            digest: desc.digest,
+            size: desc.size,
+        });
+    }
     let diff_size = desc
         .annotation(ringstar_image::UNCOMPRESSED_SIZE_ANNOTATION)
-        .and_then(|s| s.parse().ok());
+        .and_then(|s| s.parse::<i64>().ok())
+        .and_then(|n| u64::try_from(n).ok());
     Ok(LayerEntry {
         reference: reference.into(),
         digest: desc.digest,
@@ -436,6 +459,32 @@ mod tests {
         };
         let e = layer_entry("r/x:1", &layers[0].0, layers[0].1, off).unwrap();
         assert_eq!(e.toc_digest, None, "verification off: nothing checked");
+
+        // Sizes containers/storage cannot decode (int64) fail this layer,
+        // not the pull: a size past i64 is not offered, a diff size past
+        // it (or negative) is left out.
+        let toc = serde_json::json!({ringstar_image::TOC_DIGEST_ANNOTATION: Digest::of(b"t").to_string(),
+            ringstar_image::UNCOMPRESSED_SIZE_ANNOTATION: u64::MAX.to_string()});
+        let mut huge = layers[0].0.clone();
+        huge.annotations = toc.as_object().unwrap().clone();
+        let e = layer_entry("r/x:1", &huge, layers[0].1, VERIFY).unwrap();
+        assert_eq!(e.info.diff_size, None);
+        huge.annotations.insert(
+            ringstar_image::UNCOMPRESSED_SIZE_ANNOTATION.into(),
+            "-5".into(),
+        );
+        assert_eq!(
+            layer_entry("r/x:1", &huge, layers[0].1, VERIFY)
+                .unwrap()
+                .info
+                .diff_size,
+            None
+        );
+        huge.size = u64::MAX;
+        assert!(matches!(
+            layer_entry("r/x:1", &huge, layers[0].1, VERIFY),
+            Err(CatalogError::TooBig { .. })
+        ));
     }
 
     #[test]

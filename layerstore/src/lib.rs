@@ -34,6 +34,12 @@ use usage::Usage;
 /// How often idle layers are looked for.
 const REAP_EVERY: Duration = Duration::from_secs(5);
 
+/// Threads serving the namespace mount: its lookups may wait on the
+/// registry (a layer's first lookup resolves it), so a few slow
+/// registries must not leave none for the lookups and `use`s of layers
+/// already served.
+const NAMESPACE_THREADS: usize = 16;
+
 /// Why the store could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -71,6 +77,7 @@ pub struct StoreSettings {
 #[derive(Debug)]
 pub struct LayerStore {
     plane: LayerPlane,
+    usage: Arc<Usage>,
     session: Option<Session>,
     mountpoint: PathBuf,
     stopping: Arc<AtomicBool>,
@@ -98,25 +105,30 @@ impl LayerStore {
             settings.idle,
         )
         .map_err(io("opening the layer records in", &als))?;
-        let usage = Arc::new(Usage::open(&als.join("uses.json")));
+        let uses = als.join("uses.json");
+        let usage = Arc::new(Usage::open(&uses).map_err(io("starting the writer of", &uses))?);
+        let catalog = Arc::new(catalog);
         let fs = Arc::new(Namespace::new(
             plane.remote().clone(),
-            Arc::new(catalog),
+            catalog.clone(),
             usage.clone(),
             plane.fetcher().clone(),
         ));
         let session = mount_namespace(fs, mountpoint)?;
         let stopping = Arc::new(AtomicBool::new(false));
-        spawn_reaper(
-            plane.remote().clone(),
-            usage,
-            settings.idle,
-            stopping.clone(),
-        )
-        .map_err(io("starting the reaper for", mountpoint))?;
+        let reaper = Reaper {
+            remote: plane.remote().clone(),
+            usage: usage.clone(),
+            catalog,
+            idle: settings.idle,
+        };
+        reaper
+            .spawn(stopping.clone())
+            .map_err(io("starting the reaper for", mountpoint))?;
         tracing::info!(mountpoint = %mountpoint.display(), root = %root.display(), "additional layer store serving");
         Ok(LayerStore {
             plane,
+            usage,
             session: Some(session),
             mountpoint: mountpoint.to_path_buf(),
             stopping,
@@ -126,6 +138,7 @@ impl LayerStore {
     /// Unmounts the namespace, then the layer plane (blocking).
     pub fn stop(mut self) {
         self.stopping.store(true, Ordering::Release);
+        self.usage.flush();
         if let Some(s) = self.session.take()
             && let Err(e) = s.unmount()
         {
@@ -147,6 +160,8 @@ fn mount_namespace(fs: Arc<Namespace>, mountpoint: &Path) -> Result<Session, Sto
         subtype: "ringstar-store".into(),
         // Its lookups wait on the registry: plain threads, no ring.
         transport: TransportChoice::Classic,
+        classic_threads: NAMESPACE_THREADS,
+        pin_threads: false,
         passthrough: false,
         takeover: false,
         // `use` and the release come as CREATE and RMDIR.
@@ -156,23 +171,44 @@ fn mount_namespace(fs: Arc<Namespace>, mountpoint: &Path) -> Result<Session, Sto
     Session::mount(fs, mountpoint, &opts).map_err(io("mounting", mountpoint))
 }
 
-/// Releases layers nobody has used for `idle` from the layer plane.
-fn spawn_reaper(
+/// Releases what nobody has used for the idle time: layers from the
+/// layer plane (their contents stay in the store), and the records of
+/// store paths no stored image holds.
+struct Reaper {
     remote: Arc<ringstar_daemon::remote::Remote>,
     usage: Arc<Usage>,
+    catalog: Arc<Catalog>,
     idle: Duration,
-    stopping: Arc<AtomicBool>,
-) -> std::io::Result<()> {
-    std::thread::Builder::new()
-        .name("store-reaper".into())
-        .spawn(move || {
-            while !stopping.load(Ordering::Acquire) {
-                std::thread::sleep(REAP_EVERY.min(idle.max(Duration::from_millis(100))));
-                for layer in usage.take_idle(idle) {
-                    tracing::info!(layer = %layer, "no user for the idle time; released");
-                    remote.release(&layer);
+}
+
+impl Reaper {
+    fn spawn(self, stopping: Arc<AtomicBool>) -> std::io::Result<()> {
+        std::thread::Builder::new()
+            .name("store-reaper".into())
+            .spawn(move || {
+                while !stopping.load(Ordering::Acquire) {
+                    std::thread::sleep(REAP_EVERY.min(self.idle.max(Duration::from_millis(100))));
+                    self.reap();
                 }
+            })
+            .map(|_| ())
+    }
+
+    fn reap(&self) {
+        let mut layers = std::collections::BTreeSet::new();
+        for (key, layer) in self.usage.take_idle(self.idle) {
+            self.catalog.forget(&key);
+            layers.insert(layer);
+        }
+        for layer in layers {
+            // Used again meanwhile: it stays.
+            if self.usage.is_idle(&layer, self.idle) {
+                tracing::info!(layer = %layer, "no user for the idle time; released");
+                self.remote.release(&layer);
             }
-        })
-        .map(|_| ())
+        }
+        // Layers resolved but never used (a pull given up, a layer only
+        // looked at, a failed resolve) go after the idle time too.
+        self.remote.prune(&self.usage.busy_layers(self.idle));
+    }
 }

@@ -46,8 +46,8 @@ use crate::usage::Usage;
 /// released meanwhile is looked up (and served) again.
 const TTL: Duration = Duration::from_secs(1);
 
-/// Names the namespace may hold before refusing more (each a few
-/// hundred bytes; containers/storage asks only about layers it pulls).
+/// Names the kernel may hold at once before new ones are refused (each
+/// a few hundred bytes; forgotten names are freed).
 const MAX_NODES: usize = 1 << 20;
 
 /// `O_ACCMODE` and `O_RDONLY`: an open for writing is refused.
@@ -78,11 +78,32 @@ enum Node {
     },
 }
 
-#[derive(Debug, Default)]
+/// A node and the kernel's references to it (lookups not forgotten).
+#[derive(Debug)]
+struct Slot {
+    node: Node,
+    parent: u64,
+    name: String,
+    lookups: u64,
+}
+
+/// The names the kernel holds: a node lives from its first lookup to its
+/// last FORGET (numbers are never reused).
+#[derive(Debug)]
 struct Nodes {
-    /// Inode `n` is `list[n - 2]` (1 is the root).
-    list: Vec<Node>,
+    by_ino: HashMap<u64, Slot>,
     by_name: HashMap<(u64, String), u64>,
+    next: u64,
+}
+
+impl Default for Nodes {
+    fn default() -> Nodes {
+        Nodes {
+            by_ino: HashMap::new(),
+            by_name: HashMap::new(),
+            next: 2,
+        }
+    }
 }
 
 /// The additional layer store's filesystem.
@@ -112,29 +133,43 @@ impl Namespace {
     }
 
     fn node(&self, ino: Ino) -> Result<Node, Errno> {
-        let i = ino.0.checked_sub(2).ok_or(Errno::ENOENT)?;
         let nodes = self.nodes.read().expect("nodes");
-        nodes.list.get(i as usize).cloned().ok_or(Errno::ENOENT)
+        nodes
+            .by_ino
+            .get(&ino.0)
+            .map(|s| s.node.clone())
+            .ok_or(Errno::ENOENT)
     }
 
-    /// The inode of `name` under `parent`, now holding `node` (a name
-    /// keeps its number; what it holds is refreshed).
+    /// The inode of `name` under `parent`, now holding `node` (a name the
+    /// kernel holds keeps its number; what it holds is refreshed), with
+    /// one more lookup: the caller answers with its entry.
     fn intern(&self, parent: Ino, name: &str, node: Node) -> Result<Ino, Errno> {
         let mut nodes = self.nodes.write().expect("nodes");
         let key = (parent.0, name.to_string());
-        if let Some(&ino) = nodes.by_name.get(&key) {
-            nodes.list[(ino - 2) as usize] = node;
+        if let Some(&ino) = nodes.by_name.get(&key)
+            && let Some(slot) = nodes.by_ino.get_mut(&ino)
+        {
+            slot.node = node;
+            slot.lookups += 1;
             return Ok(Ino(ino));
         }
-        if nodes.list.len() >= MAX_NODES {
+        if nodes.by_ino.len() >= MAX_NODES {
             tracing::warn!(
                 limit = MAX_NODES,
-                "the store namespace is full; refusing new names"
+                "the kernel holds too many store names; refusing new ones"
             );
             return Err(Errno::EIO);
         }
-        nodes.list.push(node);
-        let ino = nodes.list.len() as u64 + 1;
+        let ino = nodes.next;
+        nodes.next += 1;
+        let slot = Slot {
+            node,
+            parent: parent.0,
+            name: name.to_string(),
+            lookups: 1,
+        };
+        nodes.by_ino.insert(ino, slot);
         nodes.by_name.insert(key, ino);
         Ok(Ino(ino))
     }
@@ -281,6 +316,19 @@ impl Namespace {
 }
 
 impl Filesystem for Namespace {
+    fn forget(&self, ino: Ino, nlookup: u64) {
+        let mut nodes = self.nodes.write().expect("nodes");
+        let Some(slot) = nodes.by_ino.get_mut(&ino.0) else {
+            return;
+        };
+        slot.lookups = slot.lookups.saturating_sub(nlookup);
+        if slot.lookups == 0
+            && let Some(slot) = nodes.by_ino.remove(&ino.0)
+        {
+            nodes.by_name.remove(&(slot.parent, slot.name));
+        }
+    }
+
     fn lookup(&self, _ctx: &Ctx, parent: Ino, name: &OsStr) -> Result<Entry, Errno> {
         let name = name.to_str().ok_or(Errno::ENOENT)?;
         if parent == Ino::ROOT {
