@@ -9,11 +9,12 @@
 
 # What ringstar's end-to-end runs use: the registry, containerd with runc
 # and ctr-remote, protoc for containerd's API, a static busybox for images,
-# podman (ringstar-store, the additional layer store).
+# podman (ringstar-store, the additional layer store), prometheus (the
+# metrics scraped for real, and promtool).
 RINGSTAR_RUNTIME_PACKAGES=(
   docker-registry=docker-registry containerd=containerd runc=runc
   ctr-remote=stargz-snapshotter protoc=protobuf-compiler busybox-static
-  podman=podman netavark
+  podman=podman netavark prometheus=prometheus
 )
 
 need_debian_packages() {

@@ -39,6 +39,12 @@ pub struct Config {
     pub allow_no_verification: bool,
     pub disable_verification: bool,
     pub resolve_result_entry_ttl_sec: Option<i64>,
+    /// TCP address serving Prometheus `/metrics` ("" or absent: off).
+    pub metrics_address: Option<String>,
+    /// Turns `metrics_address` off.
+    pub no_prometheus: bool,
+    /// Unix socket serving the debug endpoints ("" or absent: off).
+    pub debug_address: Option<String>,
     pub resolver: Resolver,
     pub blob: Blob,
     pub fuse: Fuse,
@@ -211,6 +217,9 @@ const APPLIED: &[&str] = &[
     "allow_no_verification",
     "disable_verification",
     "resolve_result_entry_ttl_sec",
+    "metrics_address",
+    "no_prometheus",
+    "debug_address",
     "resolver.request_timeout_sec",
     "resolver.host",
     "blob.max_retries",
@@ -434,12 +443,7 @@ store_size = 1048576
         na.sort();
         assert_eq!(
             na,
-            vec![
-                "blob.chunk_size",
-                "directory_cache",
-                "fuse.attr_timeout",
-                "metrics_address"
-            ]
+            vec!["blob.chunk_size", "directory_cache", "fuse.attr_timeout",]
         );
         assert!(c.passthrough());
         assert!(c.allow_invalid_mounts_on_restart());

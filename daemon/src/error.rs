@@ -213,6 +213,8 @@ pub enum StartError {
     Takeover(#[source] crate::takeover::TakeoverStartError),
     #[error("starting the takeover journal")]
     Journal(#[source] ringstar_layerfs::journal::JournalError),
+    #[error("serving HTTP at {address}: {reason}")]
+    Endpoint { address: String, reason: String },
 }
 
 impl StartError {

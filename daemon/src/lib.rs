@@ -14,10 +14,12 @@
 pub mod config;
 pub mod defaults;
 mod dirs;
+pub mod endpoints;
 pub mod error;
 pub mod filter;
 pub mod grpc;
 pub mod metadata;
+pub mod metrics;
 pub mod plane;
 pub mod remote;
 pub mod settings;
@@ -45,6 +47,8 @@ use takeover::{Prior, RootLock, Takeover};
 #[derive(Debug)]
 pub struct Daemon {
     remote: Arc<Remote>,
+    /// `/metrics` and the debug endpoints, when configured.
+    _endpoints: endpoints::Endpoints,
     snapshots: Arc<Snapshots>,
     /// The fd holder, with takeover on.
     takeover: Option<Mutex<Takeover>>,
@@ -124,7 +128,13 @@ impl Daemon {
         if let Err(e) = std::fs::metadata(&mountpoint) {
             tracing::warn!(mountpoint = %mountpoint.display(), error = %e, "stat of the layer mount");
         }
+        let endpoints = endpoints::Endpoints::start(
+            &remote,
+            settings.metrics_address.as_deref(),
+            settings.debug_address.as_deref(),
+        )?;
         Ok(Daemon {
+            _endpoints: endpoints,
             remote,
             snapshots,
             takeover: takeover.map(Mutex::new),

@@ -18,6 +18,7 @@ use crate::{Settings, StartError, create_root, defaults, loader, mount_layers};
 #[derive(Debug)]
 pub struct LayerPlane {
     remote: Arc<Remote>,
+    _endpoints: crate::endpoints::Endpoints,
     fetcher: Fetcher,
     _lock: RootLock,
 }
@@ -45,7 +46,13 @@ impl LayerPlane {
             settings.remote.clone(),
         )
         .map_err(StartError::Resolvers)?;
+        let endpoints = crate::endpoints::Endpoints::start(
+            &remote,
+            settings.metrics_address.as_deref(),
+            settings.debug_address.as_deref(),
+        )?;
         Ok(LayerPlane {
+            _endpoints: endpoints,
             remote,
             fetcher,
             _lock: lock,

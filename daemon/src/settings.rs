@@ -47,6 +47,11 @@ pub struct Settings {
     pub takeover_wait: Duration,
     /// Replace a daemon running on the same root (`--takeover`).
     pub replace_running: bool,
+    /// Where Prometheus scrapes `/metrics` (`metrics_address`, unless
+    /// `no_prometheus`).
+    pub metrics_address: Option<String>,
+    /// The unix socket of the debug endpoints (`debug_address`).
+    pub debug_address: Option<PathBuf>,
 }
 
 impl Default for Settings {
@@ -100,6 +105,15 @@ impl Settings {
                 .takeover_wait_sec
                 .map_or(defaults::TAKEOVER_WAIT, Duration::from_secs),
             replace_running: false,
+            metrics_address: config
+                .metrics_address
+                .clone()
+                .filter(|a| !a.is_empty() && !config.no_prometheus),
+            debug_address: config
+                .debug_address
+                .as_ref()
+                .filter(|a| !a.is_empty())
+                .map(PathBuf::from),
         }
     }
 

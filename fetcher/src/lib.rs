@@ -22,7 +22,7 @@ pub mod urls;
 pub use auth::{CredentialSource, Credentials, DockerConfig, StaticCredentials};
 pub use client::{
     BlobLocation, BlobReader, BlobUpload, FetchError, FetchedManifest, Fetcher, FetcherConfig,
-    Mounted, RemoteBlob, UPLOAD_CHUNK,
+    HostStats, Mounted, RemoteBlob, UPLOAD_CHUNK,
 };
 pub use hosts::{Endpoint, MirrorConfig, ResolverConfig};
 pub use reference::{ParseReferenceError, Reference};

@@ -14,7 +14,7 @@ use zerocopy::{FromBytes, IntoBytes};
 use crate::abi;
 use crate::deferred::{DeferSeed, ReplySink};
 use crate::fs::Filesystem;
-use crate::reply::{Outcome, dispatch_guarded};
+use crate::reply::Outcome;
 use crate::request::{self, Operation};
 use crate::serving::Shared;
 use crate::types::{Errno, Unique};
@@ -114,7 +114,7 @@ pub(crate) fn serve_classic<F: Filesystem + ?Sized>(chan: Arc<File>, shared: &Sh
             continue;
         }
         seed.unique = req.ctx.unique;
-        match dispatch_guarded(&*shared.fs, &req, &mut out, &seed) {
+        match shared.dispatch(&req, &mut out, &seed) {
             Outcome::Reply(len) => write_reply(&chan, req.ctx.unique, Ok(&out[..len])),
             Outcome::Error(e) => write_reply(&chan, req.ctx.unique, Err(e)),
             Outcome::NoReply | Outcome::Deferred => {}

@@ -27,6 +27,7 @@ pub mod fs;
 mod init;
 mod knob;
 pub mod offline;
+pub mod op_stats;
 mod options;
 pub mod passthrough;
 mod reply;

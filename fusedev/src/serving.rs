@@ -22,6 +22,8 @@ pub struct Stats {
     /// Ring entries registered, all queues together: `ring_depth` per
     /// queue at mount, more while deferred reads hold entries.
     pub ring_entries: AtomicU64,
+    /// By operation.
+    pub ops: crate::op_stats::OpStats,
 }
 
 /// State every data-plane thread shares.
@@ -35,6 +37,22 @@ pub(crate) struct Shared<F: ?Sized> {
     /// beside their non-blocking channel, so a handover can stop them
     /// without aborting the connection. `None`: blocking reads, as before.
     pub(crate) wake: Option<Arc<File>>,
+}
+
+impl<F: crate::fs::Filesystem + ?Sized> Shared<F> {
+    /// Serves one request (counted and, when on, timed by operation).
+    #[inline]
+    pub(crate) fn dispatch(
+        &self,
+        req: &crate::request::Request<'_>,
+        out: &mut [u8],
+        seed: &crate::deferred::DeferSeed,
+    ) -> crate::reply::Outcome {
+        let started = self.stats.ops.start();
+        let outcome = crate::reply::dispatch_guarded(&*self.fs, req, out, seed);
+        self.stats.ops.record(&req.op, started);
+        outcome
+    }
 }
 
 /// Tells the ring threads the session is going down. A queue whose every

@@ -26,7 +26,7 @@ use zerocopy::{FromBytes, FromZeros, IntoBytes};
 use crate::abi::{InHeader, OutHeader, UringCmdReq, UringReqHeader, uring_cmd};
 use crate::deferred::{DeferSeed, ReplySink};
 use crate::fs::Filesystem;
-use crate::reply::{Outcome, dispatch_guarded};
+use crate::reply::Outcome;
 use crate::request::{self, Operation};
 use crate::serving::Shared;
 use crate::sync::lock;
@@ -420,7 +420,7 @@ impl<'a, F: Filesystem + ?Sized> QueueServer<'a, F> {
             Ok(req) => {
                 self.seed.unique = Unique(in_header.unique);
                 self.seed.token = index as u64;
-                dispatch_guarded(&*self.shared.fs, &req, &mut e.payload, &self.seed)
+                self.shared.dispatch(&req, &mut e.payload, &self.seed)
             }
             Err(err) => {
                 tracing::warn!(qid = self.q.qid, error = %err, "malformed FUSE request");

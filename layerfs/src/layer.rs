@@ -61,6 +61,9 @@ pub struct RemoteLayer {
     image: Mutex<Vec<Weak<RemoteLayer>>>,
     /// Files whose next opens were predicted (once each).
     predicted: Mutex<std::collections::HashSet<NodeId>>,
+    /// Prefetch and background fetch, once done: (bytes, time taken).
+    prefetched: OnceLock<(u64, Duration)>,
+    background_fetched: OnceLock<(u64, Duration)>,
 }
 
 /// The canonical chunks whose bytes the state file counts as fetched
@@ -165,7 +168,38 @@ impl RemoteLayer {
             store_keys,
             image: Mutex::default(),
             predicted: Mutex::default(),
+            prefetched: OnceLock::new(),
+            background_fetched: OnceLock::new(),
         }
+    }
+
+    /// The state file's `fetchedPercent`: 100 once every file is stored.
+    pub fn fetched_percent(&self) -> f64 {
+        if self.blob_size == 0 {
+            100.0
+        } else {
+            self.fetched_size() as f64 / self.blob_size as f64 * 100.0
+        }
+    }
+
+    /// The prefetch is done: `bytes` fetched in `took` (for metrics).
+    pub fn record_prefetch(&self, bytes: u64, took: Duration) {
+        let _ = self.prefetched.set((bytes, took));
+    }
+
+    /// The background fetch is done: `bytes` fetched in `took`.
+    pub fn record_background(&self, bytes: u64, took: Duration) {
+        let _ = self.background_fetched.set((bytes, took));
+    }
+
+    /// (bytes, time) of the prefetch, once done.
+    pub fn prefetch_record(&self) -> Option<(u64, Duration)> {
+        self.prefetched.get().copied()
+    }
+
+    /// (bytes, time) of the background fetch, once done.
+    pub fn background_record(&self) -> Option<(u64, Duration)> {
+        self.background_fetched.get().copied()
     }
 
     /// Records the layers of an image being mounted with this one in it,

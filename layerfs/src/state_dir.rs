@@ -17,11 +17,7 @@ pub(crate) fn state_file_name(digest: &Digest) -> String {
 /// The state file's content.
 pub(crate) fn state_json(layer: &RemoteLayer) -> Vec<u8> {
     let fetched = layer.fetched_size();
-    let percent = if layer.blob_size == 0 {
-        100.0
-    } else {
-        fetched as f64 / layer.blob_size as f64 * 100.0
-    };
+    let percent = layer.fetched_percent();
     let mut v = serde_json::Map::new();
     if let Some(e) = layer.last_error() {
         v.insert("error".into(), e.into());

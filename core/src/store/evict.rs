@@ -22,6 +22,10 @@ impl Store {
         for path in &released.paths {
             tracing::debug!(path = %path.display(), "evicted from the store");
         }
+        self.evictions.fetch_add(
+            released.paths.len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         released.finish();
     }
 

@@ -56,6 +56,7 @@ impl Store {
             open_files: Mutex::new(lru::LruCache::new(
                 std::num::NonZeroUsize::new(OPEN_FILES).expect("nonzero"),
             )),
+            evictions: Default::default(),
             _lock: lock,
             #[cfg(test)]
             io_pause: Mutex::new(None),

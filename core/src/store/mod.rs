@@ -104,6 +104,8 @@ pub struct Usage {
     pub files: usize,
     pub complete_files: usize,
     pub capacity: u64,
+    /// Entries evicted since the store was opened.
+    pub evictions: u64,
 }
 
 /// Open files of one life of an entry, by (key, id), read with `pread`.
@@ -122,6 +124,8 @@ pub struct Store {
     /// puts that found it being opened wait here, the index unlocked.
     opened: Condvar,
     open_files: Mutex<OpenFiles>,
+    /// Entries evicted since the store was opened.
+    evictions: std::sync::atomic::AtomicU64,
     /// Holds the directory's `flock` while the store is open.
     _lock: File,
     /// Tests hold the first put that opens files here (see
@@ -189,6 +193,7 @@ impl Store {
                 .filter(|e| matches!(e.state, State::Complete { .. }))
                 .count(),
             capacity: self.capacity,
+            evictions: self.evictions.load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 

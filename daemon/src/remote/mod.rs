@@ -17,6 +17,7 @@
 
 mod session;
 mod settings;
+mod view;
 mod wanted;
 
 use std::collections::HashMap;
@@ -32,6 +33,7 @@ use ringstar_layerfs::resolve::{LayerSource, ResolveError, resolve};
 use ringstar_layerfs::{LayerFs, RemoteLayer};
 
 pub use settings::RemoteSettings;
+pub use view::LayerView;
 pub use wanted::{LabelError, Wanted, labels, wanted};
 
 /// Why a remote layer cannot be served.
@@ -107,6 +109,8 @@ pub struct Remote {
     changed: Condvar,
     /// Sources to resolve, taken by [`RESOLVERS`] threads.
     queue: crossbeam_channel::Sender<LayerSource>,
+    /// Time FUSE requests (set by the metrics; sessions set later too).
+    op_timing: std::sync::atomic::AtomicBool,
 }
 
 impl Remote {
@@ -129,6 +133,7 @@ impl Remote {
             slots: Mutex::new(HashMap::new()),
             changed: Condvar::new(),
             queue,
+            op_timing: Default::default(),
         });
         for i in 0..RESOLVERS {
             let (weak, sources) = (Arc::downgrade(&remote), sources.clone());

@@ -13,7 +13,26 @@ use super::{Remote, State};
 impl Remote {
     /// Serves the mount through `session` from now on.
     pub fn set_session(&self, session: Session) {
+        if self.op_timing.load(std::sync::atomic::Ordering::Relaxed) {
+            session.stats().ops.enable_timing();
+        }
         *self.session.lock().expect("session") = Some(Arc::new(session));
+    }
+
+    /// Times every FUSE request by operation from now on (metrics).
+    pub fn enable_op_timing(&self) {
+        self.op_timing
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(s) = self.session.lock().expect("session").as_ref() {
+            s.stats().ops.enable_timing();
+        }
+    }
+
+    /// The FUSE requests served so far, by operation (none before the
+    /// mount is served).
+    pub fn fuse_ops(&self) -> Vec<ringstar_fusedev::op_stats::OpSnapshot> {
+        let session = self.session.lock().expect("session").clone();
+        session.map_or_else(Vec::new, |s| s.stats().ops.snapshot())
     }
 
     /// Waits until no restored layer is still resolving, or `timeout`

@@ -15,11 +15,16 @@
 //! the distribution API, for the image tools: manifests, blob uploads and
 //! mounts, a blob read as a stream.
 
+use std::sync::Arc;
+
+use host_stats::HostTable;
+
 mod authorize;
 mod blocking;
 mod body;
 mod config;
 mod error;
+mod host_stats;
 mod location;
 mod panics;
 mod probe;
@@ -37,6 +42,7 @@ pub use blocking::RemoteBlob;
 pub use body::content_range;
 pub use config::FetcherConfig;
 pub use error::FetchError;
+pub use host_stats::HostStats;
 pub use location::BlobLocation;
 pub use registry::FetchedManifest;
 pub use runtime::Fetcher;
@@ -49,6 +55,7 @@ pub use upload::{BlobUpload, Mounted, UPLOAD_CHUNK};
 /// never held across an `.await`.
 struct Inner {
     client: transport::HttpsClient,
+    hosts: Arc<HostTable>,
     config: FetcherConfig,
     sched: std::sync::Mutex<scheduler::Sched>,
     auth: authorize::AuthState,
@@ -56,9 +63,10 @@ struct Inner {
 }
 
 impl Inner {
-    fn new(client: transport::HttpsClient, config: FetcherConfig) -> Inner {
+    fn new(client: transport::HttpsClient, config: FetcherConfig, hosts: Arc<HostTable>) -> Inner {
         Inner {
             client,
+            hosts,
             config,
             sched: Default::default(),
             auth: Default::default(),

@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 
 use crate::urls::Shown;
 
+use super::host_stats::{HostStats, HostTable};
 use super::panics::{caught, panic_message};
 use super::transport::{https_client, tls_config};
 use super::{BlobLocation, FetchError, FetcherConfig, Inner};
@@ -21,6 +22,7 @@ type Job = Box<dyn FnOnce(Arc<Inner>) + Send>;
 #[derive(Clone)]
 pub struct Fetcher {
     jobs: mpsc::UnboundedSender<Job>,
+    hosts: Arc<HostTable>,
 }
 
 impl std::fmt::Debug for Fetcher {
@@ -33,6 +35,7 @@ impl std::fmt::Debug for Fetcher {
 /// is ready, then runs jobs until every [`Fetcher`] is dropped.
 fn serve(
     config: FetcherConfig,
+    hosts: Arc<HostTable>,
     tls: rustls::ClientConfig,
     mut jobs: mpsc::UnboundedReceiver<Job>,
     ready: std::sync::mpsc::Sender<std::io::Result<()>>,
@@ -48,7 +51,7 @@ fn serve(
         }
     };
     rt.block_on(async move {
-        let inner = Arc::new(Inner::new(https_client(&config, tls), config));
+        let inner = Arc::new(Inner::new(https_client(&config, tls), config, hosts));
         let _ = ready.send(Ok(()));
         while let Some(job) = jobs.recv().await {
             job(inner.clone());
@@ -62,11 +65,18 @@ impl Fetcher {
         let tls = tls_config(&config)?;
         let (tx, rx) = mpsc::unbounded_channel::<Job>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let hosts = Arc::new(HostTable::default());
+        let h = hosts.clone();
         std::thread::Builder::new()
             .name("fetcher".into())
-            .spawn(move || serve(config, tls, rx, ready_tx))?;
+            .spawn(move || serve(config, h, tls, rx, ready_tx))?;
         ready_rx.recv().map_err(std::io::Error::other)??;
-        Ok(Fetcher { jobs: tx })
+        Ok(Fetcher { jobs: tx, hosts })
+    }
+
+    /// Requests, bytes and failures by registry host so far.
+    pub fn host_stats(&self) -> Vec<(String, HostStats)> {
+        self.hosts.snapshot()
     }
 
     /// Runs `f(result)` on the fetcher thread once `[offset, offset+len)`

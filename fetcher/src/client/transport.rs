@@ -180,20 +180,27 @@ impl Inner {
         url: &str,
         req: Request<Full<Bytes>>,
     ) -> Result<Response, FetchError> {
-        let resp = self
-            .client
-            .request(req)
-            .await
-            .map_err(|e| match tls_error(&e) {
-                Some(reason) => FetchError::Tls {
-                    url: redact(url),
-                    reason,
-                },
-                None => FetchError::Transport {
-                    url: redact(url),
-                    reason: format!("{e:?}"),
-                },
-            })?;
+        let sent = self.client.request(req).await;
+        let (bytes, failed) = match &sent {
+            Ok(r) => (
+                r.headers()
+                    .get(http::header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok()?.parse().ok()),
+                r.status().as_u16() >= 400,
+            ),
+            Err(_) => (None, true),
+        };
+        self.hosts.record(url, bytes, failed);
+        let resp = sent.map_err(|e| match tls_error(&e) {
+            Some(reason) => FetchError::Tls {
+                url: redact(url),
+                reason,
+            },
+            None => FetchError::Transport {
+                url: redact(url),
+                reason: format!("{e:?}"),
+            },
+        })?;
         Ok(resp.into_parts())
     }
 }

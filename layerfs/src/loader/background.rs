@@ -60,6 +60,7 @@ impl Loader {
             };
             fetched += bytes;
         }
+        layer.record_background(fetched, started.elapsed());
         tracing::info!(layer = %layer.digest, bytes = fetched, ms = started.elapsed().as_millis() as u64, "background fetch complete");
     }
 

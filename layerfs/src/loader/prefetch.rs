@@ -74,6 +74,7 @@ impl Loader {
                 let left = run.outstanding.fetch_sub(1, Ordering::AcqRel) - 1;
                 if left == 0 && run.windows.lock().expect("windows").is_empty() {
                     run.layer.finish_prefetch();
+                    run.layer.record_prefetch(run.bytes, run.started.elapsed());
                     tracing::info!(layer = %run.layer.digest, bytes = run.bytes, ms = run.started.elapsed().as_millis() as u64, "prefetched");
                 }
             }));
