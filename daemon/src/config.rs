@@ -49,6 +49,7 @@ pub struct Config {
     pub blob: Blob,
     pub fuse: Fuse,
     pub snapshotter: SnapshotterSection,
+    pub cri_keychain: CriKeychainSection,
     pub ringstar: Ringstar,
 }
 
@@ -103,6 +104,18 @@ pub struct SnapshotterSection {
     /// ringstar starts with invalid layers by default; an explicit
     /// `false` restores the reference's refusal to start.
     pub allow_invalid_mounts_on_restart: Option<bool>,
+}
+
+/// `[cri_keychain]`: serve kubelet's image service and keep the
+/// credentials of its pulls.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default)]
+pub struct CriKeychainSection {
+    pub enable_keychain: bool,
+    /// containerd's CRI socket ("" → the default).
+    pub image_service_path: Option<String>,
+    /// Where kubelet connects ("" → the default).
+    pub listen_path: Option<String>,
 }
 
 /// ringstar's own keys.
@@ -227,6 +240,9 @@ const APPLIED: &[&str] = &[
     "blob.max_wait_msec",
     "fuse.passthrough",
     "snapshotter.allow_invalid_mounts_on_restart",
+    "cri_keychain.enable_keychain",
+    "cri_keychain.image_service_path",
+    "cri_keychain.listen_path",
     "ringstar.store_size",
     "ringstar.transport",
     "ringstar.inflate_workers",

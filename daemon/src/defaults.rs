@@ -87,3 +87,16 @@ pub fn predict() -> bool {
 pub fn inflate_workers() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())
 }
+
+/// `[cri_keychain] image_service_path`: containerd's socket, where its
+/// CRI plugin serves (the reference's default).
+pub const CRI_IMAGE_SERVICE_PATH: &str = "/run/containerd/containerd.sock";
+
+/// `[cri_keychain] listen_path` when unset. The reference serves the
+/// ImageService on its snapshots socket; ringstar's snapshots API is
+/// another gRPC stack, so the ImageService has a socket of its own.
+pub const CRI_LISTEN_PATH: &str = "/run/ringstar/cri.sock";
+
+/// How long credentials from a `PullImage` are kept after it: long
+/// enough for the image's layers to be fetched whole in the background.
+pub const CRI_CREDENTIALS_TTL: Duration = Duration::from_secs(24 * 3600);

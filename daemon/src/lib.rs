@@ -12,6 +12,7 @@
 //! | `store/` | fetched, verified file contents (content-addressed) |
 
 pub mod config;
+pub mod cri;
 pub mod defaults;
 mod dirs;
 pub mod endpoints;
@@ -151,6 +152,7 @@ impl Daemon {
         stop: impl std::future::Future<Output = Stop>,
     ) -> Result<Stop, StartError> {
         let listener = bind_socket(address)?;
+        let (cri_stop, cri) = self.serve_cri()?;
         let service =
             containerd_snapshots::server(Arc::new(grpc::Service::new(self.snapshots.clone())));
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -170,6 +172,13 @@ impl Daemon {
             )
             .await;
         let _ = std::fs::remove_file(address);
+        let _ = cri_stop.send(true);
+        if let Some((task, path)) = cri {
+            if let Ok(Err(e)) = task.await {
+                tracing::warn!(error = %e, "serving the CRI image service");
+            }
+            let _ = std::fs::remove_file(path);
+        }
         let how = rx.await.unwrap_or(Stop::Terminate);
         // Unmounting joins the FUSE threads and cleanup walks directories:
         // blocking work, off the runtime's threads.
@@ -178,6 +187,40 @@ impl Daemon {
             .map_err(StartError::Stop)?;
         served.map_err(StartError::Serve)?;
         Ok(how)
+    }
+
+    /// Starts kubelet's image service (`[cri_keychain]`), if enabled:
+    /// the task and its socket, stopped by the sender.
+    #[allow(clippy::type_complexity)]
+    fn serve_cri(
+        &self,
+    ) -> Result<
+        (
+            tokio::sync::watch::Sender<bool>,
+            Option<(
+                tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+                std::path::PathBuf,
+            )>,
+        ),
+        StartError,
+    > {
+        let (tx, mut rx) = tokio::sync::watch::channel(false);
+        let Some(c) = &self.settings.cri else {
+            return Ok((tx, None));
+        };
+        let listener = bind_socket(&c.listen_path)?;
+        let proxy = cri::CriProxy::new(&c.image_service_path, c.keychain.clone()).map_err(|e| {
+            StartError::Endpoint {
+                address: c.image_service_path.display().to_string(),
+                reason: e.to_string(),
+            }
+        })?;
+        tracing::info!(socket = %c.listen_path.display(), backend = %c.image_service_path.display(), "serving the CRI image service (CRI keychain)");
+        let stop = async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        let task = tokio::spawn(proxy.serve(listener, stop));
+        Ok((tx, Some((task, c.listen_path.clone()))))
     }
 
     /// SIGINT: unmounts the layer filesystem, removes what no snapshot

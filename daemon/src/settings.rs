@@ -7,11 +7,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ringstar_fetcher::auth::Keychain;
 use ringstar_fetcher::{DockerConfig, FetcherConfig, ResolverConfig};
 use ringstar_fusedev::{FuseUring, MountOptions};
 use ringstar_layerfs::{BackgroundConfig, LoaderConfig};
 
 use crate::config::Config;
+use crate::cri::CriKeychain;
 use crate::defaults::{self, NO_TIMEOUT};
 use crate::remote::RemoteSettings;
 
@@ -52,6 +54,31 @@ pub struct Settings {
     pub metrics_address: Option<String>,
     /// The unix socket of the debug endpoints (`debug_address`).
     pub debug_address: Option<PathBuf>,
+    /// Kubelet's image service and its credentials (`[cri_keychain]`).
+    pub cri: Option<CriSettings>,
+}
+
+/// The CRI keychain: where kubelet connects, where containerd's CRI is,
+/// and the credentials kept (shared with the fetcher's credentials).
+#[derive(Debug, Clone)]
+pub struct CriSettings {
+    pub listen_path: PathBuf,
+    pub image_service_path: PathBuf,
+    pub keychain: Arc<CriKeychain>,
+}
+
+impl CriSettings {
+    fn from_config(config: &Config) -> Option<CriSettings> {
+        let c = &config.cri_keychain;
+        let path = |p: &Option<String>, default: &str| {
+            PathBuf::from(p.as_deref().filter(|p| !p.is_empty()).unwrap_or(default))
+        };
+        c.enable_keychain.then(|| CriSettings {
+            listen_path: path(&c.listen_path, defaults::CRI_LISTEN_PATH),
+            image_service_path: path(&c.image_service_path, defaults::CRI_IMAGE_SERVICE_PATH),
+            keychain: Arc::new(CriKeychain::new(defaults::CRI_CREDENTIALS_TTL)),
+        })
+    }
 }
 
 impl Default for Settings {
@@ -65,6 +92,7 @@ impl Settings {
     /// The settings a config file gives; absent keys take the defaults.
     pub fn from_config(config: &Config) -> Settings {
         let r = &config.ringstar;
+        let cri = CriSettings::from_config(config);
         Settings {
             store_size: r.store_size.unwrap_or(defaults::STORE_SIZE),
             inflate_workers: r
@@ -74,7 +102,7 @@ impl Settings {
             passthrough: config.passthrough(),
             record_starts: r.record_starts.unwrap_or(defaults::RECORD_STARTS),
             fuse_uring: config.fuse_uring(),
-            fetcher: fetcher_config(config),
+            fetcher: fetcher_config(config, cri.as_ref()),
             resolver: config.resolver_config(),
             loader: LoaderConfig {
                 background: BackgroundConfig {
@@ -114,6 +142,7 @@ impl Settings {
                 .as_ref()
                 .filter(|a| !a.is_empty())
                 .map(PathBuf::from),
+            cri,
         }
     }
 
@@ -138,13 +167,21 @@ impl Settings {
     }
 }
 
-fn fetcher_config(config: &Config) -> FetcherConfig {
+/// Credentials: kubelet's for the image it pulled (with the CRI
+/// keychain), then the docker config.
+fn fetcher_config(config: &Config, cri: Option<&CriSettings>) -> FetcherConfig {
     let r = &config.ringstar;
     let b = &config.blob;
     let positive = |ms: Option<u64>| ms.filter(|&m| m > 0).map(Duration::from_millis);
     let default = FetcherConfig::default();
     FetcherConfig {
-        credentials: Some(Arc::new(DockerConfig::from_env())),
+        credentials: Some(match cri {
+            Some(c) => Arc::new(Keychain(vec![
+                c.keychain.clone(),
+                Arc::new(DockerConfig::from_env()),
+            ])),
+            None => Arc::new(DockerConfig::from_env()),
+        }),
         ca_file: r.ca_file.as_ref().map(PathBuf::from),
         request_timeout: config.request_timeout().unwrap_or(NO_TIMEOUT),
         max_retries: b.max_retries.unwrap_or(default.max_retries),

@@ -71,7 +71,7 @@ pub fn scope_for(url: &str, push: bool) -> Option<String> {
 
 /// The repository a registry URL names (`/v2/<repo>/blobs/…`,
 /// `/v2/<repo>/manifests/…`, `/v2/<repo>/blobs/uploads/…`).
-fn repository_of(url: &str) -> Option<&str> {
+pub fn repository_of(url: &str) -> Option<&str> {
     let path = url.split("://").nth(1)?;
     let path = &path[path.find('/')?..];
     let path = path.split('?').next()?;

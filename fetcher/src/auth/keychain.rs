@@ -10,14 +10,23 @@ use super::{AuthError, CredentialSource, Credentials};
 pub struct Keychain(pub Vec<Arc<dyn CredentialSource>>);
 
 impl CredentialSource for Keychain {
-    /// The first source with credentials for `host`. A source that fails
+    /// The first source with credentials for `host` (and `repository`,
+    /// see [`CredentialSource::lookup_for`]). A source that fails
     /// (an unreadable file, a broken helper) is logged and skipped, so
     /// one bad file does not hide the next one's credentials; with none
     /// found, the first failure is the answer.
     fn lookup(&self, host: &str) -> Result<Option<Credentials>, AuthError> {
+        self.lookup_for(host, None)
+    }
+
+    fn lookup_for(
+        &self,
+        host: &str,
+        repository: Option<&str>,
+    ) -> Result<Option<Credentials>, AuthError> {
         let mut first_error = None;
         for source in &self.0 {
-            match source.lookup(host) {
+            match source.lookup_for(host, repository) {
                 Ok(Some(c)) => return Ok(Some(c)),
                 Ok(None) => {}
                 Err(e) => {

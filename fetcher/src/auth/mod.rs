@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
 
-pub use challenge::{Challenge, basic_header, pull_scope, scope_for};
+pub use challenge::{Challenge, basic_header, pull_scope, repository_of, scope_for};
 pub use docker_config::{ConfigAnswer, DockerConfig, config_answer};
 pub use helper::{HELPER_TIMEOUT, parse_helper_answer};
 pub use keychain::Keychain;
@@ -88,6 +88,18 @@ impl fmt::Debug for Credentials {
 /// (it can run a helper program); the fetcher calls it off its runtime.
 pub trait CredentialSource: Send + Sync + fmt::Debug {
     fn lookup(&self, host: &str) -> Result<Option<Credentials>, AuthError>;
+
+    /// Credentials for `repository` of `host` (when the request names
+    /// one): a source that knows credentials per image (kubelet's, for
+    /// the image it pulled) answers only for that image. By default,
+    /// the host's.
+    fn lookup_for(
+        &self,
+        host: &str,
+        _repository: Option<&str>,
+    ) -> Result<Option<Credentials>, AuthError> {
+        self.lookup(host)
+    }
 }
 
 /// A fixed host → credentials table (configuration, tests).

@@ -211,7 +211,8 @@ impl Inner {
             return Ok(None);
         };
         let h = host.to_string();
-        tokio::task::spawn_blocking(move || source.lookup(&h))
+        let repo = crate::auth::repository_of(url).map(str::to_string);
+        tokio::task::spawn_blocking(move || source.lookup_for(&h, repo.as_deref()))
             .await
             .map_err(|e| FetchError::Internal {
                 url: redact(url),
