@@ -50,6 +50,7 @@ pub struct Config {
     pub fuse: Fuse,
     pub snapshotter: SnapshotterSection,
     pub cri_keychain: CriKeychainSection,
+    pub kubeconfig_keychain: KubeconfigKeychainSection,
     pub ringstar: Ringstar,
 }
 
@@ -116,6 +117,15 @@ pub struct CriKeychainSection {
     pub image_service_path: Option<String>,
     /// Where kubelet connects ("" → the default).
     pub listen_path: Option<String>,
+}
+
+/// `[kubeconfig_keychain]`: read pull secrets through the API server.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default)]
+pub struct KubeconfigKeychainSection {
+    pub enable_keychain: bool,
+    /// "" → `$KUBECONFIG`, then `~/.kube/config`.
+    pub kubeconfig_path: Option<String>,
 }
 
 /// ringstar's own keys.
@@ -243,6 +253,8 @@ const APPLIED: &[&str] = &[
     "cri_keychain.enable_keychain",
     "cri_keychain.image_service_path",
     "cri_keychain.listen_path",
+    "kubeconfig_keychain.enable_keychain",
+    "kubeconfig_keychain.kubeconfig_path",
     "ringstar.store_size",
     "ringstar.transport",
     "ringstar.inflate_workers",

@@ -19,6 +19,7 @@ pub mod endpoints;
 pub mod error;
 pub mod filter;
 pub mod grpc;
+pub mod kubeconfig;
 pub mod metadata;
 pub mod metrics;
 pub mod plane;
@@ -74,6 +75,9 @@ impl Daemon {
         let lock = takeover::lock_root(root, settings.replace_running, defaults::REPLACE_WAIT)
             .map_err(StartError::Takeover)?;
         let fetcher = Fetcher::new(settings.fetcher.clone()).map_err(StartError::Fetcher)?;
+        if let Some(k) = &settings.kubeconfig {
+            kubeconfig::spawn(k.keychain.clone(), k.path.clone()).map_err(StartError::Resolvers)?;
+        }
         let loader = loader(root, settings, &fetcher)?;
         let mountpoint = root.join("fuse");
         let mut takeover = if settings.takes_over() {

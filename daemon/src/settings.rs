@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ringstar_fetcher::CredentialSource;
 use ringstar_fetcher::auth::Keychain;
 use ringstar_fetcher::{DockerConfig, FetcherConfig, ResolverConfig};
 use ringstar_fusedev::{FuseUring, MountOptions};
@@ -15,6 +16,7 @@ use ringstar_layerfs::{BackgroundConfig, LoaderConfig};
 use crate::config::Config;
 use crate::cri::CriKeychain;
 use crate::defaults::{self, NO_TIMEOUT};
+use crate::kubeconfig::KubeconfigKeychain;
 use crate::remote::RemoteSettings;
 
 /// Everything the daemon's parts are configured with.
@@ -56,6 +58,16 @@ pub struct Settings {
     pub debug_address: Option<PathBuf>,
     /// Kubelet's image service and its credentials (`[cri_keychain]`).
     pub cri: Option<CriSettings>,
+    /// Pull secrets through the API server (`[kubeconfig_keychain]`).
+    pub kubeconfig: Option<KubeconfigSettings>,
+}
+
+/// The kubeconfig keychain: the kubeconfig (`None`: `$KUBECONFIG`, then
+/// `~/.kube/config`) and the secrets read (shared with the fetcher).
+#[derive(Debug, Clone)]
+pub struct KubeconfigSettings {
+    pub path: Option<PathBuf>,
+    pub keychain: Arc<KubeconfigKeychain>,
 }
 
 /// The CRI keychain: where kubelet connects, where containerd's CRI is,
@@ -93,6 +105,15 @@ impl Settings {
     pub fn from_config(config: &Config) -> Settings {
         let r = &config.ringstar;
         let cri = CriSettings::from_config(config);
+        let k = &config.kubeconfig_keychain;
+        let kubeconfig = k.enable_keychain.then(|| KubeconfigSettings {
+            path: k
+                .kubeconfig_path
+                .as_deref()
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from),
+            keychain: Arc::default(),
+        });
         Settings {
             store_size: r.store_size.unwrap_or(defaults::STORE_SIZE),
             inflate_workers: r
@@ -102,7 +123,7 @@ impl Settings {
             passthrough: config.passthrough(),
             record_starts: r.record_starts.unwrap_or(defaults::RECORD_STARTS),
             fuse_uring: config.fuse_uring(),
-            fetcher: fetcher_config(config, cri.as_ref()),
+            fetcher: fetcher_config(config, cri.as_ref(), kubeconfig.as_ref()),
             resolver: config.resolver_config(),
             loader: LoaderConfig {
                 background: BackgroundConfig {
@@ -143,6 +164,7 @@ impl Settings {
                 .filter(|a| !a.is_empty())
                 .map(PathBuf::from),
             cri,
+            kubeconfig,
         }
     }
 
@@ -168,20 +190,19 @@ impl Settings {
 }
 
 /// Credentials: kubelet's for the image it pulled (with the CRI
-/// keychain), then the docker config.
-fn fetcher_config(config: &Config, cri: Option<&CriSettings>) -> FetcherConfig {
+/// keychain), then the docker config, then the cluster's pull secrets
+/// (with the kubeconfig keychain).
+fn fetcher_config(
+    config: &Config,
+    cri: Option<&CriSettings>,
+    kubeconfig: Option<&KubeconfigSettings>,
+) -> FetcherConfig {
     let r = &config.ringstar;
     let b = &config.blob;
     let positive = |ms: Option<u64>| ms.filter(|&m| m > 0).map(Duration::from_millis);
     let default = FetcherConfig::default();
     FetcherConfig {
-        credentials: Some(match cri {
-            Some(c) => Arc::new(Keychain(vec![
-                c.keychain.clone(),
-                Arc::new(DockerConfig::from_env()),
-            ])),
-            None => Arc::new(DockerConfig::from_env()),
-        }),
+        credentials: Some(credentials(cri, kubeconfig)),
         ca_file: r.ca_file.as_ref().map(PathBuf::from),
         request_timeout: config.request_timeout().unwrap_or(NO_TIMEOUT),
         max_retries: b.max_retries.unwrap_or(default.max_retries),
@@ -193,6 +214,21 @@ fn fetcher_config(config: &Config, cri: Option<&CriSettings>) -> FetcherConfig {
             .unwrap_or_else(defaults::max_in_flight_per_host),
         ..default
     }
+}
+
+fn credentials(
+    cri: Option<&CriSettings>,
+    kubeconfig: Option<&KubeconfigSettings>,
+) -> Arc<dyn CredentialSource> {
+    let docker: Arc<dyn CredentialSource> = Arc::new(DockerConfig::from_env());
+    if cri.is_none() && kubeconfig.is_none() {
+        return docker;
+    }
+    let mut sources: Vec<Arc<dyn CredentialSource>> = Vec::new();
+    sources.extend(cri.map(|c| c.keychain.clone() as Arc<dyn CredentialSource>));
+    sources.push(docker);
+    sources.extend(kubeconfig.map(|k| k.keychain.clone() as Arc<dyn CredentialSource>));
+    Arc::new(Keychain(sources))
 }
 
 #[cfg(test)]
