@@ -9,9 +9,10 @@ mod world;
 
 use std::io::{Read, Write};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
+use ringstar_testkit::prometheus::Prometheus;
 use world::{SCRIPT, World, estargz, need, wait_for};
 
 /// GET `path` from the HTTP server on unix socket `socket`: the body.
@@ -47,84 +48,6 @@ fn sample(text: &str, series: &str) -> Option<f64> {
     })
 }
 
-/// Debian's Prometheus scraping `target` every second.
-struct Prometheus {
-    child: Child,
-    addr: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Prometheus {
-    fn start(target: &str) -> Prometheus {
-        let bin = need("prometheus");
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("prometheus.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: ringstar\n    static_configs:\n      - targets: ['{target}']\n"
-            ),
-        )
-        .unwrap();
-        let addr = format!("127.0.0.1:{}", ringstar_testkit::free_port());
-        let child = Command::new(bin)
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address={addr}"))
-            .arg("--log.level=warn")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("log")).unwrap())
-            .spawn()
-            .expect("prometheus");
-        Prometheus {
-            child,
-            addr,
-            _dir: dir,
-        }
-    }
-
-    /// The value of instant query `q`, once it has one (60 s at most).
-    fn value(&self, q: &str) -> f64 {
-        let path = format!("/api/v1/query?query={}", urlencode(q));
-        let started = Instant::now();
-        loop {
-            if std::net::TcpStream::connect(&self.addr).is_ok() {
-                let (status, _, body) = ringstar_testkit::http(&self.addr, "GET", &path, b"");
-                if status == 200 {
-                    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-                    if let Some(x) = v["data"]["result"][0]["value"][1].as_str() {
-                        return x.parse().unwrap();
-                    }
-                }
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "Prometheus has no value for {q}"
-            );
-            std::thread::sleep(Duration::from_millis(250));
-        }
-    }
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 #[test]
 fn metrics_and_debug_endpoints_show_a_lazy_run() {
     let port = ringstar_testkit::free_port();
@@ -135,7 +58,7 @@ fn metrics_and_debug_endpoints_show_a_lazy_run() {
         "metrics_address = \"{metrics_addr}\"\ndebug_address = \"{}\"\n",
         socket.display()
     ));
-    let prometheus = Prometheus::start(&metrics_addr);
+    let prometheus = Prometheus::start(&need("prometheus"), &metrics_addr);
     w.push(
         "ringstar/metrics",
         "esgz",

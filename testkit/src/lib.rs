@@ -20,6 +20,7 @@ pub mod containerd;
 pub mod images;
 pub mod mounted;
 pub mod podman;
+pub mod prometheus;
 
 mod blob_storage;
 mod certs;

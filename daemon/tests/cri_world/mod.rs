@@ -208,7 +208,8 @@ impl CriWorld {
             containerd_config(d, &addr, &pause),
         )
         .unwrap();
-        let config = format!("{}{}", ringstar_config(d, &addr), extra(d));
+        // The test's part first: it may have top-level keys.
+        let config = format!("{}{}", extra(d), ringstar_config(d, &addr));
         std::fs::write(d.join("ringstar.toml"), config).unwrap();
         let home = d.join("home");
         std::fs::create_dir_all(&home).unwrap();
