@@ -5,6 +5,8 @@
 //!
 //! - `/debug/layers`: every layer, its state, sizes and fetch progress;
 //! - `/debug/fuse`: FUSE requests by operation;
+//! - `/debug/fetches`: the chunks being fetched now, each with its layer,
+//!   file, offset and how many reads wait for it;
 //! - `/metrics` as well, so an operator with only the socket sees them.
 
 use std::os::unix::fs::PermissionsExt;
@@ -100,6 +102,7 @@ fn answer(request: tiny_http::Request, remote: &Remote, debug: bool) {
         ),
         ("/debug/layers", true) => (200, "application/json", layers_json(remote)),
         ("/debug/fuse", true) => (200, "application/json", fuse_json(remote)),
+        ("/debug/fetches", true) => (200, "application/json", fetches_json(remote)),
         _ => (404, "text/plain", "not found\n".to_string()),
     };
     let header = tiny_http::Header::from_bytes("Content-Type", content_type).expect("header");
@@ -143,6 +146,33 @@ fn layers_json(remote: &Remote) -> String {
         })
         .collect();
     let mut out = serde_json::to_string_pretty(&layers).expect("json");
+    out.push('\n');
+    out
+}
+
+fn fetches_json(remote: &Remote) -> String {
+    let layers: std::collections::HashMap<u64, _> = remote
+        .layers()
+        .into_iter()
+        .filter_map(|v| v.layer)
+        .map(|l| (l.id, l))
+        .collect();
+    let fetches: Vec<serde_json::Value> = remote
+        .fs()
+        .loader()
+        .in_flight()
+        .into_iter()
+        .map(|(key, waiting)| {
+            let layer = layers.get(&key.layer);
+            serde_json::json!({
+                "layer": layer.map(|l| l.digest.to_string()),
+                "file": layer.map(|l| l.tree().path_of(key.node)),
+                "offset": key.file_offset,
+                "waiting": waiting,
+            })
+        })
+        .collect();
+    let mut out = serde_json::to_string_pretty(&fetches).expect("json");
     out.push('\n');
     out
 }

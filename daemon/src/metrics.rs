@@ -16,6 +16,7 @@
 //! | `ringstar_layer_{prefetch,background_fetch}_duration_seconds` | | each layer's, once done |
 //! | `ringstar_layer_reads_total` | | READs the daemon answered |
 //! | `ringstar_loader_*_total` | | chunk fetches, bytes, failures |
+//! | `ringstar_loader_in_flight` | | chunks being fetched now |
 //! | `ringstar_registry_{requests,bytes,errors}_total` | host | every HTTP request |
 //! | `ringstar_store_{bytes,capacity_bytes,files}` | | the content store |
 //! | `ringstar_store_evictions_total` | | entries evicted |
@@ -195,6 +196,12 @@ fn loader_families(remote: &Remote) -> Vec<MetricFamily> {
             "ringstar_loader_failures_total",
             "Chunk fetches that failed (the read got EIO).",
             stats.failures.load(Ordering::Relaxed),
+        ),
+        family(
+            "ringstar_loader_in_flight",
+            "Chunks being fetched and inflated now.",
+            MetricType::GAUGE,
+            vec![gauge(&[], remote.fs().loader().in_flight().len() as f64)],
         ),
     ]
 }

@@ -143,6 +143,9 @@ fn metrics_and_debug_endpoints_show_a_lazy_run() {
             .filter(|l| l.starts_with("ringstar_layer_fetched_percent{"))
             .all(|l| l.ends_with(" 100"))
     });
+    let fetches: serde_json::Value =
+        serde_json::from_str(&get_unix(&socket, "/debug/fetches")).unwrap();
+    assert!(fetches.is_array(), "{fetches}");
     let fuse: serde_json::Value = serde_json::from_str(&get_unix(&socket, "/debug/fuse")).unwrap();
     assert!(fuse["LOOKUP"].as_u64().unwrap() > 0);
     assert!(std::fs::metadata(&socket).unwrap().permissions().mode() & 0o077 == 0);

@@ -55,6 +55,17 @@ impl std::fmt::Debug for Flights {
     }
 }
 
+impl Flights {
+    /// The chunks being loaded now, with how many wait for each.
+    pub(crate) fn snapshot(&self) -> Vec<(ChunkKey, usize)> {
+        let loading = self
+            .loading
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        loading.iter().map(|(k, w)| (*k, w.len())).collect()
+    }
+}
+
 /// What [`Flights::join`] did.
 pub(crate) enum Joined {
     /// The chunk was idle: the caller loads it and must finish `Loading`.

@@ -80,6 +80,12 @@ thread_local! {
 }
 
 impl Loader {
+    /// The chunks being fetched and inflated now (a debug view): each
+    /// with how many reads wait for it.
+    pub fn in_flight(&self) -> Vec<(crate::chunks::ChunkKey, usize)> {
+        self.flights.snapshot()
+    }
+
     /// A loader with `workers` inflate threads and one background thread.
     pub fn new(
         store: Arc<Store>,
