@@ -24,6 +24,7 @@ mod read;
 pub mod resolve;
 pub mod starts;
 mod state_dir;
+pub mod unpack;
 
 use std::collections::HashMap;
 use std::ffi::OsStr;

@@ -12,6 +12,7 @@ use std::path::Path;
 
 use base64::Engine as _;
 use ringstar_core::Digest;
+use ringstar_layerfs::unpack::Unpacked;
 use ringstar_layerfs::{BackgroundConfig, LoaderConfig, STATE_DIR};
 use ringstar_testkit::Registry;
 use serde_json::Value;
@@ -92,7 +93,10 @@ fn mounted_form(tree: &[Value]) -> MountedForm {
     out
 }
 
-fn check_case(root: &Path, case: &str, spec: &Value, failures: &mut Vec<String>) {
+/// `unpacked`: `root` is a layer unpacked on disk, where a symlink's mode
+/// is 0777 whatever the TOC says (as in any extracted layer); the mount
+/// shows the TOC's.
+fn check_case(root: &Path, case: &str, spec: &Value, unpacked: bool, failures: &mut Vec<String>) {
     let form = mounted_form(spec["tree"].as_array().unwrap());
     let eio: Vec<&str> = spec["eio"]
         .as_array()
@@ -124,6 +128,9 @@ fn check_case(root: &Path, case: &str, spec: &Value, failures: &mut Vec<String>)
             // A hardlink is its target's inode: its own TOC attributes
             // are not what stat shows.
             if wkind == "hardlink" && !matches!(key.as_str(), "link" | "sha256" | "size") {
+                continue;
+            }
+            if unpacked && wkind == "symlink" && key == "mode" {
                 continue;
             }
             let ok = match key.as_str() {
@@ -270,7 +277,7 @@ fn every_case_mounts_as_its_json_says() {
     assert_eq!(listed, want);
     for (name, spec, digest) in &mounted {
         let root = m.path(name);
-        check_case(&root, name, spec, &mut failures);
+        check_case(&root, name, spec, false, &mut failures);
         // The state dir: reachable, not listed, its JSON describes the blob.
         let state = root.join(STATE_DIR).join(format!("{digest}.json"));
         let json: Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
@@ -294,6 +301,7 @@ fn every_case_mounts_as_its_json_says() {
     // the TOC, the footer and the landmarks count as fetched once the
     // layer is resolved (#18). Not a layer whose chunk failed its digest:
     // that chunk is never stored, and the state file names the error.
+    let mut complete = Vec::new();
     for (name, spec, digest) in &mounted {
         read_every_file(&m.path(name));
         let json = state_of(&m, name, digest);
@@ -302,8 +310,62 @@ fn every_case_mounts_as_its_json_says() {
         } else {
             assert_eq!(json["fetchedSize"], json["size"], "{name}: {json}");
             assert_eq!(json["fetchedPercent"], 100.0, "{name}: {json}");
+            complete.push((name, spec));
         }
     }
+
+    // Each complete layer unpacked as a plain directory (what a new
+    // container's overlay then reads instead of the mount) looks exactly
+    // as the mount does, and its files are the store's: every byte once.
+    let unpacked_dir = tempfile::tempdir().unwrap();
+    let unpacked = Unpacked::open(unpacked_dir.path()).unwrap();
+    for (name, spec) in &complete {
+        let layer = m.fs.layer(name).unwrap();
+        let dir = unpacked.unpack(name, &layer, &m.loader.store).unwrap();
+        assert_eq!(unpacked.path(name).as_deref(), Some(dir.as_path()));
+        check_case(
+            &dir,
+            &format!("{name} (unpacked)"),
+            spec,
+            true,
+            &mut failures,
+        );
+        let linked = spec["tree"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["type"] == "reg" && e["size"].as_u64() > Some(0))
+            .filter(|e| {
+                std::fs::metadata(dir.join(e["name"].as_str().unwrap()))
+                    .is_ok_and(|m| m.nlink() >= 2)
+            })
+            .count();
+        assert!(
+            linked > 0
+                || spec["tree"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|e| e["type"] != "reg" || e["size"].as_u64() == Some(0)),
+            "{name}: no file of the unpacked layer is the store's"
+        );
+    }
+    assert!(complete.len() >= 8, "{}", complete.len());
+    let mut listed = unpacked.names();
+    listed.sort();
+    let mut want: Vec<String> = complete.iter().map(|(n, _)| n.to_string()).collect();
+    want.sort();
+    assert_eq!(listed, want);
+    for (name, _) in &complete {
+        unpacked.remove(name);
+        assert!(unpacked.path(name).is_none());
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 fn state_of(m: &Mounted, name: &str, digest: &str) -> Value {

@@ -167,6 +167,13 @@ impl Store {
         File::open(self.complete_path(content, id)).ok()
     }
 
+    /// The path of a complete file, verified first if an earlier run left
+    /// it (an unpacked layer hard-links it: `ringstar_layerfs::unpack`).
+    pub fn complete_file_path(&self, content: &Digest, size: u64) -> Option<PathBuf> {
+        let id = self.verified_complete(content, size)?;
+        Some(self.complete_path(content, id))
+    }
+
     /// Keeps `content` from eviction while a reader has it open.
     pub fn pin(&self, content: &Digest) {
         *self.lock().pins.entry(*content).or_default() += 1;
