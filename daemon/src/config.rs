@@ -162,6 +162,10 @@ pub struct Ringstar {
     /// does (default false: containers start at once, their reads
     /// joining the prefetch windows in flight).
     pub prefetch_wait: Option<bool>,
+    /// Unpack a layer under `ROOT/unpacked` once every file of it is
+    /// stored (hard links to the store: no second copy), so that new
+    /// containers' overlays read it without FUSE (default true).
+    pub unpack_complete: Option<bool>,
     /// FUSE-over-io_uring and the host-wide knob
     /// `/sys/module/fuse/parameters/enable_uring`: `auto` (the ring when
     /// the knob is already on; the knob is never written), `on` (turn the
@@ -266,6 +270,7 @@ const APPLIED: &[&str] = &[
     "ringstar.predict",
     "ringstar.record_starts",
     "ringstar.prefetch_wait",
+    "ringstar.unpack_complete",
     "ringstar.fuse_uring",
 ];
 

@@ -75,6 +75,10 @@ pub fn max_read_ahead() -> u64 {
     LoaderConfig::default().max_read_ahead
 }
 
+/// Whether complete layers are unpacked for overlayfs (docs/layerfs.md,
+/// "Unpacked layers").
+pub const UNPACK_COMPLETE: bool = true;
+
 /// Whether starts are recorded and replayed (docs/layerfs.md).
 pub const RECORD_STARTS: bool = true;
 

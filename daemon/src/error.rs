@@ -203,6 +203,12 @@ pub enum StartError {
     Loader(#[source] std::io::Error),
     #[error("starting the resolvers")]
     Resolvers(#[source] std::io::Error),
+    #[error("opening the unpacked layers at {}", path.display())]
+    Unpacked {
+        path: PathBuf,
+        #[source]
+        cause: std::io::Error,
+    },
     #[error("opening the snapshots")]
     Snapshots(#[source] SnapError),
     #[error("serving")]

@@ -110,6 +110,12 @@ impl Daemon {
             settings.remote.clone(),
         )
         .map_err(StartError::Resolvers)?;
+        if settings.unpack_complete {
+            let path = root.join("unpacked");
+            remote
+                .enable_unpacking(&path)
+                .map_err(|cause| StartError::Unpacked { path, cause })?;
+        }
         // A taken-over mount is in use: refusing to start over a layer
         // that cannot be restored would hang every read of the mount, so
         // such a layer answers EIO instead (until it resolves again).

@@ -31,6 +31,8 @@ pub struct Settings {
     /// Record each image's first start under `ROOT/starts` and replay it
     /// when the image next starts cold.
     pub record_starts: bool,
+    /// Unpack complete layers under `ROOT/unpacked` for new overlays.
+    pub unpack_complete: bool,
     /// FUSE-over-io_uring and its host-wide knob.
     pub fuse_uring: FuseUring,
     /// Registry requests: timeouts, retries, credentials (the docker
@@ -122,6 +124,7 @@ impl Settings {
                 .unwrap_or_else(defaults::inflate_workers),
             passthrough: config.passthrough(),
             record_starts: r.record_starts.unwrap_or(defaults::RECORD_STARTS),
+            unpack_complete: r.unpack_complete.unwrap_or(defaults::UNPACK_COMPLETE),
             fuse_uring: config.fuse_uring(),
             fetcher: fetcher_config(config, cri.as_ref(), kubeconfig.as_ref()),
             resolver: config.resolver_config(),

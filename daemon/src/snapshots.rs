@@ -153,10 +153,10 @@ impl Snapshots {
     }
 
     /// Where a snapshot's files are: its `fs` dir, or its layer's
-    /// directory in the FUSE mount.
+    /// directory in the FUSE mount (or unpacked, once complete).
     fn fs_path(&self, rec: &Record) -> PathBuf {
         match self.layer_of(rec) {
-            Some(layer) => self.remote.layer_dir(&layer),
+            Some(layer) => self.remote.lower_dir(&layer),
             None => self.dir(rec.id).join("fs"),
         }
     }
@@ -547,6 +547,7 @@ impl Snapshots {
             }
         }
         self.remote.prune(&used);
+        self.remote.prune_unpacked(&used);
         Ok(())
     }
 }

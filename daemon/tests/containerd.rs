@@ -92,8 +92,12 @@ fn lazy_pull_runs_keeps_writes_survives_restart_and_cleans_up() {
         .split(',')
         .find_map(|o| o.strip_prefix("upperdir="))
         .unwrap_or_else(|| panic!("no upperdir in {mounts}"));
+    // Its lower layers are ringstar's: the mount's directories, or the
+    // unpacked ones once the background fetch has stored every file.
+    let root = w.root().display().to_string();
     assert!(
-        mounts.contains(&format!("lowerdir={}/fuse/", w.root().display())),
+        mounts.contains(&format!("lowerdir={root}/fuse/"))
+            || mounts.contains(&format!("lowerdir={root}/unpacked/")),
         "{mounts}"
     );
     assert_eq!(
@@ -125,6 +129,98 @@ fn lazy_pull_runs_keeps_writes_survives_restart_and_cleans_up() {
         0,
         "layers left in the mount"
     );
+    assert_eq!(
+        std::fs::read_dir(root.join("unpacked")).unwrap().count(),
+        0,
+        "unpacked layers left"
+    );
+}
+
+/// Once the background fetch has stored every file of an image, its
+/// layers are unpacked under `ROOT/unpacked` and new containers' overlays
+/// read them there, past FUSE (#18): the same files (whiteouts applied),
+/// the state file at 100 %, every file a hard link to the store's (no
+/// second copy); a restarted daemon reuses them, and removing the image
+/// removes them.
+#[test]
+fn complete_layers_are_unpacked_for_new_containers() {
+    let mut w = World::start();
+    let image = w.push("ringstar/unpack", "esgz", &estargz(), &["sh", "-c", SCRIPT]);
+    let reference = format!("{}/ringstar/unpack:esgz", w.registry.addr);
+    w.rpull(&reference);
+    let root = w.root();
+    let unpacked = root.join("unpacked");
+    let count = |dir: &Path| std::fs::read_dir(dir).map_or(0, |d| d.count());
+    wait_for("both layers unpacked", Duration::from_secs(60), || {
+        count(&unpacked) == image.layers.len()
+    });
+
+    let expected = [
+        "hello from ringstar",
+        "hello from layer 1",
+        "whiteout-applied",
+    ];
+    let out = w.run_container(&reference, &[]);
+    assert_eq!(out.lines().collect::<Vec<_>>(), expected, "{}", w.logs());
+    let check_lower = |w: &mut World| {
+        let out = w.run_container(
+            &reference,
+            &[
+                "sh",
+                "-c",
+                "grep ' / / ' /proc/self/mountinfo; cat /.stargz-snapshotter/*.json",
+            ],
+        );
+        let lower = format!("{}/", unpacked.display());
+        assert_eq!(out.matches(&lower).count(), image.layers.len(), "{out}");
+        assert!(!out.contains("/fuse/"), "{out}");
+        for layer in &image.layers {
+            assert!(out.contains(&layer.digest.to_string()), "{out}");
+        }
+        assert_eq!(
+            out.matches("\"fetchedPercent\":100.0").count(),
+            image.layers.len(),
+            "{out}"
+        );
+    };
+    check_lower(&mut w);
+
+    // Every non-empty file is the store's own inode.
+    let mut files = 0;
+    let mut stack = vec![unpacked.clone()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let e = e.unwrap();
+            let md = e.path().symlink_metadata().unwrap();
+            if md.is_dir() {
+                stack.push(e.path());
+            } else if md.is_file()
+                && md.len() > 0
+                && !e.path().to_string_lossy().contains(".stargz-snapshotter")
+            {
+                use std::os::unix::fs::MetadataExt;
+                assert!(md.nlink() >= 2, "{} is a copy", e.path().display());
+                files += 1;
+            }
+        }
+    }
+    assert!(files >= 3, "{files}");
+
+    // A restarted daemon keeps them and gives them to new containers.
+    w.stop_ringstar(libc::SIGTERM);
+    w.start_ringstar();
+    wait_for("containerd to reconnect", Duration::from_secs(30), || {
+        w.ctr(&["snapshot", "--snapshotter", "ringstar", "ls"]).0
+    });
+    check_lower(&mut w);
+    let out = w.run_container(&reference, &[]);
+    assert_eq!(out.lines().collect::<Vec<_>>(), expected, "{}", w.logs());
+
+    w.ctr_ok(&["image", "rm", "--sync", &reference]);
+    w.wait_no_snapshots();
+    wait_for("unpacked layers to go", Duration::from_secs(20), || {
+        count(&unpacked) == 0
+    });
 }
 
 #[test]

@@ -7,8 +7,9 @@
 //!
 //! The directory is what the mount shows of the layer (the `whiteout`
 //! view: whiteouts as 0:0 char devices, opaque directories by xattr, root
-//! landmarks hidden, the TOC's overlayfs control xattrs dropped), with the
-//! TOC's modes, owners, mtimes and xattrs. Regular files are hard links to
+//! landmarks hidden, the TOC's overlayfs control xattrs dropped, the
+//! state directory at the root), with the TOC's modes, owners, mtimes and
+//! xattrs. Regular files are hard links to
 //! the store's complete files, so a byte is still stored once: the first
 //! layer to link a store file gives it its metadata; a later one wanting
 //! other metadata for the same content gets a copy.
@@ -27,6 +28,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use ringstar_core::store::Store;
@@ -37,6 +39,7 @@ use rustix::fs::{
 };
 
 use crate::RemoteLayer;
+use crate::state_dir::{STATE_DIR, state_file_name, state_json};
 
 /// Why a layer was not unpacked (it stays served by the mount).
 #[derive(Debug, thiserror::Error)]
@@ -154,6 +157,24 @@ impl Unpacked {
     }
 }
 
+/// The layer's state directory, as the mount shows it once the layer is
+/// complete (the reference's in-container view of a layer's state:
+/// scripts read `/.stargz-snapshotter/*.json` for 100 %). Unlike the
+/// mount's, it is listed: a plain directory cannot hide a name.
+fn write_state_dir(top: &Path, layer: &RemoteLayer) -> Result<(), UnpackError> {
+    let dir = top.join(STATE_DIR);
+    let file = dir.join(state_file_name(&layer.digest));
+    let io_at = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| UnpackError::Io { path, source }
+    };
+    std::fs::create_dir(&dir).map_err(io_at(&dir))?;
+    std::fs::write(&file, state_json(layer)).map_err(io_at(&file))?;
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o400))
+        .map_err(io_at(&file))?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o500)).map_err(io_at(&dir))
+}
+
 /// A layer name is one plain path component (they are hex digests).
 fn plain(name: &str) -> Result<(), UnpackError> {
     let ok = !name.is_empty()
@@ -198,6 +219,10 @@ impl Builder<'_> {
         while let Some((dir, rel)) = queue.pop_front() {
             let fd = beneath(&top_fd, &rel).map_err(|e| err(&rel, e))?;
             for (_, entry) in whiteout::entries_from(self.tree, dir, 0) {
+                // The mount shows its state directory there instead.
+                if dir == NodeId::ROOT && entry.name == STATE_DIR {
+                    continue;
+                }
                 let path = rel.join(entry.name);
                 let node = self.tree.node(entry.node);
                 if !entry.whiteout && node.kind() == FileKind::Dir {
@@ -216,6 +241,8 @@ impl Builder<'_> {
                 }
             }
         }
+        // Before the root's metadata: it changes the root's mtime.
+        write_state_dir(top, layer)?;
         for (node, rel) in dirs {
             let fd = beneath(&top_fd, &rel).map_err(|e| err(&rel, e))?;
             let view = ViewEntry {

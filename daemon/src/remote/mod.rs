@@ -17,6 +17,7 @@
 
 mod session;
 mod settings;
+mod unpacking;
 mod view;
 mod wanted;
 
@@ -111,6 +112,8 @@ pub struct Remote {
     queue: crossbeam_channel::Sender<LayerSource>,
     /// Time FUSE requests (set by the metrics; sessions set later too).
     op_timing: std::sync::atomic::AtomicBool,
+    /// Complete layers unpacked for overlayfs, once enabled.
+    unpacking: std::sync::OnceLock<unpacking::Unpacking>,
 }
 
 impl Remote {
@@ -134,6 +137,7 @@ impl Remote {
             changed: Condvar::new(),
             queue,
             op_timing: Default::default(),
+            unpacking: Default::default(),
         });
         for i in 0..RESOLVERS {
             let (weak, sources) = (Arc::downgrade(&remote), sources.clone());
@@ -553,6 +557,7 @@ impl Remote {
                     self.take_from_mount(layer);
                 }
             }
+            self.forget_unpacked(name);
             tracing::info!(layer = %name, "layer released");
         }
         self.changed.notify_all();
