@@ -320,6 +320,10 @@ impl Builder<'_> {
         let fresh = st.st_nlink == 1;
         if fresh || self.same_metadata(&file, &st, entry)? {
             if fresh {
+                // A layer that linked it before and is gone may have left
+                // its xattrs (file capabilities, say): none may reach
+                // this one.
+                clear_xattrs(&file)?;
                 self.set_fd_metadata(file.as_fd(), entry)?;
             }
             // Links the inode checked above, whatever happens to the
@@ -396,6 +400,23 @@ impl Builder<'_> {
         rustix::fs::utimensat(dir, name, &times(node.mtime()), AtFlags::SYMLINK_NOFOLLOW)?;
         Ok(())
     }
+}
+
+/// Removes every xattr of `file`.
+fn clear_xattrs(file: &File) -> io::Result<()> {
+    let len = rustix::fs::flistxattr_query(file)?;
+    if len == 0 {
+        return Ok(());
+    }
+    let mut names = vec![0u8; len];
+    let n = rustix::fs::flistxattr(file, &mut names[..])?;
+    for name in names[..n].split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        let name = std::ffi::CStr::from_bytes_with_nul(&[name, b"\0"].concat())
+            .map_err(io::Error::other)?
+            .to_owned();
+        rustix::fs::fremovexattr(file, name.as_c_str())?;
+    }
+    Ok(())
 }
 
 fn fd_number(fd: &OwnedFd) -> i32 {
