@@ -4,7 +4,8 @@
 //! one container that reads its whole root filesystem (`tar -cf - . | wc
 //! -c`, the virtual filesystems left out); then, the page cache dropped, a
 //! second container of the same image reads it all again, from whatever
-//! the snapshotter kept. Beside the times: the registry's requests and
+//! the snapshotter kept (ringstar's once it has unpacked the stored
+//! layers: the time that takes is reported). Beside the times: the registry's requests and
 //! bytes, the lazy daemon's memory (peak RSS over the sample, and RSS,
 //! anonymous and file-backed, after the first read) and what it keeps on
 //! disk.
@@ -13,7 +14,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 use std::process::Stdio;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use serde::Serialize;
@@ -24,8 +25,13 @@ use crate::report::median;
 use crate::world::{Net, Snap, World, check_lazy, memory};
 
 /// What the container runs: every file of its root, through tar.
-const READ_ALL: &str =
-    "cd / && tar -cf - --exclude=./proc --exclude=./sys --exclude=./dev . | wc -c";
+/// The state directory is left out as well: not the image's content, a
+/// FUSE layer hides it from listings, an unpacked one lists it.
+const READ_ALL: &str = "cd / && tar -cf - --exclude=./proc --exclude=./sys --exclude=./dev \
+     --exclude=./.stargz-snapshotter . | wc -c";
+
+/// How long the re-read waits for ringstar to unpack the image's layers.
+const UNPACK_WAIT: Duration = Duration::from_secs(120);
 
 #[derive(Debug, Clone, Serialize)]
 pub struct FullReadSample {
@@ -40,6 +46,11 @@ pub struct FullReadSample {
     pub cold_s: f64,
     /// A second container's whole read, page cache dropped first.
     pub reread_s: f64,
+    /// ringstar: seconds from the end of the first read until every
+    /// layer was unpacked (the re-read waits for it: a container started
+    /// after an image is stored); `None` for the others, or when it did
+    /// not happen within [`UNPACK_WAIT`].
+    pub unpacked_after_s: Option<f64>,
     /// Bytes tar wrote (the same for every snapshotter, or a bug).
     pub tar_bytes: u64,
     pub registry_requests: usize,
@@ -78,6 +89,9 @@ pub fn sample(
         .with_context(|| format!("{what}: first read"))?;
     let cold_s = t0.elapsed().as_secs_f64();
     let mem = world.snapshotter_pid().map(memory).unwrap_or_default();
+    let unpacked_after_s = (snap == Snap::Ringstar)
+        .then(|| wait_unpacked(world, snap))
+        .flatten();
     let _ = std::process::Command::new("sync").status();
     std::fs::write("/proc/sys/vm/drop_caches", "3").context("dropping the page cache")?;
     let trace = (snap != Snap::Legacy).then(FuseTrace::start).transpose()?;
@@ -116,6 +130,7 @@ pub fn sample(
         pull_s,
         cold_s,
         reread_s,
+        unpacked_after_s,
         tar_bytes,
         registry_requests: log.len(),
         registry_mbytes: log.iter().map(|r| r.bytes).sum::<u64>() as f64 / 1e6,
@@ -126,6 +141,21 @@ pub fn sample(
         disk_mb: disk_bytes(&world.snap_root(snap)) as f64 / 1e6,
         reread_ops,
     })
+}
+
+/// Waits until ringstar has unpacked every layer in its mount; how long
+/// that took, if it did.
+fn wait_unpacked(world: &World, snap: Snap) -> Option<f64> {
+    let root = world.snap_root(snap);
+    let count = |d: &str| std::fs::read_dir(root.join(d)).map_or(0, |d| d.count());
+    let t = Instant::now();
+    while t.elapsed() < UNPACK_WAIT {
+        if count("unpacked") >= count("fuse") {
+            return Some(t.elapsed().as_secs_f64());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    None
 }
 
 /// Runs a container of `reference` that tars its whole root; the bytes
@@ -191,7 +221,7 @@ pub fn summary(samples: &[FullReadSample]) -> String {
         groups.entry(key).or_default().push(s);
     }
     let mut out = String::from(
-        "| network | image | snapshotter | variant | **cold pull + full read** | re-read (caches dropped) | reqs | MB | peak RSS MB | RSS MB | RssAnon MB | RssFile MB | disk MB | reps |\n|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| network | image | snapshotter | variant | **cold pull + full read** | unpacked after | re-read (caches dropped) | reqs | MB | peak RSS MB | RSS MB | RssAnon MB | RssFile MB | disk MB | reps |\n|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     let mut cold: BTreeMap<(String, String, String), f64> = BTreeMap::new();
     let mut reread: BTreeMap<(String, String, String), f64> = BTreeMap::new();
@@ -202,7 +232,13 @@ pub fn summary(samples: &[FullReadSample]) -> String {
         reread.insert((net.clone(), image.clone(), snap.clone()), r);
         let _ = writeln!(
             out,
-            "| {net} | {image} | {snap} | {variant} | **{c:.2}** | {r:.2} | {:.0} | {:.1} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} |",
+            "| {net} | {image} | {snap} | {variant} | **{c:.2}** | {} | {r:.2} | {:.0} | {:.1} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} |",
+            if v.iter().any(|s| s.unpacked_after_s.is_some()) {
+                let got: Vec<f64> = v.iter().filter_map(|s| s.unpacked_after_s).collect();
+                format!("{:.2} s ({}/{})", median(got.clone()), got.len(), v.len())
+            } else {
+                "—".into()
+            },
             m(&|s| s.registry_requests as f64),
             m(&|s| s.registry_mbytes),
             m(&|s| s.peak_rss_mb),
