@@ -9,10 +9,11 @@
 //! view: whiteouts as 0:0 char devices, opaque directories by xattr, root
 //! landmarks hidden, the TOC's overlayfs control xattrs dropped, the
 //! state directory at the root), with the TOC's modes, owners, mtimes and
-//! xattrs. Regular files are hard links to
-//! the store's complete files, so a byte is still stored once: the first
-//! layer to link a store file gives it its metadata; a later one wanting
-//! other metadata for the same content gets a copy.
+//! xattrs. A regular file is a hard link to the store's complete file, so
+//! its bytes are still stored once, with this entry's metadata; a store
+//! file is linked by one entry at most (another entry of the same content,
+//! in this layer or another, gets a copy), so no two files the image keeps
+//! apart share an inode.
 //!
 //! Durability: a layer is built under `<name>.partial`, the filesystem is
 //! synced, and then it is renamed to `<name>`. A directory under its final
@@ -300,8 +301,11 @@ impl Builder<'_> {
         }
     }
 
-    /// A regular file: the store's complete file, linked when its
-    /// metadata is (or can become) this entry's, else copied.
+    /// A regular file: the store's complete file when no other entry
+    /// links it yet, else a copy. Two entries sharing an inode would be
+    /// hard links of each other in a container's view (tar would store
+    /// one as a link to the other; a chmod of one would show in the
+    /// other, across images too), which the image never said.
     fn regular(&mut self, dir: &OwnedFd, entry: ViewEntry<'_>) -> io::Result<()> {
         let node = self.tree.node(entry.node);
         let create = OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW;
@@ -316,16 +320,11 @@ impl Builder<'_> {
             .complete_file_path(&content, node.size())
             .ok_or_else(incomplete)?;
         let file = File::open(&path)?;
-        let st = rustix::fs::fstat(&file)?;
-        let fresh = st.st_nlink == 1;
-        if fresh || self.same_metadata(&file, &st, entry)? {
-            if fresh {
-                // A layer that linked it before and is gone may have left
-                // its xattrs (file capabilities, say): none may reach
-                // this one.
-                clear_xattrs(&file)?;
-                self.set_fd_metadata(file.as_fd(), entry)?;
-            }
+        if rustix::fs::fstat(&file)?.st_nlink == 1 {
+            // A layer that linked it before and is gone may have left its
+            // xattrs (file capabilities, say): none may reach this one.
+            clear_xattrs(&file)?;
+            self.set_fd_metadata(file.as_fd(), entry)?;
             // Links the inode checked above, whatever happens to the
             // store's name for it meanwhile.
             return Ok(rustix::fs::linkat(
@@ -340,24 +339,6 @@ impl Builder<'_> {
         let mut copy = File::from(fd);
         io::copy(&mut &file, &mut copy)?;
         self.set_fd_metadata(copy.as_fd(), entry)
-    }
-
-    /// Whether a store file already linked elsewhere has exactly what
-    /// `entry` needs (and no xattrs, on either side).
-    fn same_metadata(
-        &self,
-        file: &File,
-        st: &rustix::fs::Stat,
-        entry: ViewEntry<'_>,
-    ) -> io::Result<bool> {
-        let node = self.tree.node(entry.node);
-        let no_xattrs = whiteout::xattrs(self.tree, entry).is_empty()
-            && rustix::fs::flistxattr_query(file)? == 0;
-        Ok(no_xattrs
-            && st.st_mode & 0o7777 == node.mode() & 0o7777
-            && st.st_uid == node.uid()
-            && st.st_gid == node.gid()
-            && st.st_mtime == node.mtime())
     }
 
     /// Owner, mode, xattrs and times of `entry` on an open file or

@@ -68,6 +68,7 @@ fn overlayfs_over_unpacked_layers_applies_whiteouts_and_opaque_dirs() {
             ("dir/a", b"lower a"),
             ("dir/b", b"lower b"),
             ("keep", &big),
+            ("twin", &big),
             ("opq/old", b"hidden by opaque"),
         ],
         &[],
@@ -92,8 +93,13 @@ fn overlayfs_over_unpacked_layers_applies_whiteouts_and_opaque_dirs() {
     let u = unpacked
         .unpack("upper", &m.fs.layer("upper").unwrap(), store)
         .unwrap();
-    // The big file is the store's inode: no second copy.
-    assert_eq!(std::fs::metadata(l.join("keep")).unwrap().nlink(), 2);
+    // The big file is the store's inode: no second copy. Its twin (same
+    // bytes, another file to the image) is not the same inode.
+    let keep = std::fs::metadata(l.join("keep")).unwrap();
+    let twin = std::fs::metadata(l.join("twin")).unwrap();
+    assert_eq!(keep.nlink(), 2);
+    assert_eq!(twin.nlink(), 1);
+    assert_ne!(keep.ino(), twin.ino());
 
     let merged = tempfile::tempdir().unwrap();
     let opts = format!("lowerdir={}:{}", u.display(), l.display());
@@ -108,6 +114,7 @@ fn overlayfs_over_unpacked_layers_applies_whiteouts_and_opaque_dirs() {
         assert!(read("dir/a").is_err(), "whiteout not applied");
         assert_eq!(read("dir/b").unwrap(), b"lower b");
         assert_eq!(read("keep").unwrap(), big);
+        assert_eq!(read("twin").unwrap(), big);
         assert_eq!(read("new").unwrap(), b"upper new");
         assert!(read("opq/old").is_err(), "opaque dir shows the lower");
         assert_eq!(read("opq/fresh").unwrap(), b"fresh");
@@ -140,9 +147,9 @@ fn overlayfs_over_unpacked_layers_applies_whiteouts_and_opaque_dirs() {
 
 /// Three layers hold the same bytes with other metadata. The first to
 /// unpack links the store file and gives it its mode and xattrs; the
-/// second, wanting another mode, gets a copy; once the first is removed,
-/// a third links the store file again, and nothing of the first (its
-/// xattr) is left on it.
+/// second gets a copy (two entries never share an inode); once the first
+/// is removed, a third links the store file again, and nothing of the
+/// first (its xattr) is left on it.
 #[test]
 fn a_store_file_carries_only_the_metadata_of_the_layer_linking_it() {
     let reg = Registry::start();
