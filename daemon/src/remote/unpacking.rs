@@ -24,14 +24,18 @@ use super::{Remote, State, Visibility};
 /// How often the thread looks for layers that became complete.
 const POLL: Duration = Duration::from_millis(500);
 /// How long a layer that failed to unpack waits before another try (its
-/// last files may still have been on their way to the store).
+/// last files may still have been on their way to the store), and how
+/// many tries it gets (a layer whose TOC gives some file no digest never
+/// has it complete in the store).
 const RETRY: Duration = Duration::from_secs(30);
+const TRIES: u32 = 3;
 
 /// The unpacked layers and the thread's memory of failures.
 #[derive(Debug)]
 pub(super) struct Unpacking {
     dir: Unpacked,
-    failed: Mutex<HashMap<String, Instant>>,
+    /// By layer name: when it last failed, and how many times.
+    failed: Mutex<HashMap<String, (Instant, u32)>>,
 }
 
 impl Remote {
@@ -105,7 +109,11 @@ impl Remote {
         let failed = u.failed.lock().expect("unpack failures");
         candidates
             .into_iter()
-            .filter(|(name, _)| failed.get(name).is_none_or(|at| at.elapsed() >= RETRY))
+            .filter(|(name, _)| {
+                failed
+                    .get(name)
+                    .is_none_or(|(at, tries)| *tries < TRIES && at.elapsed() >= RETRY)
+            })
             .filter(|(name, _)| u.dir.path(name).is_none())
             .collect()
     }
@@ -128,11 +136,16 @@ impl Remote {
                 tracing::info!(layer = %name, path = %path.display(), ms = started.elapsed().as_millis() as u64, "layer unpacked: new containers read it without FUSE");
             }
             Err(e) => {
-                tracing::warn!(layer = %name, error = %e, "unpacking a complete layer failed; it stays served through FUSE");
-                u.failed
-                    .lock()
-                    .expect("unpack failures")
-                    .insert(name.to_string(), Instant::now());
+                let mut failed = u.failed.lock().expect("unpack failures");
+                let tries = failed.get(name).map_or(0, |(_, n)| *n) + 1;
+                failed.insert(name.to_string(), (Instant::now(), tries));
+                drop(failed);
+                let last = if tries < TRIES {
+                    ""
+                } else {
+                    " (no more tries)"
+                };
+                tracing::warn!(layer = %name, error = %e, tries, "unpacking a complete layer failed{last}; it stays served through FUSE");
             }
         }
     }
