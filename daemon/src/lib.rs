@@ -110,12 +110,7 @@ impl Daemon {
             settings.remote.clone(),
         )
         .map_err(StartError::Resolvers)?;
-        if settings.unpack_complete {
-            let path = root.join("unpacked");
-            remote
-                .enable_unpacking(&path)
-                .map_err(|cause| StartError::Unpacked { path, cause })?;
-        }
+        unpack_complete_layers(&remote, root, settings)?;
         // A taken-over mount is in use: refusing to start over a layer
         // that cannot be restored would hang every read of the mount, so
         // such a layer answers EIO instead (until it resolves again).
@@ -378,6 +373,22 @@ fn bind_socket(address: &Path) -> Result<tokio::net::UnixListener, StartError> {
     std::fs::set_permissions(address, std::fs::Permissions::from_mode(0o660))
         .map_err(StartError::io("chmod 0660", address))?;
     Ok(listener)
+}
+
+/// Complete layers unpacked under `ROOT/unpacked` for new overlays,
+/// unless off (docs/layerfs.md, "Unpacked layers").
+fn unpack_complete_layers(
+    remote: &Arc<Remote>,
+    root: &Path,
+    settings: &Settings,
+) -> Result<(), StartError> {
+    if !settings.unpack_complete {
+        return Ok(());
+    }
+    let path = root.join("unpacked");
+    remote
+        .enable_unpacking(&path)
+        .map_err(|cause| StartError::Unpacked { path, cause })
 }
 
 /// The store under `ROOT/store` and the loader over it (start records
