@@ -126,6 +126,9 @@ fn layers_json(remote: &Remote) -> String {
                 "shown": v.shown,
                 "stateAgeSeconds": secs(v.age),
             });
+            if let Some(dir) = remote.unpacked_dir(&v.name) {
+                o["unpacked"] = dir.display().to_string().into();
+            }
             if let Some(l) = &v.layer {
                 o["digest"] = l.digest.to_string().into();
                 o["size"] = l.blob_size.into();

@@ -20,6 +20,7 @@
 //! | `ringstar_registry_{requests,bytes,errors}_total` | host | every HTTP request |
 //! | `ringstar_store_{bytes,capacity_bytes,files}` | | the content store |
 //! | `ringstar_store_evictions_total` | | entries evicted |
+//! | `ringstar_layers_unpacked` | | complete layers unpacked for new overlays |
 
 use std::sync::atomic::Ordering;
 
@@ -262,6 +263,12 @@ fn store_families(remote: &Remote) -> Vec<MetricFamily> {
             "Store entries evicted to stay within the bound.",
             MetricType::COUNTER,
             vec![counter(&[], u.evictions as f64)],
+        ),
+        family(
+            "ringstar_layers_unpacked",
+            "Complete layers unpacked under ROOT/unpacked, read by new containers without FUSE.",
+            MetricType::GAUGE,
+            vec![gauge(&[], remote.unpacked_count() as f64)],
         ),
     ]
 }

@@ -143,6 +143,17 @@ fn metrics_and_debug_endpoints_show_a_lazy_run() {
             .filter(|l| l.starts_with("ringstar_layer_fetched_percent{"))
             .all(|l| l.ends_with(" 100"))
     });
+    // Complete, both are unpacked for new containers: counted, and
+    // /debug/layers says where.
+    wait_for("layers unpacked", Duration::from_secs(60), || {
+        get(&metrics_addr, "/metrics").contains("\nringstar_layers_unpacked 2\n")
+    });
+    let layers: serde_json::Value =
+        serde_json::from_str(&get_unix(&socket, "/debug/layers")).unwrap();
+    for l in layers.as_array().unwrap() {
+        let dir = l["unpacked"].as_str().unwrap_or_else(|| panic!("{l}"));
+        assert!(std::path::Path::new(dir).is_dir(), "{l}");
+    }
     let fetches: serde_json::Value =
         serde_json::from_str(&get_unix(&socket, "/debug/fetches")).unwrap();
     assert!(fetches.is_array(), "{fetches}");

@@ -67,6 +67,11 @@ impl Remote {
         self.unpacking.get()?.dir.path(name)
     }
 
+    /// How many layers are unpacked.
+    pub fn unpacked_count(&self) -> usize {
+        self.unpacking.get().map_or(0, |u| u.dir.names().len())
+    }
+
     /// Removes the unpacked directory of layer `name`, which no snapshot
     /// uses any more.
     pub(super) fn forget_unpacked(&self, name: &str) {
