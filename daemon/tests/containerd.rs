@@ -129,11 +129,10 @@ fn lazy_pull_runs_keeps_writes_survives_restart_and_cleans_up() {
         0,
         "layers left in the mount"
     );
-    assert_eq!(
-        std::fs::read_dir(root.join("unpacked")).unwrap().count(),
-        0,
-        "unpacked layers left"
-    );
+    // Unpacked layers go too (deleted by the unpack thread).
+    wait_for("unpacked layers to go", Duration::from_secs(20), || {
+        std::fs::read_dir(root.join("unpacked")).unwrap().count() == 0
+    });
 }
 
 /// Once the background fetch has stored every file of an image, its

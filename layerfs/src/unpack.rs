@@ -67,6 +67,15 @@ pub struct Unpacked {
 
 const PARTIAL: &str = ".partial";
 const TRASH: &str = ".trash";
+/// Makes every trash name unique within the process.
+static TRASHED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Bytes an unpack may copy (files whose store file another entry links
+/// already), and the free space it leaves the filesystem at least: copies
+/// are outside the store's bound, and a hostile layer can name one
+/// stored file a thousand times. Past either, the layer stays on FUSE.
+pub const COPY_BUDGET: u64 = 256 << 20;
+pub const KEEP_FREE_PERCENT: u64 = 10;
 
 impl Unpacked {
     /// Opens (creating) `root`, removing what an interrupted run left.
@@ -101,16 +110,30 @@ impl Unpacked {
             .collect()
     }
 
-    /// Removes layer `name`'s directory (no snapshot may use it): renamed
-    /// first, so a crash part way leaves only a `.trash` for `open`.
+    /// Takes layer `name`'s directory away (no snapshot may use it): one
+    /// rename, so that a caller answering containerd does not wait for a
+    /// big tree to be deleted; [`Unpacked::empty_trash`] deletes it (and
+    /// `open`, after a crash).
     pub fn remove(&self, name: &str) {
         let Some(path) = self.path(name) else { return };
+        let n = TRASHED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let doomed = self
             .root
-            .join(format!("{name}{TRASH}-{}", std::process::id()));
-        match std::fs::rename(&path, &doomed) {
-            Ok(()) => remove_tree(&doomed),
-            Err(e) => tracing::warn!(layer = %name, error = %e, "removing the unpacked layer"),
+            .join(format!("{name}{TRASH}-{}-{n}", std::process::id()));
+        if let Err(e) = std::fs::rename(&path, &doomed) {
+            tracing::warn!(layer = %name, error = %e, "removing the unpacked layer");
+        }
+    }
+
+    /// Deletes what [`Unpacked::remove`] took away.
+    pub fn empty_trash(&self) {
+        let Ok(dir) = std::fs::read_dir(&self.root) else {
+            return;
+        };
+        for e in dir.flatten() {
+            if e.file_name().to_string_lossy().contains(TRASH) {
+                remove_tree(&e.path());
+            }
         }
     }
 
@@ -135,6 +158,7 @@ impl Unpacked {
             layer,
             store,
             linked: HashMap::new(),
+            copied: 0,
         }
         .build(&partial);
         if let Err(e) = built {
@@ -201,6 +225,8 @@ struct Builder<'a> {
     store: &'a Store,
     /// Non-directory nodes made already, by their first path (hard links).
     linked: HashMap<NodeId, PathBuf>,
+    /// Bytes copied so far.
+    copied: u64,
 }
 
 impl Builder<'_> {
@@ -335,10 +361,29 @@ impl Builder<'_> {
                 AtFlags::EMPTY_PATH,
             )?);
         }
+        self.charge_copy(&file, node.size())?;
         let fd = rustix::fs::openat(dir, entry.name, create | OFlags::CLOEXEC, Mode::empty())?;
         let mut copy = File::from(fd);
         io::copy(&mut &file, &mut copy)?;
         self.set_fd_metadata(copy.as_fd(), entry)
+    }
+
+    /// Counts `size` more bytes copied: an error past [`COPY_BUDGET`], or
+    /// if the copy would leave less than [`KEEP_FREE_PERCENT`] free.
+    fn charge_copy(&mut self, file: &File, size: u64) -> io::Result<()> {
+        self.copied = self.copied.saturating_add(size);
+        if self.copied > COPY_BUDGET {
+            return Err(io::Error::other(format!(
+                "more than {COPY_BUDGET} bytes would be copies of stored files"
+            )));
+        }
+        let fs = rustix::fs::fstatvfs(file)?;
+        let free = fs.f_bavail.saturating_mul(fs.f_frsize);
+        let keep = fs.f_blocks.saturating_mul(fs.f_frsize) / 100 * KEEP_FREE_PERCENT;
+        if free.saturating_sub(size) < keep {
+            return Err(io::Error::other("the filesystem is too full for a copy"));
+        }
+        Ok(())
     }
 
     /// Owner, mode, xattrs and times of `entry` on an open file or
@@ -348,7 +393,7 @@ impl Builder<'_> {
         let (uid, gid) = ids(node.uid(), node.gid());
         rustix::fs::fchown(&fd, Some(uid), Some(gid))?;
         rustix::fs::fchmod(&fd, Mode::from_raw_mode(node.mode() & 0o7777))?;
-        for (k, v) in whiteout::xattrs(self.tree, entry) {
+        for (k, v) in host_xattrs(self.tree, entry) {
             rustix::fs::fsetxattr(&fd, k, v, XattrFlags::empty())?;
         }
         rustix::fs::futimens(&fd, &times(node.mtime()))?;
@@ -370,7 +415,7 @@ impl Builder<'_> {
                 AtFlags::empty(),
             )?;
         }
-        let xattrs = whiteout::xattrs(self.tree, entry);
+        let xattrs = host_xattrs(self.tree, entry);
         if !xattrs.is_empty() {
             // The only xattr call on a name that does not follow links.
             let by_fd = format!("/proc/self/fd/{}/{name}", fd_number(dir));
@@ -383,7 +428,24 @@ impl Builder<'_> {
     }
 }
 
-/// Removes every xattr of `file`.
+/// The xattrs the mount shows for `entry`, less those the host would
+/// enforce or label by rather than show: the FUSE mount shows a TOC's
+/// `security.selinux` or POSIX ACL and the kernel ignores it, a file on
+/// ext4 would be labelled or access-checked by it. File capabilities stay
+/// (`security.capability`: an image's `ping` needs its own).
+fn host_xattrs<'t>(tree: &'t LayerTree, entry: ViewEntry<'t>) -> Vec<(&'t str, &'t [u8])> {
+    whiteout::xattrs(tree, entry)
+        .into_iter()
+        .filter(|(k, _)| !host_owned(k))
+        .collect()
+}
+
+fn host_owned(name: &str) -> bool {
+    (name.starts_with("security.") && name != "security.capability") || name.starts_with("system.")
+}
+
+/// Removes every xattr of `file` that a layer can have set (the host's
+/// own, `security.selinux` say, cannot be removed and are the host's).
 fn clear_xattrs(file: &File) -> io::Result<()> {
     let len = rustix::fs::flistxattr_query(file)?;
     if len == 0 {
@@ -392,6 +454,9 @@ fn clear_xattrs(file: &File) -> io::Result<()> {
     let mut names = vec![0u8; len];
     let n = rustix::fs::flistxattr(file, &mut names[..])?;
     for name in names[..n].split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        if std::str::from_utf8(name).is_ok_and(host_owned) {
+            continue;
+        }
         let name = std::ffi::CStr::from_bytes_with_nul(&[name, b"\0"].concat())
             .map_err(io::Error::other)?
             .to_owned();

@@ -3,6 +3,7 @@
 //! journals); leftovers that cannot be trusted are removed.
 
 use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -118,7 +119,15 @@ fn load_complete(dir: &Path, index: &mut Index, found: &mut Found) -> Result<(),
             index.used -= old.charged;
         }
         index.used += meta.len();
-        found.push((meta.modified().unwrap_or(UNIX_EPOCH), key));
+        // Its last change, not its mtime: an unpacked layer that links
+        // the file gives it the TOC's mtime, which an image chooses (a
+        // future one would keep its files and evict other images').
+        let changed = UNIX_EPOCH
+            + Duration::new(
+                u64::try_from(meta.ctime()).unwrap_or(0),
+                u32::try_from(meta.ctime_nsec()).unwrap_or(0),
+            );
+        found.push((changed, key));
         index.entries.insert(
             key,
             Entry {

@@ -41,10 +41,17 @@ pub(super) struct Unpacking {
 impl Remote {
     /// Unpacks complete layers under `dir` from now on.
     pub fn enable_unpacking(self: &Arc<Self>, dir: &Path) -> std::io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
         let unpacking = Unpacking {
             dir: Unpacked::open(dir)?,
             failed: Mutex::default(),
         };
+        // Hard links need one filesystem.
+        let store = self.fs.loader().store.root();
+        if std::fs::metadata(store)?.dev() != std::fs::metadata(dir)?.dev() {
+            tracing::warn!(store = %store.display(), unpacked = %dir.display(), "the store and the unpacked layers are on different filesystems: layers are not unpacked");
+            return Ok(());
+        }
         if self.unpacking.set(unpacking).is_err() {
             return Ok(());
         }
@@ -88,7 +95,9 @@ impl Remote {
             return;
         };
         for name in u.dir.names() {
-            if !used.contains(&name) {
+            // A layer in the table is one a snapshot may be given now.
+            let known = self.slots.lock().expect("slots").contains_key(&name);
+            if !used.contains(&name) && !known {
                 tracing::info!(layer = %name, "removing an unpacked layer no snapshot uses");
                 u.dir.remove(&name);
             }
@@ -111,14 +120,18 @@ impl Remote {
                 _ => None,
             })
             .collect();
-        let failed = u.failed.lock().expect("unpack failures");
-        candidates
-            .into_iter()
-            .filter(|(name, _)| {
-                failed
-                    .get(name)
-                    .is_none_or(|(at, tries)| *tries < TRIES && at.elapsed() >= RETRY)
-            })
+        let due: Vec<(String, Arc<RemoteLayer>)> = {
+            let failed = u.failed.lock().expect("unpack failures");
+            candidates
+                .into_iter()
+                .filter(|(name, _)| {
+                    failed
+                        .get(name)
+                        .is_none_or(|(at, tries)| *tries < TRIES && at.elapsed() >= RETRY)
+                })
+                .collect()
+        };
+        due.into_iter()
             .filter(|(name, _)| u.dir.path(name).is_none())
             .collect()
     }
@@ -128,13 +141,10 @@ impl Remote {
         let store = &self.fs.loader().store;
         match u.dir.unpack(name, layer, store) {
             Ok(path) => {
-                // Released while it was being unpacked: no snapshot can
-                // have been given it.
-                let current = match self.slots.lock().expect("slots").get(name) {
-                    Some(slot) => matches!(&slot.state, State::Ready(l) if Arc::ptr_eq(l, layer)),
-                    None => false,
-                };
-                if !current || layer.is_removed() {
+                // Released while it was being unpacked, and not pulled
+                // again: no snapshot can have been given it. (Pulled again,
+                // the name says it is the same layer: it stays.)
+                if !self.slots.lock().expect("slots").contains_key(name) {
                     u.dir.remove(name);
                     return;
                 }
@@ -165,6 +175,7 @@ fn unpack_loop(remote: Weak<Remote>) {
         let Some(u) = remote.unpacking.get() else {
             return;
         };
+        u.dir.empty_trash();
         for (name, layer) in remote.to_unpack(u) {
             remote.unpack_one(u, &name, &layer);
         }
