@@ -94,17 +94,16 @@ pub fn sample(
         .flatten();
     let _ = std::process::Command::new("sync").status();
     std::fs::write("/proc/sys/vm/drop_caches", "3").context("dropping the page cache")?;
-    let trace = (snap != Snap::Legacy).then(FuseTrace::start).transpose()?;
+    // Traced for every snapshotter alike (overlayfs has no FUSE request
+    // to record), so whatever tracing costs, each re-read pays it.
+    let trace = FuseTrace::start()?;
     let t1 = Instant::now();
     let again = read_all(world, snap, &reference, "fullread-2")
         .with_context(|| format!("{what}: second read"))?;
     let reread_s = t1.elapsed().as_secs_f64();
-    let reread_ops = match trace {
-        Some(t) => t
-            .finish(&fuse_connections_below(&world.snap_root(snap)))?
-            .summary(),
-        None => BTreeMap::new(),
-    };
+    let reread_ops = trace
+        .finish(&fuse_connections_below(&world.snap_root(snap)))?
+        .summary();
     if again != tar_bytes {
         bail!("{what}: the second read gave {again} bytes, the first {tar_bytes}");
     }
