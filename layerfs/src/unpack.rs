@@ -45,8 +45,6 @@ use crate::state_dir::{STATE_DIR, state_file_name, state_json};
 /// Why a layer was not unpacked (it stays served by the mount).
 #[derive(Debug, thiserror::Error)]
 pub enum UnpackError {
-    #[error("{path}: not complete in the store")]
-    Incomplete { path: String },
     #[error("{path}: {source}")]
     Io {
         path: String,
@@ -146,12 +144,9 @@ impl Unpacked {
         store: &Store,
     ) -> Result<PathBuf, UnpackError> {
         plain(name)?;
-        let partial = self.root.join(format!("{name}{PARTIAL}"));
+        let partial_name = format!("{name}{PARTIAL}");
+        let partial = self.root.join(&partial_name);
         remove_tree(&partial);
-        let io_at = |path: &Path| {
-            let path = path.display().to_string();
-            move |source| UnpackError::Io { path, source }
-        };
         std::fs::create_dir(&partial).map_err(io_at(&partial))?;
         let built = Builder {
             tree: layer.tree(),
@@ -172,7 +167,7 @@ impl Unpacked {
         )
         .map_err(|e| io_at(&self.root)(e.into()))?;
         let finished = rustix::fs::syncfs(&root)
-            .and_then(|()| rustix::fs::renameat(&root, partial.file_name().unwrap(), &root, name))
+            .and_then(|()| rustix::fs::renameat(&root, partial_name.as_str(), &root, name))
             .and_then(|()| rustix::fs::fsync(&root));
         if let Err(e) = finished {
             remove_tree(&partial);
@@ -189,15 +184,17 @@ impl Unpacked {
 fn write_state_dir(top: &Path, layer: &RemoteLayer) -> Result<(), UnpackError> {
     let dir = top.join(STATE_DIR);
     let file = dir.join(state_file_name(&layer.digest));
-    let io_at = |path: &Path| {
-        let path = path.display().to_string();
-        move |source| UnpackError::Io { path, source }
-    };
     std::fs::create_dir(&dir).map_err(io_at(&dir))?;
     std::fs::write(&file, state_json(layer)).map_err(io_at(&file))?;
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o400))
         .map_err(io_at(&file))?;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o500)).map_err(io_at(&dir))
+}
+
+/// Makes an I/O error on `path` an [`UnpackError`].
+fn io_at(path: &Path) -> impl FnOnce(io::Error) -> UnpackError {
+    let path = path.display().to_string();
+    move |source| UnpackError::Io { path, source }
 }
 
 /// A layer name is one plain path component (they are hex digests).

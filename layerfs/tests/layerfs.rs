@@ -50,37 +50,22 @@ fn overlayfs_stacks_layer_directories_with_whiteouts_applied() {
         .unwrap();
     m.add(&reg.addr, "o/img", "upper", &ud, Some(&upper_toc))
         .unwrap();
-    let merged = tempfile::tempdir().unwrap();
-    let opts = format!(
-        "lowerdir={}:{}",
-        m.path("upper").display(),
-        m.path("lower").display()
-    );
-    let st = std::process::Command::new("mount")
-        .args(["-t", "overlay", "overlay", "-o", &opts])
-        .arg(merged.path())
-        .status()
-        .unwrap();
-    assert!(st.success(), "overlay mount failed");
-    let read = |p: &str| std::fs::read(merged.path().join(p));
-    let result = std::panic::catch_unwind(|| {
+    let (upper, lower) = (m.path("upper"), m.path("lower"));
+    common::with_overlay(&[&upper, &lower], |merged| {
+        let read = |p: &str| std::fs::read(merged.join(p));
         assert!(read("dir/a").is_err(), "whiteout not applied");
         assert_eq!(read("dir/b").unwrap(), b"lower b");
         assert_eq!(read("keep").unwrap(), b"kept");
         assert_eq!(read("new").unwrap(), b"upper new");
         assert!(read("opq/old").is_err(), "opaque dir shows the lower");
         assert_eq!(read("opq/fresh").unwrap(), b"fresh");
-        let mut names: Vec<_> = std::fs::read_dir(merged.path().join("dir"))
+        let mut names: Vec<_> = std::fs::read_dir(merged.join("dir"))
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
         names.sort();
         assert_eq!(names, vec!["b"]);
     });
-    let _ = std::process::Command::new("umount")
-        .arg(merged.path())
-        .status();
-    result.unwrap();
 }
 
 #[test]

@@ -101,16 +101,8 @@ fn overlayfs_over_unpacked_layers_applies_whiteouts_and_opaque_dirs() {
     assert_eq!(twin.nlink(), 1);
     assert_ne!(keep.ino(), twin.ino());
 
-    let merged = tempfile::tempdir().unwrap();
-    let opts = format!("lowerdir={}:{}", u.display(), l.display());
-    let st = std::process::Command::new("mount")
-        .args(["-t", "overlay", "overlay", "-o", &opts])
-        .arg(merged.path())
-        .status()
-        .unwrap();
-    assert!(st.success(), "overlay mount failed");
-    let read = |p: &str| std::fs::read(merged.path().join(p));
-    let result = std::panic::catch_unwind(|| {
+    common::with_overlay(&[&u, &l], |merged| {
+        let read = |p: &str| std::fs::read(merged.join(p));
         assert!(read("dir/a").is_err(), "whiteout not applied");
         assert_eq!(read("dir/b").unwrap(), b"lower b");
         assert_eq!(read("keep").unwrap(), big);
@@ -118,17 +110,13 @@ fn overlayfs_over_unpacked_layers_applies_whiteouts_and_opaque_dirs() {
         assert_eq!(read("new").unwrap(), b"upper new");
         assert!(read("opq/old").is_err(), "opaque dir shows the lower");
         assert_eq!(read("opq/fresh").unwrap(), b"fresh");
-        let mut names: Vec<_> = std::fs::read_dir(merged.path().join("dir"))
+        let mut names: Vec<_> = std::fs::read_dir(merged.join("dir"))
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
         names.sort();
         assert_eq!(names, vec!["b"]);
     });
-    let _ = std::process::Command::new("umount")
-        .arg(merged.path())
-        .status();
-    result.unwrap();
 
     // Removed, it is gone; unpacking a layer not wholly stored fails
     // and leaves nothing.

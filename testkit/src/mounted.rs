@@ -154,6 +154,27 @@ pub fn push_case(reg: &Registry, name: &str) -> (serde_json::Value, String) {
     (spec, digest)
 }
 
+/// Mounts a read-only overlay of `lowers` (uppermost first) on a fresh
+/// directory, runs `check` on it, unmounts it, and then fails as `check`
+/// did (so a failed check never leaves the mount behind).
+pub fn with_overlay(lowers: &[&Path], check: impl FnOnce(&Path) + std::panic::UnwindSafe) {
+    let merged = tempfile::tempdir().unwrap();
+    let lowerdir: Vec<String> = lowers.iter().map(|l| l.display().to_string()).collect();
+    let opts = format!("lowerdir={}", lowerdir.join(":"));
+    let st = std::process::Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o", &opts])
+        .arg(merged.path())
+        .status()
+        .unwrap();
+    assert!(st.success(), "overlay mount failed");
+    let path = merged.path().to_path_buf();
+    let result = std::panic::catch_unwind(move || check(&path));
+    let _ = std::process::Command::new("umount")
+        .arg(merged.path())
+        .status();
+    result.unwrap();
+}
+
 /// A tar of `(name, content)` regular files (dirs implied) and extra
 /// entries.
 pub fn tar_of(files: &[(&str, &[u8])], extra: &[tar::Entry]) -> Vec<u8> {
